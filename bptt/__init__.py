@@ -1,0 +1,24 @@
+"""bptt: recurrent networks trained with hand-derived backpropagation through time.
+
+Written once against the Python array API standard: the same forward and
+backward code runs on NumPy, CuPy, torch and array_api_strict. The equations
+follow the derivation in ``docs/derivation.md``.
+
+>>> import bptt
+>>> params = bptt.init_params(65, 100, 65, dtype="float64", seed=0)
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import backends
+from .api import forward, gradcheck, loss_and_grad
+from .params import init_params
+
+try:
+    __version__ = version("bptt")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
+
+__all__ = ["__version__", "backends", "forward", "gradcheck", "init_params", "loss_and_grad"]

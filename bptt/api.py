@@ -1,0 +1,184 @@
+"""The public functions: forward, loss_and_grad, gradcheck.
+
+Each finds the namespace and device once, from the arrays it is given, checks
+its arguments, and returns arrays of the same library, on the same device.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from . import model
+from .checks import check_call
+from .checks import check_values as _check_values
+from .heads import HEADS
+
+__all__ = ["forward", "gradcheck", "loss_and_grad"]
+
+
+def forward(
+    params: Any, inputs: Any, *, h0: Any = None, check_values: bool = True
+) -> tuple[Any, Any]:
+    """Run the RNN over ``inputs``: states (T, B, D) and logits (T, B, C). Eqs. (19)-(21).
+
+    ``inputs``: token ids (T, B), integer, or dense vectors (T, B, M) of the
+    parameters' dtype. ``h0`` (B, D) is the state before step 1 (zeros if None).
+    ``check_values=False`` skips the value checks that synchronise with the device.
+    """
+    xp, dims = check_call(params, inputs, h0=h0)
+    if check_values:
+        _check_values(params, inputs, h0=h0, dims=dims, xp=xp)
+    states, logits, _ = model.forward(params, inputs, h0, xp)
+    return states, logits
+
+
+def loss_terms_and_dlogits(
+    params: Any,
+    inputs: Any,
+    targets: Any,
+    *,
+    h0: Any,
+    head: str,
+    mask: Any,
+    reduction: str,
+    xp: Any,
+) -> tuple[Any, Any, model.Cache]:
+    """Reduced loss (0-d), dL/dg (T, B, C) and the forward cache. No checks."""
+    _, logits, cache = model.forward(params, inputs, h0, xp)
+    terms, dlogits = HEADS[head](logits, targets, xp)  # (T, B), (T, B, C)
+    T, B, C = logits.shape
+    per_element = C if head == "sigmoid" else 1  # BCEWithLogitsLoss also averages over C
+    if mask is None:
+        scale = 1.0 / (T * B * per_element) if reduction == "mean" else 1.0
+        loss = xp.sum(terms) * scale  # eqs. (71)-(73): the sum over steps
+        return loss, dlogits * scale, cache
+    weight = xp.astype(mask, logits.dtype)  # (T, B), 1 where a step counts
+    if reduction == "mean":
+        weight = weight / (xp.sum(weight) * per_element)  # a device scalar: no sync
+    loss = xp.sum(terms * weight)
+    return loss, dlogits * weight[..., None], cache
+
+
+def loss_and_grad(
+    params: Any,
+    inputs: Any,
+    targets: Any,
+    *,
+    h0: Any = None,
+    head: str = "softmax",
+    mask: Any = None,
+    reduction: str = "mean",
+    check_values: bool = True,
+) -> tuple[Any, dict[str, Any], Any]:
+    """Loss, gradients of every parameter, and the last state, by BPTT.
+
+    Returns ``(loss, grads, h_last)``: ``loss`` a 0-d array (never a Python float,
+    which would force a GPU sync), ``grads`` a dict with the keys, dtype and device
+    of ``params``, ``h_last`` (B, D) the state after step T (carry it as the next
+    chunk's ``h0``; ``h0`` itself gets no gradient).
+
+    ``head``: ``"softmax"`` (integer targets (T, B)) or ``"sigmoid"`` (0/1 targets
+    (T, B, C), or (T, B) when C == 1). ``mask`` (T, B), boolean or 0/1: masked steps
+    add no loss and no gradient. ``reduction``: ``"mean"`` over the unmasked steps
+    (and over C for sigmoid), as torch's CrossEntropyLoss / BCEWithLogitsLoss, or
+    ``"sum"``. ``check_values=False`` skips the checks that synchronise.
+    """
+    xp, dims = check_call(
+        params,
+        inputs,
+        targets=targets,
+        h0=h0,
+        mask=mask,
+        head=head,
+        reduction=reduction,
+        need_targets=True,
+    )
+    if check_values:
+        _check_values(
+            params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp
+        )
+    loss, dlogits, cache = loss_terms_and_dlogits(
+        params, inputs, targets, h0=h0, head=head, mask=mask, reduction=reduction, xp=xp
+    )
+    grads = model.backward(params, dlogits, cache, xp)
+    return loss, grads, cache.states[-1, ...]
+
+
+def gradcheck(
+    params: Any,
+    inputs: Any,
+    targets: Any,
+    *,
+    h0: Any = None,
+    head: str = "softmax",
+    mask: Any = None,
+    reduction: str = "mean",
+    eps: float = 1e-3,
+    max_entries: int | None = None,
+    seed: int = 0,
+) -> float:
+    """Worst relative error between BPTT gradients and float64 central differences.
+
+
+    Everything is cast to float64 on the arrays' own device (a device without
+    float64 is refused). For each parameter the error is
+    ``max |analytic - numeric| / max(max |analytic|, max |numeric|)``, the
+    inf-norm error relative to that parameter's largest gradient entry; the
+    result is the worst over parameters. Every entry is perturbed (a five-point
+    stencil with step ``eps``: 4 forward passes each, error O(eps^4)) unless
+    ``max_entries`` limits it to that many random entries per parameter, drawn
+    with ``seed``.
+    """
+    xp, dims = check_call(
+        params,
+        inputs,
+        targets=targets,
+        h0=h0,
+        mask=mask,
+        head=head,
+        reduction=reduction,
+        need_targets=True,
+    )
+    _check_values(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
+    device = params["U"].device
+    info = getattr(xp, "__array_namespace_info__", None)
+    if info is not None and "float64" not in info().dtypes(device=device):
+        raise ValueError(f"gradcheck needs float64, which device {device!r} does not support")
+    f64 = xp.float64
+    p64 = {k: xp.astype(v, f64) for k, v in params.items()}
+    x64 = inputs if inputs.ndim == 2 else xp.astype(inputs, f64)
+    h64 = None if h0 is None else xp.astype(h0, f64)
+    kw = dict(h0=h64, head=head, mask=mask, reduction=reduction, xp=xp)
+
+    def loss_at(p: dict[str, Any]) -> float:
+        return float(loss_terms_and_dlogits(p, x64, targets, **kw)[0])
+
+    _, dlogits, cache = loss_terms_and_dlogits(p64, x64, targets, **kw)
+    analytic = model.backward(p64, dlogits, cache, xp)
+    rng = np.random.default_rng(seed)
+    worst = 0.0
+    for key, value in p64.items():
+        size = int(np.prod(value.shape))
+        entries = range(size)
+        if max_entries is not None and max_entries < size:
+            entries = sorted(rng.choice(size, size=max_entries, replace=False).tolist())
+        flat = xp.reshape(value, (size,))
+        numeric, exact = [], []
+        a_flat = xp.reshape(analytic[key], (size,))
+        for i in entries:
+            v = float(flat[i])
+            f = {}
+            for k in (-2, -1, 1, 2):
+                pert = xp.asarray(flat, copy=True)
+                pert[i] = v + k * eps
+                f[k] = loss_at({**p64, key: xp.reshape(pert, value.shape)})
+            # five-point central difference: error O(eps^4), not O(eps^2)
+            numeric.append((f[-2] - 8 * f[-1] + 8 * f[1] - f[2]) / (12 * eps))
+            exact.append(float(a_flat[i]))
+        num, ana = np.asarray(numeric), np.asarray(exact)
+        scale = max(np.max(np.abs(ana), initial=0.0), np.max(np.abs(num), initial=0.0))
+        if scale > 0:
+            worst = max(worst, float(np.max(np.abs(ana - num)) / scale))
+    return worst

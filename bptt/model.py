@@ -1,0 +1,122 @@
+"""The tanh RNN, batched and time-major: forward pass and BPTT backward pass.
+
+Shapes: T steps, B sequences, M inputs, D hidden units, C outputs.
+Every function takes the namespace ``xp`` explicitly and does no validation:
+the public entry points in :mod:`bptt.api` check their arguments first.
+
+Forward (eqs. 19-21, plus the optional biases b and c)::
+
+    z_t = U x_t + W s_{t-1} + b      s_t = tanh(z_t)      g_t = V s_t + c
+
+Backward, as a reverse recurrence over t = T..1 (O(T), equal to the sums of
+eqs. 57-69 but without their O(T^2) cost, and with the tanh' factor that
+eqs. 13-15 drop, kept inside the product that eq. 63 wrongly reorders)::
+
+    dz_t = (dS_t + dh_{t+1}) * (1 - s_t^2)      dh_t = W^T dz_t,  dh_{T+1} = 0
+
+where dS_t = V^T dg_t (eq. 56) is the loss gradient reaching s_t from its own
+output. Everything that is not sequential is one matrix product over all T*B rows.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+__all__ = ["Cache", "backward", "forward", "is_token_ids", "one_hot"]
+
+
+class Cache(NamedTuple):
+    """What the backward pass needs from the forward pass."""
+
+    inputs: Any  # (T, B) token ids or (T, B, M) dense vectors
+    h0: Any  # (B, D) or None (zeros)
+    states: Any  # (T, B, D): s_1 .. s_T
+
+
+def is_token_ids(inputs: Any) -> bool:
+    return inputs.ndim == 2
+
+
+def one_hot(ids: Any, n: int, dtype: Any, xp: Any) -> Any:
+    """(N,) integer ids -> (N, n) one-hot rows (the seed's x_t, stacked)."""
+    classes = xp.arange(n, device=ids.device)  # (n,)
+    return xp.astype(ids[:, None] == classes[None, :], dtype)  # (N, n)
+
+
+def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
+    """U x_t (+ b) for every step at once: (T, B, D). The first term of eq. (19)."""
+    U = params["U"]  # (D, M)
+    D = U.shape[0]
+    if is_token_ids(inputs):
+        T, B = inputs.shape
+        # U x_t with one-hot x_t is column x_t of U: a gather, not a GEMM.
+        xu = xp.take(U.T, xp.reshape(inputs, (T * B,)), axis=0)  # (T*B, D)
+    else:
+        T, B, M = inputs.shape
+        xu = xp.reshape(inputs, (T * B, M)) @ U.T  # (T*B, D)
+    if params.get("b") is not None:
+        xu = xu + params["b"]  # (T*B, D)
+    return xp.reshape(xu, (T, B, D))
+
+
+def forward(params: Any, inputs: Any, h0: Any, xp: Any) -> tuple[Any, Any, Cache]:
+    """Hidden states (T, B, D), logits (T, B, C) and the cache for :func:`backward`."""
+    W, V = params["W"], params["V"]  # (D, D), (C, D)
+    xu = input_projection(params, inputs, xp)  # (T, B, D)
+    T, B, D = xu.shape
+    WT = W.T  # (D, D), transposed once, not per step
+    states = xp.empty((T, B, D), dtype=W.dtype, device=W.device)  # (T, B, D)
+    s = h0  # (B, D) or None: s_0 = 0
+    for t in range(T):  # the only sequential part: eqs. (19)-(20)
+        z = xu[t, ...] if s is None else xu[t, ...] + s @ WT  # (B, D)
+        s = xp.tanh(z)  # (B, D)
+        states[t, ...] = s
+    logits = xp.reshape(xp.reshape(states, (T * B, D)) @ V.T, (T, B, V.shape[0]))  # eq. (21)
+    if params.get("c") is not None:
+        logits = logits + params["c"]  # (T, B, C)
+    return states, logits, Cache(inputs, h0, states)
+
+
+def backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]:
+    """Gradients of the loss for every parameter, given dL/dg (T, B, C).
+
+    ``h0`` is a constant: no gradient flows into it (truncated BPTT carries it).
+    """
+    W, V = params["W"], params["V"]  # (D, D), (C, D)
+    S = cache.states  # (T, B, D)
+    T, B, D = S.shape
+    C = V.shape[0]
+    dG = xp.reshape(dlogits, (T * B, C))  # (T*B, C)
+    S2 = xp.reshape(S, (T * B, D))  # (T*B, D)
+
+    grads: dict[str, Any] = {"V": dG.T @ S2}  # eqs. (54), (71): sum_t dg_t s_t^T  (C, D)
+    if params.get("c") is not None:
+        grads["c"] = xp.sum(dG, axis=0)  # (C,)
+    dS = xp.reshape(dG @ V, (T, B, D))  # eq. (56), all steps at once  (T, B, D)
+    tanh_prime = 1 - S * S  # eq. (62), the diagonal of ds_t/dz_t  (T, B, D)
+
+    # Reverse recurrence: dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2). Keeping the
+    # (1 - s^2) factor at every step is the correction to eqs. (13)-(15) and (63).
+    dZ = xp.empty((T, B, D), dtype=S.dtype, device=S.device)  # (T, B, D)
+    dz = dS[T - 1, ...] * tanh_prime[T - 1, ...]  # (B, D)
+    dZ[T - 1, ...] = dz
+    for t in range(T - 2, -1, -1):
+        dz = (dS[t, ...] + dz @ W) * tanh_prime[t, ...]  # (B, D)
+        dZ[t, ...] = dz
+
+    dZ2 = xp.reshape(dZ, (T * B, D))  # (T*B, D)
+    # dW = sum_t dz_t s_{t-1}^T (eqs. 67, 72), with s_0 = h0.
+    dW = xp.reshape(dZ[1:, ...], ((T - 1) * B, D)).T @ xp.reshape(S[:-1, ...], ((T - 1) * B, D))
+    if cache.h0 is not None:
+        dW = dW + dZ[0, ...].T @ cache.h0  # (D, D)
+    grads["W"] = dW
+    if params.get("b") is not None:
+        grads["b"] = xp.sum(dZ2, axis=0)  # (D,)
+    inputs = cache.inputs
+    if is_token_ids(inputs):
+        M = params["U"].shape[1]
+        X = one_hot(xp.reshape(inputs, (T * B,)), M, S.dtype, xp)  # (T*B, M)
+    else:
+        X = xp.reshape(inputs, (T * B, inputs.shape[2]))  # (T*B, M)
+    grads["U"] = dZ2.T @ X  # eqs. (69), (73): sum_t dz_t x_t^T  (D, M)
+    return {key: grads[key] for key in params}  # same keys, same order as params

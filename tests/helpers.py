@@ -1,0 +1,86 @@
+"""Shared test helpers: random problems and a strict closeness assertion."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import bptt
+from bptt import backends
+
+
+@dataclass
+class Problem:
+    """One loss_and_grad call, as host NumPy arrays (``host``) and backend arrays."""
+
+    host: dict[str, Any]
+    params: dict[str, Any]
+    inputs: Any
+    targets: Any
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def make_problem(
+    be: backends.Backend,
+    rng: np.random.Generator,
+    *,
+    T: int = 5,
+    B: int = 3,
+    M: int = 4,
+    D: int = 6,
+    C: int = 3,
+    dtype: str = "float64",
+    head: str = "softmax",
+    ids: bool = True,
+    bias: bool = True,
+    mask: bool = False,
+    h0: bool = False,
+    reduction: str = "mean",
+    seed: int = 0,
+) -> Problem:
+    params = bptt.init_params(
+        M, D, C, bias=bias, dtype=dtype, seed=seed, backend=be.name, device=be.device
+    )
+    if bias:  # nonzero biases, so that their gradients are tested on real values
+        params["b"] = be.asarray(rng.uniform(-0.5, 0.5, D).astype(dtype), dtype=dtype)
+        params["c"] = be.asarray(rng.uniform(-0.5, 0.5, C).astype(dtype), dtype=dtype)
+    x = rng.integers(0, M, (T, B)) if ids else rng.standard_normal((T, B, M)).astype(dtype)
+    y = (
+        rng.integers(0, C, (T, B))
+        if head == "softmax"
+        else (rng.random((T, B, C)) < 0.5).astype(dtype)
+    )
+    host: dict[str, Any] = {k: be.to_numpy(v) for k, v in params.items()}
+    host.update(inputs=x, targets=y, head=head, reduction=reduction)
+    kwargs: dict[str, Any] = {"head": head, "reduction": reduction}
+    if mask:
+        m = rng.random((T, B)) < 0.7
+        m[0, 0] = True  # at least one step counts
+        host["mask"] = m
+        kwargs["mask"] = be.asarray(m)
+    if h0:
+        h = rng.uniform(-0.9, 0.9, (B, D)).astype(dtype)
+        host["h0"] = h
+        kwargs["h0"] = be.asarray(h, dtype=dtype)
+    return Problem(host, params, be.asarray(x), be.asarray(y), kwargs)
+
+
+def assert_close(
+    actual: Any, desired: Any, be: backends.Backend, *, rtol: float, atol: float = 0.0
+) -> None:
+    """Same library, device and dtype as the backend's arrays, same shape, close values."""
+    assert type(actual).__module__.split(".")[0] == be.name, type(actual)
+    assert actual.device == be.device, (actual.device, be.device)
+    host = be.to_numpy(actual)
+    desired = np.asarray(desired)
+    assert host.shape == desired.shape, (host.shape, desired.shape)
+    np.testing.assert_allclose(host, desired, rtol=rtol, atol=atol)
+
+
+def rel_err(a: Any, b: Any) -> float:
+    """Inf-norm error of ``a`` relative to the larger of the two inf-norms."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    scale = max(np.max(np.abs(a), initial=0.0), np.max(np.abs(b), initial=0.0))
+    return float(np.max(np.abs(a - b), initial=0.0) / scale) if scale else 0.0

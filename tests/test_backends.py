@@ -1,0 +1,101 @@
+"""Backend registry: selection, detection, conversion, and refusing to mix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import bptt
+from bptt import backends
+
+
+def test_list_backends_reports_every_name() -> None:
+    statuses = backends.list_backends()
+    assert [s.name for s in statuses] == list(backends.NAMES)
+    for s in statuses:
+        assert s.usable == (s.reason == "")
+    assert statuses[0].usable  # numpy always
+
+
+def test_cupy_detection_never_crashes_and_explains() -> None:
+    status = backends._cupy_status()
+    if not status.usable:
+        assert status.reason
+        with pytest.raises(backends.BackendError, match="not usable here") as info:
+            backends.get_backend("cupy")
+        assert status.reason in str(info.value) and "numpy" in str(info.value)
+        assert backends.resolve_name("auto") == "numpy"
+
+
+def test_importing_bptt_imports_no_framework() -> None:
+    frameworks = "('torch', 'cupy', 'array_api_strict')"
+    code = f"import sys, bptt; print(sorted(m for m in {frameworks} if m in sys.modules))"
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_environment_variable_chooses(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BPTT_BACKEND", "torch")
+    p = bptt.init_params(3, 2, 3)
+    assert type(p["U"]).__module__.startswith("torch")
+    assert backends.get_backend("numpy").name == "numpy"  # explicit beats the variable
+    monkeypatch.setenv("BPTT_BACKEND", "nonsense")
+    with pytest.raises(backends.BackendError, match="nonsense"):
+        bptt.init_params(3, 2, 3)
+
+
+def test_unknown_backend_and_device() -> None:
+    with pytest.raises(backends.BackendError, match="expected one of"):
+        backends.get_backend("tensorflow")
+    with pytest.raises(backends.BackendError, match="device"):
+        backends.get_backend("numpy", "cuda:0")
+    with pytest.raises(backends.BackendError, match="device1"):
+        backends.get_backend("array_api_strict", "device7")
+
+
+def test_round_trip_and_backend_of(be) -> None:
+    host = np.arange(6, dtype=np.float32).reshape(2, 3)
+    x = be.asarray(host)
+    assert x.device == be.device
+    again = backends.backend_of(x)
+    assert again.name == be.name and again.device == be.device
+    np.testing.assert_array_equal(be.to_numpy(x), host)
+    be.synchronize()
+
+
+def test_device1_refuses_numpy_like_a_gpu() -> None:
+    """The stand-in is only worth something if it refuses what CuPy refuses."""
+    be = backends.get_backend("array_api_strict", "device1")
+    x = be.asarray(np.ones(3))
+    with pytest.raises(RuntimeError):
+        np.asarray(x)
+    with pytest.raises(ValueError):
+        x + backends.get_backend("array_api_strict").asarray(np.ones(3))
+
+
+def test_mixing_libraries_is_refused() -> None:
+    import torch
+
+    p = bptt.init_params(4, 3, 2, dtype="float64")
+    ids = torch.zeros((2, 2), dtype=torch.int64)
+    with pytest.raises(
+        TypeError, match=r"inputs is a torch array but params\['U'\] is a numpy array"
+    ):
+        bptt.forward(p, ids)
+
+
+def test_mixing_devices_is_refused() -> None:
+    p = bptt.init_params(4, 3, 2, backend="array_api_strict", device="device1")
+    ids = backends.get_backend("array_api_strict").asarray(np.zeros((2, 2), dtype=np.int64))
+    with pytest.raises(ValueError, match=r"inputs is on device .*CPU_DEVICE.* but params"):
+        bptt.forward(p, ids)
+
+
+def test_float64_refused_where_missing() -> None:
+    with pytest.raises(ValueError, match="float64 is not supported"):
+        bptt.init_params(4, 3, 2, dtype="float64", backend="array_api_strict", device="no_float64")
