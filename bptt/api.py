@@ -44,9 +44,10 @@ def loss_terms_and_dlogits(
     mask: Any,
     reduction: str,
     xp: Any,
+    dropout_mask: Any = None,
 ) -> tuple[Any, Any, model.Cache]:
     """Reduced loss (0-d), dL/dg (T, B, C) and the forward cache. No checks."""
-    _, logits, cache = model.forward(params, inputs, h0, xp)
+    _, logits, cache = model.forward(params, inputs, h0, xp, dropout_mask)
     terms, dlogits = HEADS[head](logits, targets, xp)  # (T, B), (T, B, C)
     T, B, C = logits.shape
     per_element = C if head == "sigmoid" else 1  # BCEWithLogitsLoss also averages over C
@@ -70,6 +71,7 @@ def loss_and_grad(
     head: str = "softmax",
     mask: Any = None,
     reduction: str = "mean",
+    dropout_mask: Any = None,
     check_values: bool = True,
 ) -> tuple[Any, dict[str, Any], Any]:
     """Loss, gradients of every parameter, and the last state, by BPTT.
@@ -83,7 +85,9 @@ def loss_and_grad(
     (T, B, C), or (T, B) when C == 1). ``mask`` (T, B), boolean or 0/1: masked steps
     add no loss and no gradient. ``reduction``: ``"mean"`` over the unmasked steps
     (and over C for sigmoid), as torch's CrossEntropyLoss / BCEWithLogitsLoss, or
-    ``"sum"``. ``check_values=False`` skips the checks that synchronise.
+    ``"sum"``. ``dropout_mask`` (T, B, D), optional: multipliers (0 or 1/(1-p)) on
+    the states before V, drawn by the caller (see :func:`bptt.train.dropout_mask`).
+    ``check_values=False`` skips the checks that synchronise.
     """
     xp, dims = check_call(
         params,
@@ -93,6 +97,7 @@ def loss_and_grad(
         mask=mask,
         head=head,
         reduction=reduction,
+        dropout_mask=dropout_mask,
         need_targets=True,
     )
     if check_values:
@@ -100,7 +105,15 @@ def loss_and_grad(
             params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp
         )
     loss, dlogits, cache = loss_terms_and_dlogits(
-        params, inputs, targets, h0=h0, head=head, mask=mask, reduction=reduction, xp=xp
+        params,
+        inputs,
+        targets,
+        h0=h0,
+        head=head,
+        mask=mask,
+        reduction=reduction,
+        xp=xp,
+        dropout_mask=dropout_mask,
     )
     grads = model.backward(params, dlogits, cache, xp)
     return loss, grads, cache.states[-1, ...]
@@ -115,12 +128,12 @@ def gradcheck(
     head: str = "softmax",
     mask: Any = None,
     reduction: str = "mean",
+    dropout_mask: Any = None,
     eps: float = 1e-3,
     max_entries: int | None = None,
     seed: int = 0,
 ) -> float:
     """Worst relative error between BPTT gradients and float64 central differences.
-
 
     Everything is cast to float64 on the arrays' own device (a device without
     float64 is refused). For each parameter the error is
@@ -139,6 +152,7 @@ def gradcheck(
         mask=mask,
         head=head,
         reduction=reduction,
+        dropout_mask=dropout_mask,
         need_targets=True,
     )
     _check_values(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
@@ -150,7 +164,8 @@ def gradcheck(
     p64 = {k: xp.astype(v, f64) for k, v in params.items()}
     x64 = inputs if inputs.ndim == 2 else xp.astype(inputs, f64)
     h64 = None if h0 is None else xp.astype(h0, f64)
-    kw = dict(h0=h64, head=head, mask=mask, reduction=reduction, xp=xp)
+    k64 = None if dropout_mask is None else xp.astype(dropout_mask, f64)
+    kw = dict(h0=h64, head=head, mask=mask, reduction=reduction, xp=xp, dropout_mask=k64)
 
     def loss_at(p: dict[str, Any]) -> float:
         return float(loss_terms_and_dlogits(p, x64, targets, **kw)[0])

@@ -32,6 +32,11 @@ def _shape_error(name: str, expected: str, x: Any) -> ValueError:
     return ValueError(f"{name}: expected shape {expected}; got {tuple(x.shape)}")
 
 
+def _check_dtype(name: str, x: Any, dims: Dims) -> None:
+    if x.dtype != dims.dtype:
+        raise TypeError(f"{name}: dtype {x.dtype} differs from the parameters' {dims.dtype}")
+
+
 def check_params(params: Any) -> Dims:
     """U (D, M), W (D, D), V (C, D), optional b (D,) and c (C,), one floating dtype."""
     if not isinstance(params, Mapping):
@@ -80,12 +85,13 @@ def check_call(
     mask: Any = None,
     head: str = "softmax",
     reduction: str = "mean",
+    dropout_mask: Any = None,
     need_targets: bool = False,
 ) -> tuple[Any, Dims]:
     """Shape, dtype, library and device checks for one call. Returns (xp, dims)."""
     dims = check_params(params)
     named = {f"params[{k!r}]": v for k, v in params.items()}
-    named.update(inputs=inputs, targets=targets, h0=h0, mask=mask)
+    named.update(inputs=inputs, targets=targets, h0=h0, mask=mask, dropout_mask=dropout_mask)
     xp, _ = namespace_of(named)
     if head not in HEADS:
         raise ValueError(f"head: expected one of {list(HEADS)}; got {head!r}")
@@ -102,10 +108,7 @@ def check_call(
             raise TypeError(
                 f"inputs: (T, B, M) dense inputs need a floating dtype; got {inputs.dtype}"
             )
-        if inputs.dtype != dims.dtype:
-            raise TypeError(
-                f"inputs: dtype {inputs.dtype} differs from the parameters' {dims.dtype}"
-            )
+        _check_dtype("inputs", inputs, dims)
         if inputs.shape[2] != dims.M:
             raise _shape_error("inputs", f"(T, B, M) with M = {dims.M} (columns of U)", inputs)
     else:
@@ -120,8 +123,11 @@ def check_call(
     if h0 is not None:
         if tuple(h0.shape) != (B, dims.D):
             raise _shape_error("h0", f"(B, D) = ({B}, {dims.D})", h0)
-        if h0.dtype != dims.dtype:
-            raise TypeError(f"h0: dtype {h0.dtype} differs from the parameters' {dims.dtype}")
+        _check_dtype("h0", h0, dims)
+    if dropout_mask is not None:
+        if tuple(dropout_mask.shape) != (T, B, dims.D):
+            raise _shape_error("dropout_mask", f"(T, B, D) = ({T}, {B}, {dims.D})", dropout_mask)
+        _check_dtype("dropout_mask", dropout_mask, dims)
     if mask is not None and tuple(mask.shape) != (T, B):
         raise _shape_error("mask", f"(T, B) = ({T}, {B})", mask)
     if mask is not None and not (

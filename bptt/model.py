@@ -31,6 +31,7 @@ class Cache(NamedTuple):
     inputs: Any  # (T, B) token ids or (T, B, M) dense vectors
     h0: Any  # (B, D) or None (zeros)
     states: Any  # (T, B, D): s_1 .. s_T
+    keep: Any  # (T, B, D) dropout multipliers on the states before V, or None
 
 
 def is_token_ids(inputs: Any) -> bool:
@@ -59,8 +60,12 @@ def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
     return xp.reshape(xu, (T, B, D))
 
 
-def forward(params: Any, inputs: Any, h0: Any, xp: Any) -> tuple[Any, Any, Cache]:
-    """Hidden states (T, B, D), logits (T, B, C) and the cache for :func:`backward`."""
+def forward(params: Any, inputs: Any, h0: Any, xp: Any, keep: Any = None) -> tuple[Any, Any, Cache]:
+    """Hidden states (T, B, D), logits (T, B, C) and the cache for :func:`backward`.
+
+    ``keep`` (T, B, D), optional: dropout on the non-recurrent path, multiplying the
+    states before V only (0 or 1/(1-p) per entry); the recurrence never sees it.
+    """
     W, V = params["W"], params["V"]  # (D, D), (C, D)
     xu = input_projection(params, inputs, xp)  # (T, B, D)
     T, B, D = xu.shape
@@ -71,10 +76,11 @@ def forward(params: Any, inputs: Any, h0: Any, xp: Any) -> tuple[Any, Any, Cache
         z = xu[t, ...] if s is None else xu[t, ...] + s @ WT  # (B, D)
         s = xp.tanh(z)  # (B, D)
         states[t, ...] = s
-    logits = xp.reshape(xp.reshape(states, (T * B, D)) @ V.T, (T, B, V.shape[0]))  # eq. (21)
+    out = states if keep is None else states * keep  # (T, B, D)
+    logits = xp.reshape(xp.reshape(out, (T * B, D)) @ V.T, (T, B, V.shape[0]))  # eq. (21)
     if params.get("c") is not None:
         logits = logits + params["c"]  # (T, B, C)
-    return states, logits, Cache(inputs, h0, states)
+    return states, logits, Cache(inputs, h0, states, keep)
 
 
 def backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]:
@@ -87,12 +93,15 @@ def backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]
     T, B, D = S.shape
     C = V.shape[0]
     dG = xp.reshape(dlogits, (T * B, C))  # (T*B, C)
-    S2 = xp.reshape(S, (T * B, D))  # (T*B, D)
+    out = S if cache.keep is None else S * cache.keep  # what V saw  (T, B, D)
+    S2 = xp.reshape(out, (T * B, D))  # (T*B, D)
 
     grads: dict[str, Any] = {"V": dG.T @ S2}  # eqs. (54), (71): sum_t dg_t s_t^T  (C, D)
     if params.get("c") is not None:
         grads["c"] = xp.sum(dG, axis=0)  # (C,)
     dS = xp.reshape(dG @ V, (T, B, D))  # eq. (56), all steps at once  (T, B, D)
+    if cache.keep is not None:
+        dS = dS * cache.keep  # dropout passes gradient where it passed the state
     tanh_prime = 1 - S * S  # eq. (62), the diagonal of ds_t/dz_t  (T, B, D)
 
     # Reverse recurrence: dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2). Keeping the

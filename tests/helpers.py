@@ -84,3 +84,6 @@ def rel_err(a: Any, b: Any) -> float:
     a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     scale = max(np.max(np.abs(a), initial=0.0), np.max(np.abs(b), initial=0.0))
     return float(np.max(np.abs(a - b), initial=0.0) / scale) if scale else 0.0
+
+
+NUMPY_BACKEND = backends.get_backend("numpy")

@@ -189,3 +189,20 @@ def test_random_shapes_match_torch(
         assert grads[key].shape == prob.params[key].shape
         assert rel_err(grads[key], ref_grads[key]) < 1e-11, key
     np.testing.assert_allclose(h_last, ref_h, rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("head", ["softmax", "sigmoid"])
+def test_dropout_on_the_output_path(be64, head: str) -> None:
+    """Dropout multiplies the states before V only: finite differences agree, and an
+    all-ones mask changes nothing."""
+    rng = np.random.default_rng(12)
+    prob = make_problem(be64, rng, T=4, B=2, M=3, D=4, C=2, head=head, h0=True)
+    keep = (rng.random((4, 2, 4)) < 0.6) / 0.6
+    kwargs = {**prob.kwargs, "dropout_mask": be64.asarray(keep, dtype="float64")}
+    assert bptt.gradcheck(prob.params, prob.inputs, prob.targets, **kwargs) < 1e-9
+    ones = {**prob.kwargs, "dropout_mask": be64.asarray(np.ones((4, 2, 4)), dtype="float64")}
+    loss, grads, _ = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, **prob.kwargs)
+    loss1, grads1, _ = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, **ones)
+    assert be64.to_numpy(loss) == be64.to_numpy(loss1)
+    dropped, _, _ = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, **kwargs)
+    assert be64.to_numpy(dropped) != be64.to_numpy(loss)

@@ -1,0 +1,52 @@
+"""The ``bptt`` command: ``bptt train``, ``bptt sample``, ``bptt info``, ...
+
+Each subcommand lives in its own module, named in ``COMMANDS``, which defines
+``HELP`` (one line), ``add_arguments(parser)`` and ``run(args) -> int``. Modules
+are imported only when their command runs, except for building ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+COMMANDS = {
+    "train": "bptt.commands.train",
+    "sample": "bptt.commands.sample",
+    "gradcheck": "bptt.commands.gradcheck",
+    "info": "bptt.commands.info",
+    "bench": "bptt.commands.bench",
+    "diagnose": "bptt.commands.diagnose",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="bptt", description="Train and sample tanh RNNs with hand-derived BPTT."
+    )
+    parser.add_argument("--version", action="version", version=f"bptt {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, module_name in COMMANDS.items():
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as e:
+            if e.name != module_name:
+                raise
+            continue  # a command not built yet
+        command = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the ``bptt`` command line; see :mod:`bptt.cli`."""
