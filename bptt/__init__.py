@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import backends
+from . import backends, optim
 from .api import forward, gradcheck, loss_and_grad
 from .params import init_params
 
@@ -21,4 +21,12 @@ try:
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "backends", "forward", "gradcheck", "init_params", "loss_and_grad"]
+__all__ = [
+    "__version__",
+    "backends",
+    "forward",
+    "gradcheck",
+    "init_params",
+    "loss_and_grad",
+    "optim",
+]
