@@ -165,6 +165,8 @@ def _cupy_device_index(device: Any) -> int:
     if hasattr(device, "id"):  # cupy.cuda.Device
         return int(device.id)
     text = str(device).removeprefix("cuda").removeprefix(":")
+    if text == "":
+        return 0
     if text.isdigit():
         return int(text)
     raise BackendError(f"device: a CUDA device is 0, 1, 'cuda:1' ...; got {device!r}")
