@@ -32,6 +32,7 @@ __all__ = [
     "BackendError",
     "BackendStatus",
     "backend_of",
+    "describe",
     "get_backend",
     "list_backends",
     "resolve_name",
@@ -295,3 +296,54 @@ def backend_of(x: Any) -> Backend:
     if module in ("cupy", "torch", "array_api_strict"):
         return _LOADERS[module](x.device)
     raise BackendError(f"not an array of a known backend: {type(x).__module__}.{type(x).__name__}")
+
+
+# ---- description for `bptt info` -----------------------------------------------------
+
+
+def _version(module: str) -> str:
+    return str(getattr(importlib.import_module(module), "__version__", "unknown"))
+
+
+def _cuda_version(v: int) -> str:
+    return f"{v // 1000}.{v % 1000 // 10}"
+
+
+def _describe_cupy() -> dict[str, str]:
+    cupy = importlib.import_module("cupy")
+    runtime = cupy.cuda.runtime
+    info = {
+        "version": _version("cupy"),
+        "CUDA runtime": _cuda_version(runtime.runtimeGetVersion()),
+        "CUDA driver": _cuda_version(runtime.driverGetVersion()),
+    }
+    for i in range(runtime.getDeviceCount()):
+        props = runtime.getDeviceProperties(i)
+        info[f"cuda:{i}"] = f"{props['name'].decode()}, {props['totalGlobalMem'] / 2**30:.1f} GiB"
+    pool = cupy.get_default_memory_pool()
+    info["memory pool"] = (
+        f"{type(pool).__name__}: {pool.used_bytes() / 2**20:.1f} MiB used, "
+        f"{pool.total_bytes() / 2**20:.1f} MiB held"
+    )
+    return info
+
+
+def describe(name: str) -> dict[str, str]:
+    """What ``bptt info`` shows for one backend: versions and devices, or why not usable."""
+    status = _status(name)
+    if not status.usable:
+        return {"usable": f"no: {status.reason}"}
+    info = {"usable": "yes", "devices": ", ".join(status.devices)}
+    if name == "cupy":
+        info.update(_describe_cupy())
+    elif name == "numpy":
+        info["version"] = np.__version__
+    else:
+        info["version"] = _version(name)
+    if name == "torch":
+        cuda = _torch_cuda_status()
+        info["CUDA"] = "usable" if cuda.usable else f"not usable: {cuda.reason}"
+    if name == "array_api_strict":
+        flags = importlib.import_module("array_api_strict").get_array_api_strict_flags()
+        info["standard version"] = str(flags["api_version"])
+    return info

@@ -99,3 +99,11 @@ def test_mixing_devices_is_refused() -> None:
 def test_float64_refused_where_missing() -> None:
     with pytest.raises(ValueError, match="float64 is not supported"):
         bptt.init_params(4, 3, 2, dtype="float64", backend="array_api_strict", device="no_float64")
+
+
+def test_describe_every_backend() -> None:
+    for status in backends.list_backends():
+        info = backends.describe(status.name)
+        assert info["usable"].startswith("yes" if status.usable else "no: ")
+        if status.usable:
+            assert info["version"] and info["devices"]

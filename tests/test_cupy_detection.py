@@ -44,8 +44,13 @@ def fake_cupy(
     runtime = types.SimpleNamespace(
         getDeviceCount=get_device_count,
         getDeviceProperties=lambda i: {"name": b"Fake GPU", "totalGlobalMem": 8 << 30},
+        runtimeGetVersion=lambda: 12080,
+        driverGetVersion=lambda: 13000,
     )
     cupy.cuda = types.SimpleNamespace(runtime=runtime)
+    cupy.__version__ = "14.2.0"
+    pool = types.SimpleNamespace(used_bytes=lambda: 3 << 20, total_bytes=lambda: 4 << 20)
+    cupy.get_default_memory_pool = lambda: pool
     cupy.arange = lambda n: Array(sum(range(n)))
     return cupy
 
@@ -83,6 +88,7 @@ def test_unusable_gpu_has_a_reason(with_cupy, module, fragment: str) -> None:
     assert not status.usable
     assert fragment in status.reason
     assert backends.resolve_name("auto") == "numpy"
+    assert backends.describe("cupy") == {"usable": f"no: {status.reason}"}
     with pytest.raises(backends.BackendError, match="backend 'cupy' is not usable here") as info:
         backends.get_backend("cupy")
     assert fragment in str(info.value) and "'numpy'" in str(info.value)
@@ -93,6 +99,10 @@ def test_usable_gpu_is_chosen_by_auto(with_cupy) -> None:
     assert status.usable and status.reason == ""
     assert status.devices == ("cuda:0 Fake GPU", "cuda:1 Fake GPU")
     assert backends.resolve_name("auto") == "cupy"
+    info = backends.describe("cupy")
+    assert info["CUDA runtime"] == "12.8" and info["CUDA driver"] == "13.0"
+    assert info["cuda:1"] == "Fake GPU, 8.0 GiB"
+    assert info["memory pool"].endswith("3.0 MiB used, 4.0 MiB held")
 
 
 @pytest.mark.parametrize(
