@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -107,3 +108,17 @@ def test_describe_every_backend() -> None:
         assert info["usable"].startswith("yes" if status.usable else "no: ")
         if status.usable:
             assert info["version"] and info["devices"]
+
+
+@pytest.mark.parametrize("require, outcome", [("1", "1 error"), ("", "1 skipped")])
+def test_require_gpu_turns_the_skip_into_a_failure(require: str, outcome: str) -> None:
+    if backends._cupy_status().usable:
+        pytest.skip("a GPU is usable here: the cupy case runs instead")
+    test = f"{__file__}::test_round_trip_and_backend_of[cupy]"
+    env = {**os.environ, "BPTT_REQUIRE_GPU": require}
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert outcome in out.stdout, out.stdout
+    assert out.returncode == (1 if require else 0)
+    if require:
+        assert "BPTT_REQUIRE_GPU=1 but cupy is not usable" in out.stdout
