@@ -1,0 +1,230 @@
+"""Checkpoints: one portable NumPy ``.npz`` file, no pickle, written atomically.
+
+A checkpoint holds host (NumPy) copies of everything a run needs to continue
+exactly: parameters, optimizer state, vocabulary, step, data position, carried
+hidden state, the generator state, the configuration and the training history.
+Arrays are stored as ``param/U``, ``opt/m/U``, ``hidden``, ``history/val_bpc``;
+everything else is one JSON document (``meta``). Loading never unpickles, so a
+checkpoint written on a GPU loads on a CPU and the reverse.
+
+Writing goes to a temporary file in the same directory, which is flushed,
+fsynced and then renamed over the target (``os.replace``, atomic on POSIX and
+Windows): a run killed mid-write leaves the previous checkpoint intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Checkpoint",
+    "CheckpointError",
+    "check_writable",
+    "load_checkpoint",
+    "resolve_path",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 1
+LATEST, BEST = "latest.npz", "best.npz"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, truncated, corrupt, too new or of another model size."""
+
+
+@dataclass
+class Checkpoint:
+    """Everything needed to resume a run, as host data.
+
+    ``params``: {"U": (D, M), "W": (D, D), "V": (C, D)[, "b": (D,), "c": (C,)]};
+    ``opt_state``: {"step": int, slot: {param key: array}} as :mod:`bptt.optim`
+    keeps it; ``hidden``: (B, D) the state carried into the next chunk;
+    ``position``: {"epoch", "chunk", "offset"} of the next chunk; ``rng_state``:
+    the NumPy generator's ``bit_generator.state``; ``history``: 1-d arrays
+    (``train_step``, ``train_bpc``, ``val_step``, ``val_bpc``).
+    """
+
+    params: dict[str, np.ndarray]
+    opt_state: dict[str, Any]
+    vocab: str
+    step: int
+    config: dict[str, Any]
+    hidden: np.ndarray | None = None
+    position: dict[str, int] = field(default_factory=dict)
+    rng_state: dict[str, Any] | None = None
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)  # best_val, best_step, evals_since
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """M, D and C of the stored parameters."""
+        D, M = self.params["U"].shape
+        return {"M": int(M), "D": int(D), "C": int(self.params["V"].shape[0])}
+
+    def check_sizes(self, **expected: int | None) -> None:
+        """CheckpointError unless the stored M/D/C match ``expected`` (None: anything)."""
+        sizes = self.sizes
+        names = {"M": "vocabulary (M)", "D": "hidden size (D)", "C": "output size (C)"}
+        for key, value in expected.items():
+            if value is not None and sizes[key] != value:
+                raise CheckpointError(
+                    f"checkpoint: the model has {names[key]} {sizes[key]}, but {value} was "
+                    "asked for; a checkpoint can only resume a model of the same size"
+                )
+
+
+def resolve_path(path: str | os.PathLike, *, which: str = LATEST) -> Path:
+    """A checkpoint file, or a checkpoint directory's ``which`` file."""
+    p = Path(path)
+    return p / which if p.is_dir() else p
+
+
+def check_writable(directory: str | os.PathLike) -> Path:
+    """Create ``directory`` and prove a file can be written there, before any training."""
+    d = Path(directory)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".probe-", delete=True) as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise CheckpointError(
+            f"checkpoint-dir: cannot write to {str(d)!r}: {e.strerror or e}"
+        ) from None
+    return d
+
+
+def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+    out = {"format_version": np.asarray(FORMAT_VERSION, dtype=np.int64)}
+    out["vocab"] = np.asarray(ckpt.vocab, dtype=np.str_)
+    for key, value in ckpt.params.items():
+        out[f"param/{key}"] = np.asarray(value)
+    for slot, value in ckpt.opt_state.items():
+        if isinstance(value, dict):
+            for key, array in value.items():
+                out[f"opt/{slot}/{key}"] = np.asarray(array)
+    if ckpt.hidden is not None:
+        out["hidden"] = np.asarray(ckpt.hidden)
+    for key, value in ckpt.history.items():
+        out[f"history/{key}"] = np.asarray(value)
+    meta = {
+        "step": int(ckpt.step),
+        "config": ckpt.config,
+        "position": ckpt.position,
+        "rng_state": ckpt.rng_state,
+        "best": ckpt.best,
+        "opt_scalars": {k: v for k, v in ckpt.opt_state.items() if not isinstance(v, dict)},
+        "opt_slots": [k for k, v in ckpt.opt_state.items() if isinstance(v, dict)],
+    }
+    out["meta"] = np.asarray(json.dumps(meta), dtype=np.str_)
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (temporary file, fsync, rename)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    arrays = _arrays(ckpt)
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:  # including KeyboardInterrupt: never leave a half file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+    except OSError:
+        return target
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories
+    finally:
+        os.close(dir_fd)
+    return target
+
+
+def _open(path: Path) -> dict[str, np.ndarray]:
+    if not path.exists():
+        raise CheckpointError(f"checkpoint: no such file: {str(path)!r}")
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if head != b"PK\x03\x04":
+        raise CheckpointError(
+            f"checkpoint: {str(path)!r} is not a bptt checkpoint (not an .npz archive)"
+        )
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except (zipfile.BadZipFile, EOFError) as e:
+        if "CRC" in str(e) or "Bad magic" in str(e):
+            raise CheckpointError(
+                f"checkpoint: {str(path)!r} is corrupt ({e}); use another checkpoint"
+            ) from None
+        raise CheckpointError(
+            f"checkpoint: {str(path)!r} is truncated (an incomplete .npz archive: {e}); "
+            "it was probably cut off while being copied; use another checkpoint"
+        ) from None
+    except (ValueError, OSError, zlib.error) as e:
+        raise CheckpointError(f"checkpoint: {str(path)!r} is corrupt ({e})") from None
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file (or a directory's ``latest.npz``) as host data."""
+    p = resolve_path(path)
+    z = _open(p)
+    if "format_version" not in z or "meta" not in z:
+        raise CheckpointError(
+            f"checkpoint: {str(p)!r} is not a bptt checkpoint (no format_version)"
+        )
+    version = int(z["format_version"])
+    if version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint: {str(p)!r} has format version {version}, written by a newer bptt; "
+            f"this bptt reads versions up to {FORMAT_VERSION}: upgrade bptt to load it"
+        )
+    try:
+        meta = json.loads(str(z["meta"]))
+        params = {k.split("/", 1)[1]: v for k, v in z.items() if k.startswith("param/")}
+        opt_state: dict[str, Any] = dict(meta["opt_scalars"])
+        for slot in meta["opt_slots"]:
+            prefix = f"opt/{slot}/"
+            opt_state[slot] = {k[len(prefix) :]: v for k, v in z.items() if k.startswith(prefix)}
+        history = {k.split("/", 1)[1]: v for k, v in z.items() if k.startswith("history/")}
+        ckpt = Checkpoint(
+            params=params,
+            opt_state=opt_state,
+            vocab=str(z["vocab"]),
+            step=int(meta["step"]),
+            config=meta["config"],
+            hidden=z.get("hidden"),
+            position=meta["position"],
+            rng_state=meta["rng_state"],
+            history=history,
+            best=meta["best"],
+        )
+        sizes = ckpt.sizes
+    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"checkpoint: {str(p)!r} is corrupt (bad contents: {e})") from None
+    if ckpt.vocab and sizes["M"] != len(ckpt.vocab):
+        raise CheckpointError(
+            f"checkpoint: {str(p)!r} is corrupt: U has {sizes['M']} columns for a "
+            f"vocabulary of {len(ckpt.vocab)}"
+        )
+    return ckpt

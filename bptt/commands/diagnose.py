@@ -1,0 +1,216 @@
+"""``bptt diagnose``: gradient flow through time for a checkpoint or a fresh model.
+
+    bptt diagnose CHECKPOINT --plot flow.png
+    bptt diagnose --init --hidden 64 --spectral-radius 0.5 1 2 --plot flow.png
+
+Runs :func:`bptt.diagnostics.gradient_flow` (softmax head, mean reduction) on
+one batch and prints the mean of ||dL_t/ds_k|| by lag t - k. For a checkpoint
+the batch is B windows of held-out text (next-character targets): ``--text``, or
+the built-in corpus the checkpoint was trained on; for a file-trained checkpoint
+without ``--text``, and for ``--init``, random token ids and targets. ``--plot``
+draws the lag curve on a log scale and the t-by-k heat map, one heat map per
+spectral radius. matplotlib is imported only when plotting
+(``pip install 'bptt[plot]'``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from typing import Any
+
+from ._args import add_backend_arguments, positive_float, positive_int
+
+HELP = "gradient flow through time: ||dL_t/ds_k|| by lag, for a checkpoint or a fresh model"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", nargs="?", help="checkpoint file or directory to diagnose")
+    parser.add_argument("--init", action="store_true", help="diagnose a freshly initialised model")
+    parser.add_argument("--hidden", type=positive_int, default=64, help="D for --init (default 64)")
+    parser.add_argument(
+        "--vocab", type=positive_int, default=32, help="M = C for --init (default 32)"
+    )
+    parser.add_argument(
+        "--scheme", choices=("uniform", "xavier", "orthogonal"), default="uniform",
+        help="initialisation of a fresh model (default uniform)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--spectral-radius", type=positive_float, nargs="+", metavar="R",
+        help="rescale W to spectral radius R before measuring; several values compare them",
+    )  # fmt: skip
+    parser.add_argument(
+        "--text", metavar="FILE",
+        help="for a checkpoint: draw the batch from this text (default: the checkpoint's own "
+        "built-in corpus if it has one, else random token ids)",
+    )  # fmt: skip
+    parser.add_argument("--seq-len", type=positive_int, default=50, help="T (default 50)")
+    parser.add_argument("--batch", type=positive_int, default=32, help="B (default 32)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the batch")
+    parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    add_backend_arguments(parser, default="numpy")
+    parser.add_argument("--plot", metavar="FILE.png", help="write the figure to this file")
+
+
+def _fresh_params(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from ..params import init_params
+
+    params = init_params(
+        args.vocab, args.hidden, args.vocab, dtype="float64", seed=args.seed, init=args.scheme
+    )
+    return {k: np.asarray(v) for k, v in params.items()}
+
+
+def _text_ids(ckpt: Any, args: argparse.Namespace) -> tuple[Any, str] | None:
+    """Held-out ids of the text the checkpoint was trained on, or of ``--text``; None if none."""
+    from .. import data
+
+    source = ckpt.config.get("data", {}).get("source", "") if ckpt.config else ""
+    if args.text is not None:
+        text, name = data.read_text(args.text), args.text
+    elif source.startswith("corpus:") and source[len("corpus:") :] in data.CORPORA:
+        text, name = data.builtin_text(source[len("corpus:") :]), source
+    else:
+        return None
+    _, held_out = data.split_ids(data.Vocab(ckpt.vocab).encode(text, name=name))
+    return held_out, f"held-out text of {name}"
+
+
+def _batch(host: dict[str, Any], ids: Any, args: argparse.Namespace, be: Any) -> tuple[Any, Any]:
+    """(T, B) inputs and targets: windows of ``ids`` (next-character targets), else random."""
+    import numpy as np
+
+    M = host["U"].shape[1]
+    C = host["V"].shape[0]
+    rng = np.random.default_rng(args.seed + 1)
+    T, B = args.seq_len, args.batch
+    if ids is not None and len(ids) > T + 1:
+        starts = rng.integers(0, len(ids) - T - 1, B)
+        windows = np.stack([ids[i : i + T + 1] for i in starts], axis=1)  # (T+1, B)
+        return be.asarray(windows[:-1]), be.asarray(windows[1:])
+    return be.asarray(rng.integers(0, M, (T, B))), be.asarray(rng.integers(0, C, (T, B)))
+
+
+def measure(host: dict[str, Any], radius: float | None, ids: Any, args: argparse.Namespace) -> dict:
+    """gradient_flow (softmax head) for host params, W rescaled to ``radius`` if given, as NumPy."""
+    import numpy as np
+
+    from .. import backends
+    from ..diagnostics import gradient_flow, spectral_stats
+
+    host = dict(host)
+    if radius is not None:
+        current, _ = spectral_stats(host["W"])
+        host["W"] = host["W"] * (radius / current)
+    be = backends.get_backend(args.backend, args.device)
+    params = {k: be.asarray(v.astype(args.dtype), dtype=args.dtype) for k, v in host.items()}
+    inputs, targets = _batch(host, ids, args, be)
+    flow = gradient_flow(params, inputs, targets)
+    return {
+        "norms": be.to_numpy(flow.norms),
+        "lag_mean": be.to_numpy(flow.lag_mean),
+        "radius": flow.spectral_radius,
+        "sigma": flow.max_singular_value,
+        "label": f"rho(W) = {flow.spectral_radius:.3g}",
+        "shape": (args.seq_len, args.batch, *np.shape(host["W"])[:1]),
+    }
+
+
+def _summary(result: dict) -> str:
+    lag = result["lag_mean"]
+    shown = [lag_ for lag_ in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lag_ < len(lag)]
+    lines = [
+        f"{result['label']}, sigma_max(W) = {result['sigma']:.3g}",
+        "  lag   mean ||dL_t/ds_k||   / lag 0",
+    ]
+    for lag_ in shown:
+        ratio = lag[lag_] / lag[0] if lag[0] > 0 else math.nan
+        lines.append(f"  {lag_:>3}   {lag[lag_]:>18.3e}   {ratio:>8.2e}")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], path: str, *, title: str) -> None:
+    """Lag curves (log scale) in the first panel, one t-by-k heat map per result."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    n = len(results)
+    fig, axes = plt.subplots(1, n + 1, figsize=(4.6 + 3.6 * n, 3.9), layout="constrained")
+    ax = axes[0]
+    logs, seen = [], []
+    for i, result in enumerate(results):
+        lag = result["lag_mean"]
+        lags = np.arange(len(lag))
+        color = f"C{i}"
+        ax.semilogy(lags, lag, color=color, lw=2, label=result["label"])
+        seen.append(lag[np.isfinite(lag) & (lag > 0)])
+        guide = lag[0] * result["radius"] ** lags.astype(float)
+        ax.semilogy(lags, guide, color=color, lw=1, ls=":")
+        norms = result["norms"]
+        lower = np.tril(np.ones_like(norms, dtype=bool))
+        with np.errstate(divide="ignore"):
+            logs.append(np.where(lower & (norms > 0), np.log10(norms), np.nan))
+    ax.set_xlabel("lag t - k")
+    ax.set_ylabel("mean ||dL_t / ds_k||")
+    ax.set_title("gradient reaching k steps back\n(dotted: rho^lag from lag 0)", fontsize=10)
+    data = np.concatenate(seen)
+    if data.size:  # the guides may run far off: keep the measured curves in view
+        ax.set_ylim(data.min() / 10, data.max() * 1e3)
+    ax.legend(fontsize=8)
+    ax.grid(True, which="major", alpha=0.3)
+    finite = np.concatenate([x[np.isfinite(x)] for x in logs])
+    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 0.0)
+    for ax, result, img in zip(axes[1:], results, logs, strict=True):
+        T = img.shape[0]
+        shown = ax.imshow(
+            img, origin="upper", cmap="viridis", vmin=vmin, vmax=vmax,
+            extent=(0.5, T + 0.5, T + 0.5, 0.5), interpolation="nearest",
+        )  # fmt: skip
+        ax.set_xlabel("k (state)")
+        ax.set_ylabel("t (loss step)")
+        ax.set_title(f"log10 ||dL_t / ds_k||, {result['label']}", fontsize=10)
+    fig.colorbar(shown, ax=list(axes[1:]), shrink=0.9, label="log10 norm")
+    fig.suptitle(title, fontsize=11)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.init == (args.checkpoint is not None):
+        args._parser.error("give a CHECKPOINT or --init (one of them)")
+    if args.plot:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            args._parser.error("--plot needs matplotlib: pip install 'bptt[plot]'")
+    ids, batch = None, "random token ids"
+    if args.init:
+        if args.text is not None:
+            args._parser.error("--text needs a CHECKPOINT (a fresh model has no vocabulary)")
+        host = _fresh_params(args)
+        source = f"fresh '{args.scheme}' init, seed {args.seed}"
+    else:
+        from ..checkpoint import load_checkpoint
+
+        ckpt = load_checkpoint(args.checkpoint)
+        host = {k: v for k, v in ckpt.params.items() if v is not None}
+        source = f"{args.checkpoint} (step {ckpt.step})"
+        found = _text_ids(ckpt, args)
+        if found is not None:
+            ids, batch = found
+    radii = args.spectral_radius or [None]
+    results = [measure(host, radius, ids, args) for radius in radii]
+    T, B, D = results[0]["shape"]
+    title = f"{source}: D = {D}, T = {T}, B = {B}, {batch}"
+    print(title)
+    for result in results:
+        print(_summary(result))
+    if args.plot:
+        plot(results, args.plot, title=title)
+        print(f"wrote {args.plot}")
+    return 0

@@ -1,0 +1,73 @@
+"""``bptt gradcheck``: BPTT gradients against finite differences on a chosen backend."""
+
+from __future__ import annotations
+
+import argparse
+
+from ._args import add_backend_arguments, positive_float, positive_int
+
+HELP = "check BPTT gradients against finite differences; prints the worst relative error"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_backend_arguments(parser, default="numpy")
+    parser.add_argument("--inputs", type=positive_int, default=5, help="M (default 5)")
+    parser.add_argument("--hidden", type=positive_int, default=8, help="D (default 8)")
+    parser.add_argument("--outputs", type=positive_int, default=4, help="C (default 4)")
+    parser.add_argument("--seq-len", type=positive_int, default=6, help="T (default 6)")
+    parser.add_argument("--batch", type=positive_int, default=3, help="B (default 3)")
+    parser.add_argument("--head", choices=("softmax", "sigmoid"), default="softmax")
+    parser.add_argument("--dense", action="store_true", help="dense (T, B, M) inputs, not ids")
+    parser.add_argument("--h0", action="store_true", help="start from a random state")
+    parser.add_argument("--max-entries", type=positive_int, help="random entries per parameter")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--tol", type=positive_float, default=1e-6, help="fail above this (default 1e-6)"
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .. import backends
+    from ..api import gradcheck
+    from ..params import init_params
+
+    parser = args._parser
+    try:
+        be = backends.get_backend(args.backend, args.device)
+    except backends.BackendError as e:
+        parser.error(str(e))
+    if not be.supports("float64"):
+        parser.error(f"gradcheck needs float64, which {be.name} device {be.device!r} lacks")
+    M, D, C, T, B = args.inputs, args.hidden, args.outputs, args.seq_len, args.batch
+    rng = np.random.default_rng(args.seed)
+    params = init_params(
+        M, D, C, dtype="float64", seed=args.seed, backend=be.name, device=be.device
+    )
+    for key, n in (("b", D), ("c", C)):  # nonzero biases, so their gradients are checked
+        params[key] = be.asarray(rng.uniform(-0.5, 0.5, n), dtype="float64")
+    if args.dense:
+        inputs = be.asarray(rng.standard_normal((T, B, M)), dtype="float64")  # (T, B, M)
+    else:
+        inputs = be.asarray(rng.integers(0, M, (T, B)))  # (T, B)
+    if args.head == "softmax":
+        targets = be.asarray(rng.integers(0, C, (T, B)))  # (T, B)
+    else:
+        targets = be.asarray((rng.random((T, B, C)) < 0.5).astype(np.float64), dtype="float64")
+    h0 = be.asarray(rng.uniform(-0.9, 0.9, (B, D)), dtype="float64") if args.h0 else None
+    err = gradcheck(
+        params,
+        inputs,
+        targets,
+        h0=h0,
+        head=args.head,
+        max_entries=args.max_entries,
+        seed=args.seed,
+    )
+    ok = err <= args.tol
+    print(
+        f"gradcheck on {be.name} ({be.device}), M={M} D={D} C={C} T={T} B={B}, {args.head} head: "
+        f"worst relative error {err:.3e} ({'ok' if ok else 'FAILED'}, tolerance {args.tol:g})"
+    )
+    return 0 if ok else 1

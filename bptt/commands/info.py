@@ -1,0 +1,63 @@
+"""``bptt info``: version, backends (usable or not, and why), devices, BLAS."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "show the version, which backends are usable here (and why not), devices and BLAS"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.set_defaults(_parser=parser)
+
+
+def _blas() -> list[str]:
+    """BLAS libraries and threads: threadpoolctl if importable, else NumPy's build config."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        threadpool_info = None
+    if threadpool_info is not None:
+        return [
+            f"{i.get('internal_api')} {i.get('version')} ({i.get('user_api')}, "
+            f"{i.get('num_threads')} threads): {i.get('filepath')}"
+            for i in threadpool_info()
+        ]
+    import numpy as np
+
+    try:
+        config = np.show_config(mode="dicts")
+    except TypeError:  # NumPy < 1.25
+        return ["(numpy config unavailable; pip install threadpoolctl for details)"]
+    deps = config.get("Build Dependencies", {})
+    lines = []
+    for key in ("blas", "lapack"):
+        d = deps.get(key, {})
+        if d:
+            lines.append(f"{key}: {d.get('name')} {d.get('version', '')} (numpy build config)")
+    return lines or ["(unknown)"]
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    import platform
+
+    import numpy as np
+
+    from .. import __version__, backends
+
+    print(f"bptt {__version__}")
+    print(f"python {platform.python_version()} ({platform.platform()}), numpy {np.__version__}")
+    print(f"cpu cores: {os.cpu_count()}")
+    default, auto = backends.resolve_name(None), backends.resolve_name("auto")
+    print(f"default backend: {default}; auto picks {auto}")
+    print("backends:")
+    for name in backends.NAMES:
+        details = backends.describe(name)  # versions, devices, or why not usable
+        print(f"  {name}: usable: {details.pop('usable')}")
+        for key, value in details.items():
+            print(f"    {key}: {value}")
+    print("BLAS:")
+    for line in _blas():
+        print(f"  {line}")
+    return 0

@@ -1,0 +1,255 @@
+"""``bptt train``: train a character-level RNN, with progress, validation and checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._args import (
+    add_backend_arguments,
+    nonneg_float,
+    positive_float,
+    positive_int,
+    probability,
+)
+
+HELP = "train a character-level RNN (built-in text by default), with checkpoints"
+
+DEFAULT_STEPS = 4000
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_backend_arguments(parser)
+    data = parser.add_argument_group("data")
+    data.add_argument("--text", metavar="FILE", help="a UTF-8 text file to train on")
+    data.add_argument(
+        "--corpus",
+        choices=("topics", "stdlib"),
+        help="built-in text when --text is not given: 'topics' (the default: Python's reference "
+        "manual, pydoc_data.topics, ~465k chars) or 'stdlib' (the standard library's sources, "
+        "~4.7 MB). A resumed run defaults to the text it was trained on",
+    )
+    data.add_argument(
+        "--val-fraction", type=probability, help="held-out tail for validation (default 0.1)"
+    )
+    model = parser.add_argument_group("model (fixed once a run starts)")
+    model.add_argument("--hidden", type=positive_int, help="hidden units D (default 256)")
+    model.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
+    model.add_argument(
+        "--init", choices=("uniform", "xavier", "orthogonal"), help="default uniform"
+    )
+    model.add_argument("--seq-len", type=positive_int, help="T, characters per chunk (default 100)")
+    model.add_argument("--batch", type=positive_int, help="B, parallel streams (default 64)")
+    model.add_argument("--seed", type=int, help="fixes init, stream order, dropout and samples")
+    opt = parser.add_argument_group("optimisation")
+    opt.add_argument("--optimizer", choices=("sgd", "adagrad", "rmsprop", "adam"), help="adam")
+    opt.add_argument("--lr", type=positive_float, help="learning rate (default 2e-3)")
+    opt.add_argument("--momentum", type=probability, help="for sgd (default 0)")
+    opt.add_argument("--clip", type=nonneg_float, help="global gradient norm; 0 = off (default 5)")
+    opt.add_argument("--weight-decay", type=nonneg_float, help="default 0")
+    opt.add_argument("--dropout", type=probability, help="on the states before V (default 0)")
+    opt.add_argument("--lr-decay", type=positive_float, help="factor per --lr-decay-every steps")
+    opt.add_argument("--lr-decay-every", type=positive_int, help="default 1000")
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--steps", type=positive_int, help=f"stop at this global step (default {DEFAULT_STEPS})"
+    )
+    run.add_argument("--minutes", type=positive_float, help="stop after this much wall time")
+    run.add_argument("--eval-every", type=positive_int, help="validate every N steps (200)")
+    run.add_argument("--log-every", type=positive_int, help="read the loss every N steps (20)")
+    run.add_argument("--patience", type=positive_int, help="early stop after N evals w/o a best")
+    run.add_argument("--sample-length", type=positive_int, help="sample shown per eval (200)")
+    run.add_argument("--checkpoint-dir", metavar="DIR", help="default checkpoints/<date-time>")
+    run.add_argument("--resume", metavar="CKPT", help="a checkpoint file or directory")
+    run.add_argument("--plot", metavar="FILE.png", help="write training/validation curves")
+    run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+
+
+MODEL_OPTIONS = ("hidden", "dtype", "init", "seq_len", "batch", "seed", "optimizer", "momentum")
+
+
+class _Progress:
+    """tqdm bar with loss, bits/char and chars/s; plain lines when tqdm is missing."""
+
+    def __init__(self, total: int | None, initial: int, plain: bool) -> None:
+        self.bar = None
+        if not plain:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, unit="step", dynamic_ncols=True)
+            except ImportError:
+                pass
+
+    def write(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def on_step(self, step: int) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def on_log(self, step: int, bpc: float, chars_per_s: float) -> None:
+        import math
+
+        stats = f"loss {bpc * math.log(2):.3f}, {bpc:.3f} bits/char, {chars_per_s:,.0f} chars/s"
+        if self.bar is not None:
+            self.bar.set_postfix_str(stats, refresh=False)
+        else:
+            print(f"step {step}: {stats}", flush=True)
+
+    def on_eval(self, step: int, val_bpc: float, is_best: bool, text: str) -> None:
+        mark = " (best)" if is_best else ""
+        self.write(f"step {step}: validation {val_bpc:.4f} bits/char{mark}")
+        self.write("  | " + text.replace("\n", "\n  | "))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    names = (
+        *MODEL_OPTIONS,
+        "lr",
+        "clip",
+        "weight_decay",
+        "dropout",
+        "lr_decay",
+        "lr_decay_every",
+        "eval_every",
+        "log_every",
+        "patience",
+        "sample_length",
+    )
+    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+
+
+def _data_options(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str, Any]:
+    """The text to resume on: as given, else the one the checkpoint was trained on."""
+    source = stored.get("source", "corpus:topics")
+    options: dict[str, Any] = {"val_fraction": stored.get("val_fraction", 0.1)}
+    if args.val_fraction is not None:
+        options["val_fraction"] = args.val_fraction
+    if args.text is not None:
+        options["text"] = args.text
+    elif args.corpus is not None:
+        options["corpus"] = args.corpus
+    elif source.startswith("corpus:"):
+        options["corpus"] = source.removeprefix("corpus:")
+    else:
+        options["text"] = source
+    return options
+
+
+def _build(args: argparse.Namespace) -> Any:
+    from .. import backends
+    from ..checkpoint import load_checkpoint, resolve_path
+    from ..data import load_corpus
+    from ..train import TrainConfig, Trainer
+
+    be = backends.get_backend(args.backend, args.device)
+    options = _config_overrides(args)
+    if args.resume is None:
+        corpus = load_corpus(
+            text=args.text,
+            corpus=args.corpus or "topics",
+            val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
+        )
+        return Trainer.create(corpus, TrainConfig(**options), backend=be)
+    path = resolve_path(args.resume)
+    ckpt = load_checkpoint(path)
+    corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
+    stored = ckpt.config["train"]
+    fixed = [k for k in MODEL_OPTIONS if k in options and options[k] != stored.get(k)]
+    if "hidden" in fixed:
+        ckpt.check_sizes(D=options["hidden"])  # the wrong-size message
+    if fixed:
+        flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
+        raise ValueError(f"{flags}: cannot change when resuming (the checkpoint has {stored})")
+    overrides = {k: v for k, v in options.items() if k not in MODEL_OPTIONS}
+    trainer = Trainer.resume(ckpt, corpus, backend=be, **overrides)
+    trainer.checkpoint_dir = path.parent
+    return trainer
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import backends
+    from ..checkpoint import CheckpointError, check_writable
+    from ..data import DataError
+    from ..train import NonFiniteError
+
+    parser = args._parser
+    try:
+        trainer = _build(args)
+        if args.checkpoint_dir is not None:
+            trainer.checkpoint_dir = Path(args.checkpoint_dir)
+        elif trainer.checkpoint_dir is None:
+            trainer.checkpoint_dir = Path("checkpoints") / time.strftime("%Y%m%d-%H%M%S")
+        check_writable(trainer.checkpoint_dir)  # at start, not after an hour
+    except (DataError, CheckpointError, backends.BackendError, ValueError) as e:
+        parser.error(str(e))
+    if args.plot is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            parser.error("--plot needs matplotlib: pip install 'bptt[plot]'")
+
+    c, be = trainer.config, trainer.backend
+    steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
+    if steps is not None and steps <= trainer.step:
+        parser.error(f"--steps {steps}: the checkpoint is already at step {trainer.step}")
+    print(
+        f"bptt train: {trainer.corpus.source} ({len(trainer.corpus.train):,} train / "
+        f"{len(trainer.corpus.val):,} validation chars, {len(trainer.corpus.vocab)} symbols)\n"
+        f"  backend {be.name} on {be.device}, {c.dtype}, D={c.hidden} B={c.batch} T={c.seq_len},"
+        f" {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
+        f"weight decay {c.weight_decay:g}, seed {c.seed}\n"
+        f"  checkpoints: {trainer.checkpoint_dir}"
+        + (f" (resuming at step {trainer.step})" if trainer.step else ""),
+        flush=True,
+    )
+    interrupted = []
+
+    def on_sigint(signum: int, frame: Any) -> None:
+        interrupted.append(signum)
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C kills
+
+    previous = signal.signal(signal.SIGINT, on_sigint)
+    progress = _Progress(steps, trainer.step, args.no_progress)
+    t0 = time.perf_counter()
+    try:
+        result = trainer.run(
+            steps=steps,
+            minutes=args.minutes,
+            reporter=progress,
+            should_stop=lambda: bool(interrupted),
+        )
+    except NonFiniteError as e:
+        progress.close()
+        print(f"bptt train: {e}", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        progress.close()
+    elapsed = time.perf_counter() - t0
+    print(
+        f"stopped at step {result.step} ({result.reason}) after {elapsed:.0f} s: "
+        f"last validation {result.last_val:.4f} bits/char, best {result.best_val:.4f} "
+        f"at step {result.best_step}\n  latest: {result.latest}\n  best:   {result.best}"
+    )
+    if args.plot is not None:
+        from ..plot import plot_history
+
+        plot_history(trainer.history, args.plot, title=f"{trainer.corpus.source}, D={c.hidden}")
+        print(f"  plot:   {args.plot}")
+    if result.reason == "interrupted":
+        print(f"interrupted: resume with  bptt train --resume {trainer.checkpoint_dir}")
+        return 130
+    return 0

@@ -1,0 +1,153 @@
+"""Gradient-flow diagnostics: how far back does the loss at step t reach?
+
+For one batch, :func:`gradient_flow` measures ||dL_t/ds_k|| for every pair
+k <= t: the loss of step t pulled back through the products of Jacobians
+diag(1 - s_i^2) W of eqs. (58)-(62), the corrected eq. (63) of
+``docs/derivation.md``. Seen against the lag t - k, these norms show whether
+gradients vanish (they shrink geometrically), explode (they grow) or sit at the
+edge. The two numbers that predict the slope are the spectral radius and the
+largest singular value of W.
+
+The sweep runs over k = T..1, like :func:`bptt.model.backward`, but keeps one
+row per loss step instead of their sum: the backward pass carries
+dL/ds_k = sum_t dL_t/ds_k, this module carries every dL_t/ds_k separately.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from . import backends
+from .api import loss_terms_and_dlogits
+from .checks import check_call, check_values
+
+__all__ = ["GradientFlow", "gradient_flow", "spectral_stats", "state_gradient_sweep"]
+
+
+class GradientFlow(NamedTuple):
+    """What :func:`gradient_flow` returns. Arrays live where the parameters live."""
+
+    norms: Any  # (T, T): norms[t, k] = ||dL_t/ds_k|| for k <= t, 0 above the diagonal
+    lag_mean: Any  # (T,): lag_mean[l] = mean over loss steps t >= l of norms[t, t - l]
+    steps: Any  # (T,) bool: the steps t whose loss counts (some unmasked sequence)
+    spectral_radius: float  # max |eigenvalue| of W (computed on the host)
+    max_singular_value: float  # largest singular value of W (computed on the host)
+
+
+def spectral_stats(W: Any) -> tuple[float, float]:
+    """Spectral radius and largest singular value of W (D, D), as Python floats.
+
+    The array API has no general (non-symmetric) eigenvalue routine, so W is
+    copied to the host with its backend's ``to_numpy`` and handed to
+    ``numpy.linalg``. W is D x D, small next to the (T, B, D) work of a batch;
+    the copy is this module's only host transfer of parameter data.
+    """
+    host = np.asarray(backends.backend_of(W).to_numpy(W), dtype=np.float64)  # (D, D)
+    radius = float(np.max(np.abs(np.linalg.eigvals(host))))
+    sigma = float(np.linalg.norm(host, 2))
+    return radius, sigma
+
+
+def state_gradient_sweep(states: Any, dS: Any, W: Any, xp: Any) -> Iterator[tuple[int, Any]]:
+    """Yield ``(k, G)`` for k = T-1, ..., 0 (0-based), with G[j] = dL_{k+j}/ds_k.
+
+    ``states`` (T, B, D) are s_1..s_T; ``dS`` (T, B, D) holds dL_t/ds_t, the loss
+    gradient reaching each state from its own output (eq. (56), already weighted
+    by mask and reduction); G has shape (T - k, B, D). One step of the sweep is
+
+        G_k[t] = (G_{k+1}[t] * (1 - s_{k+1}^2)) @ W  for t > k,    G_k[k] = dS_k,
+
+    the row-vector form of dL_t/ds_k = dL_t/ds_{k+1} diag(1 - s_{k+1}^2) W, with
+    the tanh' factor that eqs. (13)-(15) drop, in the order that eq. (63) loses.
+    Summing G over its first axis gives dL/ds_k, what the backward pass carries.
+
+    This is eq. (B15) of ``docs/derivation.md``. Cost: T sequential steps (as
+    many as the backward pass), step k one matrix
+    product over (T - k - 1) * B rows; O(T^2 B D^2) in all, inherent in asking
+    for all T(T+1)/2 pairs. The buffer is (T, B, D), the size of ``states``.
+    """
+    T, B, D = states.shape
+    tanh_prime = 1 - states * states  # eq. (62), diagonals of ds_t/dz_t  (T, B, D)
+    G = xp.empty((T, B, D), dtype=states.dtype, device=states.device)  # (T, B, D)
+    for k in range(T - 1, -1, -1):
+        if k < T - 1:  # every open row crosses one more Jacobian diag(1 - s_{k+1}^2) W
+            active = G[k + 1 :, ...] * tanh_prime[k + 1, ...]  # (T-k-1, B, D)
+            G[k + 1 :, ...] = xp.reshape(
+                xp.reshape(active, ((T - k - 1) * B, D)) @ W, (T - k - 1, B, D)
+            )
+        G[k, ...] = dS[k, ...]  # the loss of step k reaches s_k directly  (B, D)
+        yield k, G[k:, ...]  # a view, overwritten by the next step
+
+
+def gradient_flow(
+    params: Any,
+    inputs: Any,
+    targets: Any,
+    *,
+    h0: Any = None,
+    head: str = "softmax",
+    mask: Any = None,
+    reduction: str = "mean",
+) -> GradientFlow:
+    """Norms of dL_t/ds_k for all k <= t over one batch, their mean by lag, and W's spectrum.
+
+    Arguments as in :func:`bptt.loss_and_grad`: ``inputs`` (T, B) ids or (T, B, M),
+    ``targets``, ``h0`` (B, D), ``head``, ``mask`` (T, B), ``reduction``. L_t is
+    step t's share of the reduced loss, L = sum_t L_t (eq. (B8)), so the weights
+    of the mask and of ``reduction="mean"`` are included. Arguments are checked
+    as :func:`bptt.loss_and_grad` checks them, values included (a device sync).
+
+    Returns a :class:`GradientFlow`:
+
+    - ``norms`` (T, T): ``norms[t, k]`` is the Frobenius norm of the (B, D) array
+      dL_t/ds_k (row b: the gradient for sequence b), 0-based t and k, zero for
+      k > t. The diagonal is ||V^T dg_t||; below it each step back multiplies by
+      diag(1 - s_i^2) W, so ``norms[t, k] <= norms[t, t] * sigma_max^(t - k)``.
+    - ``lag_mean`` (T,): for each lag l = t - k, the mean of ``norms[t, t - l]``
+      over the steps t >= l whose loss counts (``steps``); NaN for a lag that no
+      counting step reaches.
+    - ``steps`` (T,) bool: True where some sequence's step t is unmasked.
+    - ``spectral_radius``, ``max_singular_value``: Python floats for W, computed
+      on the host (see :func:`spectral_stats`; the array API has no eigvals).
+
+    ``norms``, ``lag_mean`` and ``steps`` are arrays of the parameters' namespace
+    and device: nothing but W is copied to the host. Cost: see
+    :func:`state_gradient_sweep`; O(T^2 B D^2), T sequential matrix products.
+    """
+    xp, dims = check_call(
+        params, inputs, targets=targets, h0=h0, mask=mask, head=head, reduction=reduction,
+        need_targets=True,
+    )  # fmt: skip
+    check_values(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
+    _, dlogits, cache = loss_terms_and_dlogits(
+        params, inputs, targets, h0=h0, head=head, mask=mask, reduction=reduction, xp=xp
+    )  # dlogits (T, B, C): dL/dg_t with mask and reduction weights, eq. (44)
+    S = cache.states  # (T, B, D)
+    T, B, D = S.shape
+    C = dlogits.shape[2]
+    dS = xp.reshape(xp.reshape(dlogits, (T * B, C)) @ params["V"], (T, B, D))  # eq. (56)
+
+    if mask is None:
+        steps = xp.ones((T,), dtype=xp.bool, device=S.device)  # (T,)
+    else:
+        steps = xp.any(mask if xp.isdtype(mask.dtype, "bool") else mask != 0, axis=1)  # (T,)
+    counts = xp.astype(steps, S.dtype)  # (T,)
+    norms = xp.zeros((T, T), dtype=S.dtype, device=S.device)  # (T, T), [t, k]
+    lag_sum = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
+    lag_count = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
+    for k, G in state_gradient_sweep(S, dS, params["W"], xp):  # G (T-k, B, D)
+        column = xp.sqrt(xp.sum(G * G, axis=(1, 2)))  # ||dL_t/ds_k||, t = k..T-1  (T-k,)
+        norms[k:, k] = column
+        # entry t of the column has lag t - k = 0 .. T-1-k
+        lag_sum[: T - k] = lag_sum[: T - k] + column * counts[k:]
+        lag_count[: T - k] = lag_count[: T - k] + counts[k:]
+    reached = lag_count > 0  # (T,)
+    ones = xp.ones_like(lag_count)  # (T,)
+    lag_mean = xp.where(
+        reached, lag_sum / xp.where(reached, lag_count, ones), xp.full_like(ones, xp.nan)
+    )  # (T,)
+    radius, sigma = spectral_stats(params["W"])
+    return GradientFlow(norms, lag_mean, steps, radius, sigma)

@@ -1,0 +1,159 @@
+"""Checkpoints: round trip, no pickle, atomic writes, portability, one clear error each."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from train_helpers import small_corpus, small_trainer
+
+from bptt import backends, checkpoint
+from bptt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from bptt.train import Trainer
+
+NUMPY = backends.get_backend("numpy")
+
+
+@pytest.fixture
+def saved(tmp_path):
+    trainer = small_trainer(NUMPY, tmp_path)
+    trainer.run(steps=5)
+    return trainer, tmp_path / checkpoint.LATEST
+
+
+def test_round_trip_without_pickle(saved) -> None:
+    trainer, path = saved
+    with np.load(path, allow_pickle=False) as z:  # nothing in it needs pickle
+        assert int(z["format_version"]) == checkpoint.FORMAT_VERSION
+    ckpt = load_checkpoint(path.parent)  # a directory means its latest.npz
+    ref = trainer.checkpoint()
+    assert ckpt.step == 5 and ckpt.vocab == trainer.corpus.vocab.chars
+    for k, v in ref.params.items():
+        np.testing.assert_array_equal(ckpt.params[k], v)
+    assert ckpt.opt_state["step"] == 5
+    for slot in ("m", "v"):
+        for k in ref.params:
+            np.testing.assert_array_equal(ckpt.opt_state[slot][k], ref.opt_state[slot][k])
+    np.testing.assert_array_equal(ckpt.hidden, ref.hidden)
+    assert ckpt.position == ref.position and ckpt.rng_state == ref.rng_state
+    assert ckpt.config["train"]["hidden"] == 12 and ckpt.best["best_step"] == 5
+    np.testing.assert_array_equal(ckpt.history["val_step"], [5.0])
+
+
+def test_empty_optimizer_slots_round_trip(tmp_path) -> None:
+    trainer = small_trainer(NUMPY, tmp_path, optimizer="sgd", lr=0.1)
+    trainer.run(steps=5)
+    assert load_checkpoint(tmp_path).opt_state == {"step": 5, "velocity": {}}
+
+
+def test_write_is_atomic(saved, monkeypatch) -> None:
+    trainer, path = saved
+    before = path.read_bytes()
+
+    def crash(f, **arrays):  # dies halfway through writing
+        f.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, trainer.checkpoint())
+    assert path.read_bytes() == before
+    assert [p.name for p in path.parent.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_cross_backend(tmp_path) -> None:
+    """Saved from array_api_strict's device1 (a GPU stand-in), resumed on NumPy."""
+    device1 = backends.get_backend("array_api_strict", "device1")
+    trainer = small_trainer(device1, tmp_path)
+    trainer.run(steps=5)
+    resumed = Trainer.resume(load_checkpoint(tmp_path), small_corpus(), backend=NUMPY)
+    for k, v in resumed.params.items():
+        assert isinstance(v, np.ndarray)
+        np.testing.assert_array_equal(v, device1.to_numpy(trainer.params[k]))
+    resumed.run(steps=7)
+    assert resumed.step == 7
+
+
+def _rewrite(path, **changes) -> None:
+    with np.load(path, allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    arrays.update(changes)
+    with open(path, "wb") as f:
+        np.savez(f, **arrays)
+
+
+def test_missing(tmp_path) -> None:
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_checkpoint(tmp_path / "nope.npz")
+
+
+def test_truncated(saved) -> None:
+    _, path = saved
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(CheckpointError, match="is truncated"):
+        load_checkpoint(path)
+
+
+def test_not_a_checkpoint(saved) -> None:
+    _, path = saved
+    path.write_bytes(b"hello, this is not a zip archive")
+    with pytest.raises(CheckpointError, match=r"not a bptt checkpoint \(not an .npz archive\)"):
+        load_checkpoint(path)
+
+
+def test_corrupt_bytes(saved) -> None:
+    _, path = saved
+    with zipfile.ZipFile(path) as z:  # flip a byte inside the stored parameters
+        info = z.getinfo("param/W.npy")
+    raw = bytearray(path.read_bytes())
+    raw[info.header_offset + 30 + len(info.filename) + 200] ^= 0xFF
+    path.write_bytes(bytes(raw))
+    with pytest.raises(CheckpointError, match="is corrupt"):
+        load_checkpoint(path)
+
+
+def test_corrupt_contents(saved) -> None:
+    _, path = saved
+    _rewrite(path, meta=np.asarray("{not json", dtype=np.str_))
+    with pytest.raises(CheckpointError, match=r"is corrupt \(bad contents"):
+        load_checkpoint(path)
+
+
+def test_newer_version(saved) -> None:
+    _, path = saved
+    _rewrite(path, format_version=np.asarray(checkpoint.FORMAT_VERSION + 1))
+    with pytest.raises(CheckpointError, match="written by a newer bptt"):
+        load_checkpoint(path)
+
+
+def test_wrong_size(saved) -> None:
+    _, path = saved
+    ckpt = load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"hidden size \(D\) 12, but 64 was asked"):
+        ckpt.check_sizes(D=64)
+    with pytest.raises(CheckpointError, match="vocabulary"):
+        Trainer.resume(ckpt, small_corpus().__class__.from_text("abc" * 500, source="x"))
+
+
+def test_other_text_refused(saved) -> None:
+    _, path = saved
+    ckpt = load_checkpoint(path)
+    ckpt.config["data"]["sha256"] = "0" * 64
+    with pytest.raises(CheckpointError, match="whose contents differ"):
+        Trainer.resume(ckpt, small_corpus())
+
+
+def test_meta_is_json(saved) -> None:
+    _, path = saved
+    with np.load(path, allow_pickle=False) as z:
+        meta = json.loads(str(z["meta"]))
+    assert meta["position"].keys() == {"epoch", "chunk", "offset"}
+
+
+def test_unwritable_directory_reported_at_start(tmp_path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(CheckpointError, match="cannot write to"):
+        checkpoint.check_writable(blocker / "sub")

@@ -1,0 +1,229 @@
+"""The training loop: learning, every optimizer on every backend, exact resume, NaN stop."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from train_helpers import small_config, small_corpus, small_trainer
+
+import bptt
+from bptt import backends, train
+from bptt.checkpoint import LATEST, load_checkpoint
+from bptt.data import Corpus
+
+NUMPY = backends.get_backend("numpy")
+
+
+def _host(trainer: train.Trainer) -> dict[str, np.ndarray]:
+    return {k: trainer.backend.to_numpy(v) for k, v in trainer.params.items()}
+
+
+def test_loss_falls_on_a_small_slice() -> None:
+    """200 small steps (well under a second) beat the text's own unigram model."""
+    trainer = small_trainer(NUMPY, hidden=32, batch=8, lr=1e-2, log_every=25, eval_every=1000)
+    before = trainer.validate()
+    result = trainer.run(steps=200)
+    bpc = trainer.history["train_bpc"]
+    assert bpc[-1] < bpc[0] - 1.0, bpc
+    corpus = trainer.corpus
+    counts = np.bincount(corpus.train, minlength=len(corpus.vocab)) + 1.0
+    unigram = float(-np.log2(counts / counts.sum())[corpus.val[1:]].mean())
+    assert result.last_val < unigram - 0.5 < before, (before, unigram, result.last_val)
+
+
+OPTIMIZERS = {
+    "sgd": dict(optimizer="sgd", lr=0.5, momentum=0.9, clip=1.0),
+    "adagrad": dict(optimizer="adagrad", lr=0.1, clip=0.0),
+    "rmsprop": dict(optimizer="rmsprop", lr=1e-2, weight_decay=1e-3, lr_decay=0.5),
+    "adam": dict(optimizer="adam", lr=1e-2, weight_decay=1e-2, dropout=0.3),
+}
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_every_optimizer_on_every_backend(be, name: str, tmp_path) -> None:
+    """The whole job on each backend (device1 refuses NumPy leaks) matches NumPy's run."""
+    trainer = small_trainer(be, tmp_path, **OPTIMIZERS[name])
+    result = trainer.run(steps=7)
+    assert result.step == 7 and result.reason == "steps"
+    for key, value in trainer.params.items():
+        assert type(value).__module__.split(".")[0] == be.name, key
+        assert value.device == be.device, key
+    for slot, values in trainer.opt_state.items():
+        if isinstance(values, dict):
+            assert all(v.device == be.device for v in values.values()), slot
+    assert math.isfinite(result.last_val) and result.latest.exists() and result.best.exists()
+    reference = small_trainer(NUMPY, dtype=trainer.config.dtype, **OPTIMIZERS[name])
+    reference.run(steps=7)
+    rtol = 1e-10 if trainer.config.dtype == "float64" else 1e-4
+    ours, ref = _host(trainer), _host(reference)
+    for key in ref:
+        np.testing.assert_allclose(ours[key], ref[key], rtol=rtol, atol=rtol)
+
+
+def _snapshot(trainer: train.Trainer) -> dict[str, np.ndarray]:
+    ckpt = trainer.checkpoint()
+    out = {f"param/{k}": v for k, v in ckpt.params.items()}
+    for slot in ("m", "v"):
+        out.update({f"{slot}/{k}": v for k, v in ckpt.opt_state[slot].items()})
+    out["hidden"] = ckpt.hidden
+    return out
+
+
+def test_resume_is_exact(tmp_path) -> None:
+    """Training 2N steps equals N steps, a checkpoint, and N more: identical bits."""
+    options = dict(batch=16, dropout=0.2, eval_every=4, log_every=2)  # 20 chunks per epoch
+    N = 14  # the second half crosses an epoch boundary (state reset, new offset)
+    straight = small_trainer(NUMPY, **options)
+    straight.run(steps=2 * N)
+    assert straight.epoch == 1
+
+    first = small_trainer(NUMPY, tmp_path, **options)
+    first.run(steps=N)
+    resumed = train.Trainer.resume(load_checkpoint(tmp_path / LATEST), small_corpus())
+    resumed.run(steps=2 * N)
+    a, b = _snapshot(straight), _snapshot(resumed)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state
+    assert (resumed.epoch, resumed.chunk, resumed.offset) == (
+        straight.epoch,
+        straight.chunk,
+        straight.offset,
+    )
+
+
+def test_nan_stops_naming_the_first_bad_step(tmp_path, monkeypatch) -> None:
+    trainer = small_trainer(NUMPY, tmp_path, log_every=3, eval_every=5)
+    trainer.run(steps=5)
+    latest = tmp_path / LATEST
+    good = latest.read_bytes()
+    calls = []
+    original = train.loss_and_grad
+
+    def poisoned(*args, **kwargs):
+        loss, grads, h = original(*args, **kwargs)
+        calls.append(1)
+        return (loss * math.nan if len(calls) == 2 else loss), grads, h  # step 7
+
+    monkeypatch.setattr(train, "loss_and_grad", poisoned)
+    with pytest.raises(train.NonFiniteError, match="NaN or infinite at step 7") as info:
+        trainer.run(steps=20)
+    assert info.value.step == 7
+    assert trainer.step == 9  # noticed at the next read, the log of step 9
+    assert latest.read_bytes() == good
+
+
+def test_divergence_keeps_the_last_good_checkpoint(tmp_path) -> None:
+    trainer = small_trainer(NUMPY, tmp_path, dtype="float32", eval_every=3, log_every=3)
+    trainer.run(steps=3)
+    good = (tmp_path / LATEST).read_bytes()
+    blown = train.Trainer.resume(
+        load_checkpoint(tmp_path), small_corpus(), lr=1e36, clip=0.0, eval_every=1000
+    )
+    blown.checkpoint_dir = tmp_path
+    with pytest.raises(train.NonFiniteError, match=r"at step \d+; the last good checkpoint"):
+        blown.run(steps=30)
+    assert (tmp_path / LATEST).read_bytes() == good
+    with pytest.raises(train.NonFiniteError, match="no checkpoint written"):
+        blown.save()
+
+
+def test_no_host_reads_inside_steps(monkeypatch) -> None:
+    """On device1, every conversion to a host value is counted: only at log steps."""
+    be = backends.get_backend("array_api_strict", "device1")
+    Array = type(be.asarray(0))
+    reads = []
+    for name in ("__bool__", "__float__", "__int__", "__index__"):
+        original = getattr(Array, name)
+
+        def counting(self, _original=original):
+            reads.append(1)
+            return _original(self)
+
+        monkeypatch.setattr(Array, name, counting)
+    counting_be = dataclasses.replace(be, _to_numpy=lambda x: (reads.append(1), be.to_numpy(x))[1])
+    trainer = small_trainer(counting_be, log_every=4, eval_every=1000)
+    seen = []
+
+    class Recorder(train.Reporter):
+        def on_step(self, step: int) -> None:
+            seen.append(len(reads))
+
+    trainer.run(steps=13, reporter=Recorder())
+    per_step = np.diff(seen)  # reads between the ends of consecutive steps
+    read_after = [k + 1 for k in np.nonzero(per_step)[0]]  # the step whose end made reads
+    assert read_after == [4, 8, 12], (seen, read_after)
+    assert set(per_step[per_step > 0].tolist()) == {1}  # one read per log
+
+
+def test_dropout_mask_is_the_same_on_every_backend(be) -> None:
+    dtype = "float64" if be.supports("float64") else "float32"
+    mask = train.dropout_mask(np.random.default_rng(7), (5, 4, 6), 0.25, backend=be, dtype=dtype)
+    assert mask.device == be.device
+    ref = train.dropout_mask(np.random.default_rng(7), (5, 4, 6), 0.25, backend=NUMPY, dtype=dtype)
+    host = be.to_numpy(mask)
+    np.testing.assert_array_equal(host, ref)
+    assert set(np.unique(host).tolist()) <= {0.0, np.float32(1 / 0.75).item(), 1 / 0.75}
+    big = train.dropout_mask(np.random.default_rng(0), (100, 100), 0.25, backend=NUMPY, dtype=dtype)
+    assert abs(np.mean(big == 0) - 0.25) < 0.02
+    with pytest.raises(ValueError, match="dropout probability"):
+        train.dropout_mask(np.random.default_rng(0), (2,), 1.0, backend=be, dtype=dtype)
+
+
+def test_validation_carries_state_through_the_text() -> None:
+    """S streams with warm-up score each character once; with warm-up covering the
+    whole text they equal one stream, and one stream equals a direct computation."""
+    corpus = small_corpus()
+    params = bptt.init_params(len(corpus.vocab), 10, len(corpus.vocab), dtype="float64", seed=3)
+    ids = corpus.val
+    one = train.layout_validation(ids, streams=1, warmup=0, backend=NUMPY, dtype="float64")
+    many = train.layout_validation(ids, streams=5, warmup=len(ids), backend=NUMPY, dtype="float64")
+    some = train.layout_validation(ids, streams=5, warmup=20, backend=NUMPY, dtype="float64")
+    for v in (one, many, some):
+        assert v.count == len(ids) - 1 and float(np.sum(v.weight)) == len(ids) - 1
+    _, logits = bptt.forward(params, ids[:-1, None])  # (N-1, 1, C): one pass, full state
+    g = logits[:, 0, :]
+    logp = g - g.max(axis=1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
+    direct = -logp[np.arange(len(ids) - 1), ids[1:]].mean() / math.log(2)
+    assert train.evaluate(params, one, chunk=37) == pytest.approx(direct, rel=1e-12)
+    assert train.evaluate(params, many, chunk=37) == pytest.approx(direct, rel=1e-12)
+    assert train.evaluate(params, some) == pytest.approx(direct, rel=1e-3)
+
+
+def test_early_stopping_keeps_best_apart(tmp_path, monkeypatch) -> None:
+    trainer = small_trainer(NUMPY, tmp_path, eval_every=2, patience=2)
+    values = iter([3.0, 2.5, 2.7, 2.6, 1.0])
+    monkeypatch.setattr(trainer, "validate", lambda: next(values))
+    result = trainer.run(steps=100)
+    assert result.reason == "early_stop" and result.step == 8
+    assert (result.best_val, result.best_step) == (2.5, 4)
+    assert load_checkpoint(tmp_path / "best.npz").step == 4
+    assert load_checkpoint(tmp_path / LATEST).step == 8
+
+
+def test_stops_on_time_and_on_request() -> None:
+    trainer = small_trainer(NUMPY)
+    assert trainer.run(minutes=1e-9).reason == "time"
+    result = trainer.run(steps=50, should_stop=lambda: trainer.step >= 3)
+    assert (result.reason, result.step) == ("interrupted", 3)
+
+
+def test_config_errors() -> None:
+    with pytest.raises(ValueError, match="hidden: expected a positive integer"):
+        small_config(hidden=0)
+    with pytest.raises(ValueError, match="lr: expected a positive"):
+        small_config(lr=0.0)
+    with pytest.raises(ValueError, match=r"dropout: expected a probability in \[0, 1\)"):
+        small_config(dropout=1.0)
+    with pytest.raises(ValueError, match="optimizer: expected one of"):
+        small_config(optimizer="lbfgs")
+    with pytest.raises(ValueError, match="give steps or minutes"):
+        small_trainer(NUMPY).run()
+    tiny = Corpus.from_text("abcdefgh" * 10, source="tiny")
+    with pytest.raises(bptt.data.DataError, match="too short"):
+        train.Trainer.create(tiny, small_config())
