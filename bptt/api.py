@@ -53,7 +53,9 @@ def loss_terms_and_dlogits(
     per_element = C if head == "sigmoid" else 1  # BCEWithLogitsLoss also averages over C
     if mask is None:
         scale = 1.0 / (T * B * per_element) if reduction == "mean" else 1.0
-        loss = xp.sum(terms) * scale  # eq. (B8): L = sum_t L_t, so gradients add as in eqs. (71)-(73)
+        loss = (
+            xp.sum(terms) * scale
+        )  # eq. (B8): L = sum_t L_t, so gradients add as in eqs. (71)-(73)
         return loss, dlogits * scale, cache
     weight = xp.astype(mask, logits.dtype)  # (T, B), 1 where a step counts
     if reduction == "mean":
