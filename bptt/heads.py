@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import _parallel
 from .model import one_hot
 
 __all__ = ["HEADS", "sigmoid_bce", "softmax_cross_entropy"]
@@ -18,17 +19,43 @@ __all__ = ["HEADS", "sigmoid_bce", "softmax_cross_entropy"]
 def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
     """Softmax (eq. 22) and cross-entropy (eq. 23) against integer targets (T, B).
 
-    L_t = logsumexp(g_t) - g_t[y_t], and dL_t/dg_t = yhat_t - y_t (eq. 44), with
-    y_t the one-hot of the target.
+    L_t = log sum_j exp(g_tj - m_t) - (g_t[y_t] - m_t), with m_t = max_j g_tj, and
+    dL_t/dg_t = yhat_t - y_t (eq. 44), with y_t the one-hot of the target. On
+    NumPy, large inputs are cut into blocks of steps run on threads (exp is
+    single-threaded there; see :mod:`bptt._parallel`).
     """
     T, B, C = logits.shape
+    blocks = _parallel.row_blocks(xp, T, T * B * C, itemsize=xp.finfo(logits.dtype).bits // 8)
+    if len(blocks) == 1:
+        return _softmax_cross_entropy(logits, targets, xp)
+    loss = xp.empty((T, B), dtype=logits.dtype, device=logits.device)  # (T, B)
+    dlogits = xp.empty_like(logits)  # (T, B, C)
+
+    def block(steps: slice) -> None:
+        loss[steps, ...], dlogits[steps, ...] = _softmax_cross_entropy(
+            logits[steps, ...], targets[steps, ...], xp
+        )
+
+    _parallel.run_blocks(block, blocks)
+    return loss, dlogits
+
+
+def _softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
+    """The head on one block of steps: the picked logit is a gather, not a one-hot
+    product, and the gradient is built in place in the fresh array exp returns."""
+    T, B, C = logits.shape
     m = xp.max(logits, axis=-1, keepdims=True)  # (T, B, 1)
-    e = xp.exp(logits - m)  # (T, B, C), every entry <= 1
+    shifted = logits - m  # (T, B, C), every entry <= 0
+    ids = xp.reshape(targets, (T * B,))  # (T*B,)
+    rows = xp.arange(T * B, dtype=xp.int64, device=ids.device)  # (T*B,)
+    flat_ids = rows * C + xp.astype(ids, xp.int64)  # index of g_t[y_t] in the flat logits
+    picked = xp.reshape(xp.take(xp.reshape(shifted, (T * B * C,)), flat_ids), (T, B))
+    e = xp.exp(shifted)  # (T, B, C), in (0, 1]
     total = xp.sum(e, axis=-1, keepdims=True)  # (T, B, 1), >= 1
-    y = xp.reshape(one_hot(xp.reshape(targets, (T * B,)), C, logits.dtype, xp), (T, B, C))
-    picked = xp.sum(logits * y, axis=-1)  # g_t[y_t]  (T, B)
-    loss = m[..., 0] + xp.log(total[..., 0]) - picked  # eq. (23) via log-sum-exp  (T, B)
-    return loss, e / total - y  # eq. (44)
+    loss = xp.log(total[..., 0]) - picked  # eq. (23) via log-sum-exp  (T, B)
+    e /= total  # yhat_t, eq. (22)
+    e -= xp.reshape(one_hot(ids, C, logits.dtype, xp), (T, B, C))  # eq. (44)
+    return loss, e
 
 
 def sigmoid_bce(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:

@@ -16,11 +16,20 @@ eqs. 13-15 drop, kept inside the product that eq. 63 wrongly reorders)::
 
 where dS_t = V^T dg_t (eq. 56) is the loss gradient reaching s_t from its own
 output. Everything that is not sequential is one matrix product over all T*B rows.
+
+Performance (benchmarks/NOTES.md): per time step the forward pass makes 5 array
+operations and the backward pass 8, all on (B, D) blocks; every (T, B, D) array
+is made once (U x_t + b is overwritten by s_t, V^T dg_t by dz_t) and updated
+only in place or by ``__setitem__``, as the standard allows. On NumPy,
+:mod:`bptt._parallel` runs large ``tanh`` blocks on threads and small
+recurrences on one BLAS thread; the arithmetic, and so the result, is the same.
 """
 
 from __future__ import annotations
 
 from typing import Any, NamedTuple
+
+from . import _parallel
 
 __all__ = ["Cache", "backward", "forward", "is_token_ids", "one_hot"]
 
@@ -45,18 +54,26 @@ def one_hot(ids: Any, n: int, dtype: Any, xp: Any) -> Any:
 
 
 def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
-    """U x_t (+ b) for every step at once: (T, B, D). The first term of eq. (19)."""
-    U = params["U"]  # (D, M)
-    D = U.shape[0]
+    """U x_t (+ b) for every step at once: (T, B, D). The first term of eq. (19).
+
+    A fresh array, so callers may update it in place.
+    """
+    U, b = params["U"], params.get("b")  # (D, M), (D,) or None
+    D, M = U.shape
     if is_token_ids(inputs):
         T, B = inputs.shape
-        # U x_t with one-hot x_t is column x_t of U: a gather, not a GEMM.
-        xu = xp.take(U.T, xp.reshape(inputs, (T * B,)), axis=0)  # (T*B, D)
+        # U x_t with one-hot x_t is column x_t of U: a gather, not a GEMM, from a
+        # row-major (M, D) table of those columns with b already added (the same
+        # sums, done M times instead of T*B times).
+        table = xp.reshape(xp.reshape(U.T, (M * D,)), (M, D))  # (M, D), C order
+        if b is not None:
+            table = table + b  # (M, D)
+        xu = xp.take(table, xp.reshape(inputs, (T * B,)), axis=0)  # (T*B, D)
     else:
-        T, B, M = inputs.shape
+        T, B, _ = inputs.shape
         xu = xp.reshape(inputs, (T * B, M)) @ U.T  # (T*B, D)
-    if params.get("b") is not None:
-        xu = xu + params["b"]  # (T*B, D)
+        if b is not None:
+            xu += b  # (T*B, D), in place on the fresh product
     return xp.reshape(xu, (T, B, D))
 
 
@@ -66,20 +83,48 @@ def forward(params: Any, inputs: Any, h0: Any, xp: Any, keep: Any = None) -> tup
     ``keep`` (T, B, D), optional: dropout on the non-recurrent path, multiplying the
     states before V only (0 or 1/(1-p) per entry); the recurrence never sees it.
     """
+    work = inputs.shape[1] * params["W"].shape[0] ** 2  # B D^2: one recurrence product
+    with _parallel.small_blas(xp, work):  # one BLAS thread for small ones (NumPy)
+        return _forward(params, inputs, h0, xp, keep)
+
+
+def _forward(params: Any, inputs: Any, h0: Any, xp: Any, keep: Any) -> tuple[Any, Any, Cache]:
     W, V = params["W"], params["V"]  # (D, D), (C, D)
-    xu = input_projection(params, inputs, xp)  # (T, B, D)
-    T, B, D = xu.shape
+    # U x_t + b for every step, a fresh array that the recurrence overwrites
+    # in place with s_t, step by step: no second (T, B, D) buffer.
+    states = input_projection(params, inputs, xp)  # (T, B, D)
+    T, B, D = states.shape
     WT = W.T  # (D, D), transposed once, not per step
-    states = xp.empty((T, B, D), dtype=W.dtype, device=W.device)  # (T, B, D)
+
+    # tanh over (B, D) is single-threaded in NumPy: large ones are cut in row
+    # blocks run on threads (bptt._parallel); one block everywhere else.
+    blocks = _parallel.row_blocks(xp, B, B * D, itemsize=xp.finfo(W.dtype).bits // 8)
+
+    def tanh_into(t: int, z: Any) -> Any:  # s_t = tanh(z_t), eq. (20), stored in states[t]
+        if len(blocks) == 1:
+            s = xp.tanh(z)  # (B, D)
+            states[t, ...] = s
+            return s
+
+        def block(rows: slice) -> None:
+            states[t, rows, ...] = xp.tanh(z[rows, ...])  # (b, D)
+
+        _parallel.run_blocks(block, blocks)
+        return states[t, ...]  # (B, D)
+
     s = h0  # (B, D) or None: s_0 = 0
     for t in range(T):  # the only sequential part: eqs. (19)-(20)
-        z = xu[t, ...] if s is None else xu[t, ...] + s @ WT  # (B, D)
-        s = xp.tanh(z)  # (B, D)
-        states[t, ...] = s
+        if s is None:
+            z = states[t, ...]  # (B, D): U x_1 + b
+        else:
+            z = s @ WT  # (B, D), a new array: safe to update in place
+            z += states[t, ...]  # + U x_t + b
+        s = tanh_into(t, z)  # (B, D)
+
     out = states if keep is None else states * keep  # (T, B, D)
     logits = xp.reshape(xp.reshape(out, (T * B, D)) @ V.T, (T, B, V.shape[0]))  # eq. (21)
     if params.get("c") is not None:
-        logits = logits + params["c"]  # (T, B, C)
+        logits += params["c"]  # (T, B, C), in place on the fresh product
     return states, logits, Cache(inputs, h0, states, keep)
 
 
@@ -88,6 +133,12 @@ def backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]
 
     ``h0`` is a constant: no gradient flows into it (truncated BPTT carries it).
     """
+    work = cache.states.shape[1] * params["W"].shape[0] ** 2  # B D^2
+    with _parallel.small_blas(xp, work):
+        return _backward(params, dlogits, cache, xp)
+
+
+def _backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]:
     W, V = params["W"], params["V"]  # (D, D), (C, D)
     S = cache.states  # (T, B, D)
     T, B, D = S.shape
@@ -99,25 +150,31 @@ def backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]
     grads: dict[str, Any] = {"V": dG.T @ S2}  # eqs. (54), (71): sum_t dg_t s_t^T  (C, D)
     if params.get("c") is not None:
         grads["c"] = xp.sum(dG, axis=0)  # (C,)
-    dS = xp.reshape(dG @ V, (T, B, D))  # eq. (56), all steps at once  (T, B, D)
+    # dS_t = V^T dg_t, eq. (56), all steps at once, into a fresh array that the
+    # reverse recurrence overwrites in place with dz_t.
+    dZ = xp.reshape(dG @ V, (T, B, D))  # (T, B, D)
     if cache.keep is not None:
-        dS = dS * cache.keep  # dropout passes gradient where it passed the state
-    tanh_prime = 1 - S * S  # eq. (62), the diagonal of ds_t/dz_t  (T, B, D)
+        dZ *= cache.keep  # dropout passes gradient where it passed the state
 
-    # Reverse recurrence: dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2). Keeping the
-    # (1 - s^2) factor at every step is the correction to eqs. (13)-(15) and (63).
-    dZ = xp.empty((T, B, D), dtype=S.dtype, device=S.device)  # (T, B, D)
-    dz = dS[T - 1, ...] * tanh_prime[T - 1, ...]  # (B, D)
+    # Reverse recurrence: dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2), eq. (62) for the
+    # tanh' factor, kept at every step: the correction to eqs. (13)-(15) and (63).
+    dz = dZ[T - 1, ...] * (1 - S[T - 1, ...] * S[T - 1, ...])  # (B, D)
     dZ[T - 1, ...] = dz
     for t in range(T - 2, -1, -1):
-        dz = (dS[t, ...] + dz @ W) * tanh_prime[t, ...]  # (B, D)
+        g = dz @ W  # (B, D): W^T dz_{t+1} as row vectors; a new array
+        g += dZ[t, ...]  # + dS_t
+        s = S[t, ...]  # (B, D)
+        q = s * s  # (B, D)
+        q *= g
+        g -= q  # g * (1 - s_t^2), without a (1 - s^2) temporary
+        dz = g  # (B, D)
         dZ[t, ...] = dz
 
     dZ2 = xp.reshape(dZ, (T * B, D))  # (T*B, D)
     # dW = sum_t dz_t s_{t-1}^T (eqs. 67, 72), with s_0 = h0.
     dW = xp.reshape(dZ[1:, ...], ((T - 1) * B, D)).T @ xp.reshape(S[:-1, ...], ((T - 1) * B, D))
     if cache.h0 is not None:
-        dW = dW + dZ[0, ...].T @ cache.h0  # (D, D)
+        dW += dZ[0, ...].T @ cache.h0  # (D, D)
     grads["W"] = dW
     if params.get("b") is not None:
         grads["b"] = xp.sum(dZ2, axis=0)  # (D,)

@@ -1,0 +1,79 @@
+"""Smoke runs of the benchmark at a tiny size, so that ``bptt bench`` cannot rot."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bptt import bench, cli
+
+TINY = "4x3x8x5x5"
+
+
+def test_run_benchmark_rows() -> None:
+    rows = bench.run_benchmark(
+        [TINY],
+        ["float32"],
+        [("numpy", None), ("array_api_strict", None)],
+        reps=2,
+        pause=0.0,
+        min_block=0.0,
+        gemm_n=64,
+    )
+    impls = [r["impl"] for r in rows]
+    assert impls[:3] == ["bptt", "bptt[array_api_strict]", "numpy-only"]
+    assert "torch" in impls
+    jax = [r for r in rows if r["impl"] == "jax"]
+    assert not jax or "status" in jax[0] or jax[0]["ms_per_step"] > 0
+    for r in rows:
+        if "status" in r:
+            continue
+        assert r["ms_per_step"] > 0 and len(r["samples_ms"]) == 2
+        assert r["chars_per_s"] == pytest.approx(3 * 4 / (r["ms_per_step"] / 1e3))
+        assert r["vs_torch"] > 0
+    by_impl = {r["impl"]: r for r in rows}
+    assert by_impl["bptt"]["peak_mib"] > 0 and by_impl["bptt"]["update_ms"] > 0
+    table = bench.format_table(rows)
+    assert table.splitlines()[0] == bench.HEADER and len(table.splitlines()) == len(rows) + 1
+    assert (
+        bench.format_markdown(
+            rows,
+            {"date": "d", "machine": "m", "blas": "b", "threads": "t", "command": "c", "reps": 2},
+        ).count("\n| ")
+        == len(rows) + 1
+    )
+
+
+def test_cli_writes_json_and_markdown(tmp_path, capsys) -> None:
+    out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
+    args = [
+        "bench",
+        "--sizes",
+        TINY,
+        "--dtypes",
+        "float64",
+        "--reps",
+        "1",
+        "--pause",
+        "0",
+        "--min-block",
+        "0",
+        "--no-jax",
+        "--json",
+        str(out_json),
+        "--markdown",
+        str(out_md),
+    ]
+    assert cli.main(args) == 0
+    record = json.loads(out_json.read_text())
+    assert {r["impl"] for r in record["rows"]} == {"bptt", "numpy-only", "torch"}
+    assert "| float64 |" in out_md.read_text()
+    assert "ms/step" in capsys.readouterr().out
+
+
+def test_sizes() -> None:
+    assert bench.SIZES["S3"].flops == 6 * 200 * 128 * 512 * (512 + 128)
+    assert bench.parse_size("2x3x4x5x6") == ("2x3x4x5x6", bench.Size(2, 3, 4, 5, 6))
+    with pytest.raises(ValueError, match="BxTxDxMxC"):
+        bench.parse_size("S9")
