@@ -9,11 +9,16 @@ checkpoint written on a GPU loads on a CPU and the reverse.
 
 Writing goes to a temporary file in the same directory, which is flushed,
 fsynced and then renamed over the target (``os.replace``, atomic on POSIX and
-Windows): a run killed mid-write leaves the previous checkpoint intact.
+Windows): a run killed mid-write leaves the previous checkpoint intact. A
+temporary file carries its writer's process id (``.latest.npz.<pid>.<random>.tmp``);
+one left behind by a killed run (SIGKILL, power loss) is removed by the next
+:func:`check_writable` on that directory, which every training run calls at start,
+once no live process has that id (POSIX; elsewhere such files are left alone).
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
@@ -31,6 +36,7 @@ __all__ = [
     "CheckpointError",
     "check_writable",
     "load_checkpoint",
+    "remove_stale_temporaries",
     "resolve_path",
     "save_checkpoint",
 ]
@@ -90,19 +96,65 @@ def resolve_path(path: str | os.PathLike, *, which: str = LATEST) -> Path:
     return p / which if p.is_dir() else p
 
 
-def check_writable(directory: str | os.PathLike) -> Path:
-    """Create ``directory`` and prove a file can be written there, before any training."""
+def _write_error(action: str, path: Path, e: OSError) -> str:
+    """``checkpoint-dir: cannot write ...`` with a hint for a full disk."""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (the disk is full or over quota: free space or use another --checkpoint-dir)"
+    return f"checkpoint-dir: cannot {action} {str(path)!r}: {reason}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours (EPERM)
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary checkpoint and probe files whose writing process is gone.
+
+    Only names this module writes (``.<name>.npz.<pid>.<random>.tmp``,
+    ``.probe.<pid>.<random>.tmp``) are touched, and only on POSIX, where a
+    process id can be tested without side effects. Returns what was removed.
+    """
+    if os.name != "posix":
+        return []
+    removed = []
+    for f in Path(directory).glob(".*.tmp"):
+        parts = f.name.split(".")
+        ours = f.name.startswith(".probe.") or ".npz." in f.name
+        if ours and len(parts) >= 5 and parts[-3].isdigit() and not _pid_alive(int(parts[-3])):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+def check_writable(directory: str | os.PathLike, *, nbytes: int = 4096) -> Path:
+    """Create ``directory`` and prove ``nbytes`` can be written there, before any training.
+
+    Writes and fsyncs a probe file of ``nbytes`` (pass what the checkpoints will
+    need, so that a nearly full disk is found now, not at the first save), then
+    deletes it and any temporary files left by killed runs
+    (:func:`remove_stale_temporaries`). Raises :class:`CheckpointError`.
+    """
     d = Path(directory)
+    block = b"\0" * min(nbytes, 1 << 20)
     try:
         d.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=d, prefix=".probe-", delete=True) as f:
-            f.write(b"\0" * 4096)
+        remove_stale_temporaries(d)
+        prefix = f".probe.{os.getpid()}."
+        with tempfile.NamedTemporaryFile(dir=d, prefix=prefix, suffix=".tmp") as f:
+            left = max(nbytes, 1)
+            while left > 0:
+                left -= f.write(block[:left])
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise CheckpointError(
-            f"checkpoint-dir: cannot write to {str(d)!r}: {e.strerror or e}"
-        ) from None
+        raise CheckpointError(_write_error("write to", d, e)) from None
     return d
 
 
@@ -133,11 +185,16 @@ def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
-    """Write ``ckpt`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``ckpt`` to ``path`` atomically (temporary file, fsync, rename).
+
+    On any failure (a full disk, a signal) the temporary file is removed and
+    ``path`` keeps its previous contents; the OSError propagates.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     arrays = _arrays(ckpt)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    prefix = f".{target.name}.{os.getpid()}."  # the pid: see remove_stale_temporaries
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)

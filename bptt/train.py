@@ -36,7 +36,14 @@ import numpy as np
 
 from . import backends, optim
 from .api import loss_and_grad
-from .checkpoint import BEST, LATEST, Checkpoint, CheckpointError, save_checkpoint
+from .checkpoint import (
+    BEST,
+    LATEST,
+    Checkpoint,
+    CheckpointError,
+    check_writable,
+    save_checkpoint,
+)
 from .data import Corpus, Streams
 from .params import dtype_name, init_params
 from .sample import sample
@@ -275,7 +282,14 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         **overrides: Any,
     ) -> Trainer:
-        """Continue the run saved in ``ckpt`` on ``backend``; ``overrides`` from RESUMABLE."""
+        """Continue the run saved in ``ckpt`` on ``backend``; ``overrides`` from RESUMABLE.
+
+        An overridden ``lr`` replaces the stored base rate from the resumed step on:
+        the optimizer's moments and step count are kept, a ``lr_decay`` schedule
+        continues from the global step (lr_k = lr * lr_decay^(k / lr_decay_every)),
+        and later checkpoints store the new rate. This is how a run that diverged
+        (:class:`NonFiniteError`) continues from its last checkpoint.
+        """
         if ckpt.vocab != corpus.vocab.chars:
             raise CheckpointError(
                 f"checkpoint: its vocabulary ({len(ckpt.vocab)} characters) differs from "
@@ -386,6 +400,14 @@ class Trainer:
 
     # ---- checkpoints --------------------------------------------------------------------
 
+    def checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint file: parameters, optimizer slots, state."""
+        itemsize = 8 if self.config.dtype == "float64" else 4
+        n = sum(math.prod(p.shape) for p in self.params.values())
+        slots = sum(1 for v in self.opt_state.values() if isinstance(v, dict) and v)
+        hidden = self.config.batch * self.config.hidden
+        return itemsize * (n * (1 + slots) + hidden) + 65536  # + history and metadata
+
     def checkpoint(self) -> Checkpoint:
         """Host copy of the whole run state."""
         be = self.backend
@@ -435,7 +457,15 @@ class Trainer:
                 f"step {self.step}: the parameters are not finite; no checkpoint written",
                 self.step,
             )
-        return save_checkpoint(self.checkpoint_dir / name, self.checkpoint())
+        target = self.checkpoint_dir / name
+        try:
+            return save_checkpoint(target, self.checkpoint())
+        except OSError as e:  # e.g. the disk filled up during the run
+            kept = "is unchanged" if target.exists() else "was never written"
+            raise CheckpointError(
+                f"checkpoint: cannot write {str(target)!r} at step {self.step}: "
+                f"{e.strerror or e}; the previous {name} {kept}"
+            ) from None
 
     # ---- validation ---------------------------------------------------------------------
 
@@ -451,6 +481,9 @@ class Trainer:
 
     def _after_eval(self, val_bpc: float, reporter: Reporter) -> bool:
         """Record, report, checkpoint; True when early stopping says stop."""
+        if not self.params_finite():  # the last update overflowed: stop before sampling
+            self.failed_step = self.step
+            raise NonFiniteError(self._diverged(self.step, "parameters"), self.step)
         self.history["val_step"].append(float(self.step))
         self.history["val_bpc"].append(val_bpc)
         best = self.best["best_val"]
@@ -486,6 +519,8 @@ class Trainer:
             raise ValueError("run: give steps or minutes (or both)")
         if self.failed_step is not None:
             raise NonFiniteError(f"training diverged at step {self.failed_step}", self.failed_step)
+        if self.checkpoint_dir is not None:  # a full disk is found now, not at the first save
+            check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             return self._run(steps, minutes, reporter, should_stop)
 
@@ -569,19 +604,23 @@ class Trainer:
         if bad > 0:
             first_bad = since + int(good) + 1
             self.failed_step = first_bad
-            where = (
-                f"the last good checkpoint, {self.checkpoint_dir / LATEST}, is untouched"
-                if self.checkpoint_dir is not None and (self.checkpoint_dir / LATEST).exists()
-                else "no checkpoint was written"
-            )
-            raise NonFiniteError(
-                f"training stopped: the loss or gradient became NaN or infinite at step "
-                f"{first_bad}; {where}. Resume with a lower --lr or a smaller --clip.",
-                first_bad,
-            )
+            raise NonFiniteError(self._diverged(first_bad, "loss or gradient"), first_bad)
         bpc = float(total) / steps / LN2
         elapsed = max(time.perf_counter() - t0, 1e-9)
         chars_per_s = steps * self.config.batch * self.config.seq_len / elapsed
         self.history["train_step"].append(float(self.step))
         self.history["train_bpc"].append(bpc)
         reporter.on_log(self.step, bpc, chars_per_s)
+
+    def _diverged(self, step: int, what: str) -> str:
+        """The one-line NonFiniteError message: the step, the checkpoint kept, what to do."""
+        latest = None if self.checkpoint_dir is None else self.checkpoint_dir / LATEST
+        where = (
+            f"the last good checkpoint, {latest}, is untouched"
+            if latest is not None and latest.exists()
+            else "no checkpoint was written"
+        )
+        return (
+            f"training stopped: the {what} became NaN or infinite at step {step}; {where}. "
+            "Resume with a lower --lr or a smaller --clip."
+        )

@@ -157,3 +157,73 @@ def test_unwritable_directory_reported_at_start(tmp_path) -> None:
     blocker.write_text("x")
     with pytest.raises(CheckpointError, match="cannot write to"):
         checkpoint.check_writable(blocker / "sub")
+
+
+def test_stale_temporaries_of_dead_writers_are_removed(tmp_path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()  # fmt: skip
+    names = {
+        f".latest.npz.{dead}.ab12cd.tmp": False,  # killed mid-write: removed
+        f".probe.{dead}.x_y9.tmp": False,  # killed mid-probe: removed
+        f".best.npz.{os.getpid()}.zz.tmp": True,  # a live writer (us): kept
+        ".latest.npz.abcdef.tmp": True,  # not a name with a pid: not ours to judge
+        "notes.tmp": True,
+        "latest.npz": True,
+    }
+    for name in names:
+        (tmp_path / name).write_bytes(b"x")
+    if os.name != "posix":
+        assert checkpoint.remove_stale_temporaries(tmp_path) == []
+        return
+    checkpoint.check_writable(tmp_path)
+    assert {p.name for p in tmp_path.iterdir()} == {n for n, keep in names.items() if keep}
+
+
+def test_temporary_names_carry_the_pid(saved, monkeypatch) -> None:
+    import os
+
+    trainer, path = saved
+    seen = []
+
+    def spy(f, **arrays):  # the temporary file exists now
+        seen.extend(p.name for p in path.parent.glob(".*.tmp"))
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", spy)
+    before = path.read_bytes()
+    with pytest.raises(OSError, match="No space left"):
+        save_checkpoint(path, trainer.checkpoint())
+    assert len(seen) == 1 and seen[0].startswith(f".latest.npz.{os.getpid()}."), seen
+    assert path.read_bytes() == before and not list(path.parent.glob(".*.tmp"))
+
+
+def test_save_failure_is_a_checkpoint_error_naming_the_step(saved, monkeypatch) -> None:
+    trainer, _ = saved
+
+    def full(f, **arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(CheckpointError, match=r"at step 5: No space left on device; the previous"):
+        trainer.save()
+
+
+def test_probe_writes_what_the_checkpoints_need(tmp_path, monkeypatch) -> None:
+    import os
+
+    written = []
+    real_fsync = os.fsync
+
+    def measuring_fsync(fd: int) -> None:
+        written.append(os.fstat(fd).st_size)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", measuring_fsync)
+    trainer = small_trainer(NUMPY, tmp_path)
+    trainer.run(steps=1)
+    assert written[0] == 2 * trainer.checkpoint_bytes()  # the probe, before any step
+    assert trainer.checkpoint_bytes() > (tmp_path / checkpoint.LATEST).stat().st_size

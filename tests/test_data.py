@@ -102,3 +102,9 @@ def test_streams_walk_contiguous_text() -> None:
         np.testing.assert_array_equal(E[:, b], np.arange(3 + b * L, 3 + b * L + E.shape[0]))
     _, stop = s.epoch_slice(9)  # the largest offset stays inside the data
     assert stop <= len(ids) - 1
+
+
+def test_too_short_for_validation(tmp_path) -> None:
+    corpus = data.load_corpus(text=_write(tmp_path, b"abcdefghij" * 30), val_fraction=0.004)
+    with pytest.raises(data.DataError, match=r"leaves 1 character\(s\) for validation"):
+        corpus.check_fits(batch=4, seq_len=10)

@@ -6,7 +6,16 @@ import argparse
 import math
 from typing import Any
 
-__all__ = ["add_backend_arguments", "nonneg_float", "positive_float", "positive_int", "probability"]
+__all__ = [
+    "add_backend_arguments",
+    "factor",
+    "fraction",
+    "nonneg_float",
+    "nonneg_int",
+    "positive_float",
+    "positive_int",
+    "probability",
+]
 
 
 def positive_int(text: str) -> int:
@@ -16,6 +25,17 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def nonneg_int(text: str) -> int:
+    """An integer >= 0 (lengths, seeds: NumPy refuses negative seeds)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
     return value
 
 
@@ -43,6 +63,22 @@ def probability(text: str) -> float:
     value = nonneg_float(text)
     if value >= 1:
         raise argparse.ArgumentTypeError(f"expected a probability in [0, 1); got {text!r}")
+    return value
+
+
+def fraction(text: str) -> float:
+    """A number strictly between 0 and 1 (the held-out fraction)."""
+    value = nonneg_float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
+    return value
+
+
+def factor(text: str) -> float:
+    """A multiplier in (0, 1] (learning-rate decay)."""
+    value = nonneg_float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1]; got {text!r}")
     return value
 
 

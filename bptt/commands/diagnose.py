@@ -19,7 +19,7 @@ import argparse
 import math
 from typing import Any
 
-from ._args import add_backend_arguments, positive_float, positive_int
+from ._args import add_backend_arguments, nonneg_int, positive_float, positive_int
 
 HELP = "gradient flow through time: ||dL_t/ds_k|| by lag, for a checkpoint or a fresh model"
 
@@ -46,7 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     parser.add_argument("--seq-len", type=positive_int, default=50, help="T (default 50)")
     parser.add_argument("--batch", type=positive_int, default=32, help="B (default 32)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of the model and the batch")
+    parser.add_argument(
+        "--seed", type=nonneg_int, default=0, help="seed of the model and the batch"
+    )
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     add_backend_arguments(parser, default="numpy")
     parser.add_argument("--plot", metavar="FILE.png", help="write the figure to this file")
@@ -181,6 +183,26 @@ def plot(results: list[dict], path: str, *, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from .. import backends
+    from ..checkpoint import CheckpointError
+    from ..data import DataError
+
+    try:
+        be = backends.get_backend(args.backend, args.device)
+    except backends.BackendError as e:
+        args._parser.error(str(e))
+    if not be.supports(args.dtype):
+        args._parser.error(
+            f"dtype: {args.dtype} is not supported on {be.name} device {be.device!r}; "
+            "use --dtype float32"
+        )
+    try:
+        return _run(args)
+    except (CheckpointError, DataError, ValueError) as e:
+        args._parser.error(str(e))
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.init == (args.checkpoint is not None):
         args._parser.error("give a CHECKPOINT or --init (one of them)")
     if args.plot:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_backend_arguments, positive_float, positive_int
+from ._args import add_backend_arguments, nonneg_int, positive_float, positive_int
 
 HELP = "check BPTT gradients against finite differences; prints the worst relative error"
 
@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dense", action="store_true", help="dense (T, B, M) inputs, not ids")
     parser.add_argument("--h0", action="store_true", help="start from a random state")
     parser.add_argument("--max-entries", type=positive_int, help="random entries per parameter")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=nonneg_int, default=0)
     parser.add_argument(
         "--tol", type=positive_float, default=1e-6, help="fail above this (default 1e-6)"
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ._args import add_backend_arguments, positive_float
+from ._args import add_backend_arguments, nonneg_int, positive_float
 
 HELP = "generate text from a trained checkpoint"
 
@@ -15,12 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="CHECKPOINT",
         help="a checkpoint file, or a run directory (its best.npz, else latest.npz)",
     )
-    parser.add_argument("--length", type=int, default=500, help="characters to generate (500)")
+    parser.add_argument(
+        "--length", type=nonneg_int, default=500, help="characters to generate (500)"
+    )
     parser.add_argument(
         "--temperature", type=positive_float, default=1.0, help="> 0; lower is more conservative"
     )
     parser.add_argument("--prime", default="", help="text to start from (default: a newline)")
-    parser.add_argument("--seed", type=int, default=0, help="fixes the sample (default 0)")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="fixes the sample (default 0)")
     add_backend_arguments(parser, default="numpy")
 
 
@@ -33,8 +35,6 @@ def run(args: argparse.Namespace) -> int:
     from ..sample import sample
 
     parser = args._parser
-    if args.length < 0:
-        parser.error(f"argument --length: expected an integer >= 0; got {args.length}")
     path = Path(args.checkpoint)
     if path.is_dir() and (path / BEST).exists():
         path = path / BEST
@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
             prime=args.prime,
             seed=args.seed,
         )
-    except (CheckpointError, DataError, backends.BackendError) as e:
+    except (CheckpointError, DataError, backends.BackendError, ValueError) as e:
         parser.error(str(e))
     print(args.prime + text)
     return 0

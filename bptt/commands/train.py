@@ -11,7 +11,10 @@ from typing import Any
 
 from ._args import (
     add_backend_arguments,
+    factor,
+    fraction,
     nonneg_float,
+    nonneg_int,
     positive_float,
     positive_int,
     probability,
@@ -34,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "~4.7 MB). A resumed run defaults to the text it was trained on",
     )
     data.add_argument(
-        "--val-fraction", type=probability, help="held-out tail for validation (default 0.1)"
+        "--val-fraction", type=fraction, help="held-out tail for validation (default 0.1)"
     )
     model = parser.add_argument_group("model (fixed once a run starts)")
     model.add_argument("--hidden", type=positive_int, help="hidden units D (default 256)")
@@ -44,15 +47,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     model.add_argument("--seq-len", type=positive_int, help="T, characters per chunk (default 100)")
     model.add_argument("--batch", type=positive_int, help="B, parallel streams (default 64)")
-    model.add_argument("--seed", type=int, help="fixes init, stream order, dropout and samples")
+    model.add_argument(
+        "--seed", type=nonneg_int, help="fixes init, stream order, dropout and samples"
+    )
     opt = parser.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=("sgd", "adagrad", "rmsprop", "adam"), help="adam")
-    opt.add_argument("--lr", type=positive_float, help="learning rate (default 2e-3)")
+    opt.add_argument(
+        "--lr",
+        type=positive_float,
+        help="learning rate (default 2e-3). With --resume it replaces the stored rate from the "
+        "resumed step on (a --lr-decay schedule continues from the global step; optimizer "
+        "moments are kept) and is saved in later checkpoints",
+    )
     opt.add_argument("--momentum", type=probability, help="for sgd (default 0)")
     opt.add_argument("--clip", type=nonneg_float, help="global gradient norm; 0 = off (default 5)")
     opt.add_argument("--weight-decay", type=nonneg_float, help="default 0")
     opt.add_argument("--dropout", type=probability, help="on the states before V (default 0)")
-    opt.add_argument("--lr-decay", type=positive_float, help="factor per --lr-decay-every steps")
+    opt.add_argument("--lr-decay", type=factor, help="factor per --lr-decay-every steps")
     opt.add_argument("--lr-decay-every", type=positive_int, help="default 1000")
     run = parser.add_argument_group("run")
     run.add_argument(
@@ -148,7 +159,8 @@ def _data_options(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str,
     return options
 
 
-def _build(args: argparse.Namespace) -> Any:
+def _build(args: argparse.Namespace) -> tuple[Any, str]:
+    """The trainer, and a note on what a resume changed (the learning rate) or ""."""
     from .. import backends
     from ..checkpoint import load_checkpoint, resolve_path
     from ..data import load_corpus
@@ -162,7 +174,7 @@ def _build(args: argparse.Namespace) -> Any:
             corpus=args.corpus or "topics",
             val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
         )
-        return Trainer.create(corpus, TrainConfig(**options), backend=be)
+        return Trainer.create(corpus, TrainConfig(**options), backend=be), ""
     path = resolve_path(args.resume)
     ckpt = load_checkpoint(path)
     corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
@@ -176,7 +188,15 @@ def _build(args: argparse.Namespace) -> Any:
     overrides = {k: v for k, v in options.items() if k not in MODEL_OPTIONS}
     trainer = Trainer.resume(ckpt, corpus, backend=be, **overrides)
     trainer.checkpoint_dir = path.parent
-    return trainer
+    old_lr = stored.get("lr")
+    note = f"; lr {trainer.config.lr:g} (was {old_lr:g})" if old_lr != trainer.config.lr else ""
+    return trainer, note
+
+
+# Signals that stop training cleanly: finish the step, validate, save, exit 128 + signal.
+STOP_SIGNALS = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
+)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -187,12 +207,12 @@ def run(args: argparse.Namespace) -> int:
 
     parser = args._parser
     try:
-        trainer = _build(args)
+        trainer, note = _build(args)
         if args.checkpoint_dir is not None:
             trainer.checkpoint_dir = Path(args.checkpoint_dir)
         elif trainer.checkpoint_dir is None:
             trainer.checkpoint_dir = Path("checkpoints") / time.strftime("%Y%m%d-%H%M%S")
-        check_writable(trainer.checkpoint_dir)  # at start, not after an hour
+        check_writable(trainer.checkpoint_dir, nbytes=2 * trainer.checkpoint_bytes())  # at start
     except (DataError, CheckpointError, backends.BackendError, ValueError) as e:
         parser.error(str(e))
     if args.plot is not None:
@@ -212,31 +232,41 @@ def run(args: argparse.Namespace) -> int:
         f" {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
         f"weight decay {c.weight_decay:g}, seed {c.seed}\n"
         f"  checkpoints: {trainer.checkpoint_dir}"
-        + (f" (resuming at step {trainer.step})" if trainer.step else ""),
+        + (f" (resuming at step {trainer.step}{note})" if trainer.step else ""),
         flush=True,
     )
-    interrupted = []
+    stop: list[int] = []
 
-    def on_sigint(signum: int, frame: Any) -> None:
-        interrupted.append(signum)
-        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C kills
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.append(signum)
+        signal.signal(signum, signal.default_int_handler)  # a second one stops at once
 
-    previous = signal.signal(signal.SIGINT, on_sigint)
+    previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
     progress = _Progress(steps, trainer.step, args.no_progress)
+    resume_hint = f"resume with  bptt train --resume {trainer.checkpoint_dir}"
     t0 = time.perf_counter()
     try:
         result = trainer.run(
             steps=steps,
             minutes=args.minutes,
             reporter=progress,
-            should_stop=lambda: bool(interrupted),
+            should_stop=lambda: bool(stop),
         )
-    except NonFiniteError as e:
+    except (NonFiniteError, CheckpointError) as e:
         progress.close()
         print(f"bptt train: {e}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:  # the second signal: no final checkpoint
+        progress.close()
+        print(
+            f"bptt train: stopped at step {trainer.step} without a final checkpoint "
+            f"(second interrupt); {resume_hint}",
+            file=sys.stderr,
+        )
+        return 128 + (stop[-1] if stop else signal.SIGINT)
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
         progress.close()
     elapsed = time.perf_counter() - t0
     print(
@@ -250,6 +280,6 @@ def run(args: argparse.Namespace) -> int:
         plot_history(trainer.history, args.plot, title=f"{trainer.corpus.source}, D={c.hidden}")
         print(f"  plot:   {args.plot}")
     if result.reason == "interrupted":
-        print(f"interrupted: resume with  bptt train --resume {trainer.checkpoint_dir}")
-        return 130
+        print(f"interrupted: {resume_hint}  (step {result.step} saved in {result.latest})")
+        return 128 + stop[0]
     return 0
