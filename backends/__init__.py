@@ -17,6 +17,7 @@ arrays and never move them.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import os
@@ -83,6 +84,17 @@ class Backend:
     def synchronize(self) -> None:
         """Block until queued device work is done (a no-op on the CPU)."""
         self._synchronize(self.device)
+
+    def activate(self) -> contextlib.AbstractContextManager[Any]:
+        """Make this device the current one while the block runs.
+
+        CuPy launches kernels on the *current* device, so work on ``cuda:1`` must run
+        inside ``with cupy.cuda.Device(1):``; nothing then touches GPU 0. Other
+        libraries follow the arrays' own device: a no-op for them.
+        """
+        if self.name == "cupy":
+            return self.device  # cupy.cuda.Device is a context manager
+        return contextlib.nullcontext()
 
     def supports(self, dtype: str) -> bool:
         """True when ``dtype`` (e.g. ``"float64"``) exists on this device."""

@@ -6,12 +6,13 @@ The only module of ``bptt`` that imports array_api_compat. Public functions call
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
 import array_api_compat
 
-__all__ = ["device_of", "is_array", "library_name", "namespace_of"]
+__all__ = ["current_device", "device_of", "is_array", "library_name", "namespace_of"]
 
 device_of = array_api_compat.device
 
@@ -57,3 +58,12 @@ def namespace_of(named: Mapping[str, Any]) -> tuple[Any, Any]:
     if first is None:
         raise TypeError("expected at least one array")
     return array_api_compat.array_namespace(first), device_of(first)
+
+
+def current_device(x: Any) -> contextlib.AbstractContextManager[Any]:
+    """Run a block with ``x``'s device current: CuPy launches kernels on the current
+    device, so arrays on ``cuda:1`` are worked on inside ``with x.device``. A no-op
+    for libraries whose operations follow their arrays (NumPy, torch, ...)."""
+    if library_name(x) == "cupy":
+        return x.device  # a cupy.cuda.Device, itself a context manager
+    return contextlib.nullcontext()

@@ -6,18 +6,36 @@ its arguments, and returns arrays of the same library, on the same device.
 
 from __future__ import annotations
 
-from typing import Any
+import functools
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
 import numpy as np
 
 from . import model
+from ._array_api import current_device
 from .checks import check_call
 from .checks import check_values as _check_values
 from .heads import HEADS
 
 __all__ = ["forward", "gradcheck", "loss_and_grad"]
 
+F = TypeVar("F", bound=Callable[..., Any])
 
+
+def _on_params_device(fn: F) -> F:
+    """Run ``fn`` with the parameters' device current (CuPy's ``cuda:N``)."""
+
+    @functools.wraps(fn)
+    def wrapper(params: Any, *args: Any, **kwargs: Any) -> Any:
+        U = params.get("U") if isinstance(params, Mapping) else None
+        with current_device(U):
+            return fn(params, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@_on_params_device
 def forward(
     params: Any, inputs: Any, *, h0: Any = None, check_values: bool = True
 ) -> tuple[Any, Any]:
@@ -64,6 +82,7 @@ def loss_terms_and_dlogits(
     return loss, dlogits * weight[..., None], cache
 
 
+@_on_params_device
 def loss_and_grad(
     params: Any,
     inputs: Any,
@@ -121,6 +140,7 @@ def loss_and_grad(
     return loss, grads, cache.states[-1, ...]
 
 
+@_on_params_device
 def gradcheck(
     params: Any,
     inputs: Any,

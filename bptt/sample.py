@@ -49,20 +49,21 @@ def sample_ids(
         raise ValueError("prime: expected at least one character")
     C = params["V"].shape[0]
     dtype = params["U"].dtype
-    u = be.asarray(np.random.default_rng(seed).random(length), dtype=dtype)  # (length,)
-    out = xp.zeros((length,), dtype=xp.int64, device=be.device)  # (length,)
-    states, logits = forward(params, xp.reshape(prime_ids, (P, 1)), h0=h0)  # (P, 1, D|C)
-    h, g = states[-1, ...], logits[-1, ...]  # (1, D), (1, C)
-    for i in range(length):
-        z = g / temperature  # (1, C)
-        e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))  # (1, C)
-        cdf = xp.cumulative_sum(e, axis=-1)  # (1, C), unnormalised
-        below = xp.astype(cdf < u[i] * cdf[:, -1:], xp.int64)  # (1, C)
-        idx = xp.minimum(xp.sum(below, axis=-1), xp.asarray(C - 1, device=be.device))  # (1,)
-        out[i] = idx[0]
-        states, logits = forward(params, xp.reshape(idx, (1, 1)), h0=h, check_values=False)
-        h, g = states[-1, ...], logits[-1, ...]
-    return be.to_numpy(out)
+    with be.activate():  # CuPy: kernels run on the parameters' GPU
+        u = be.asarray(np.random.default_rng(seed).random(length), dtype=dtype)  # (length,)
+        out = xp.zeros((length,), dtype=xp.int64, device=be.device)  # (length,)
+        states, logits = forward(params, xp.reshape(prime_ids, (P, 1)), h0=h0)  # (P, 1, D|C)
+        h, g = states[-1, ...], logits[-1, ...]  # (1, D), (1, C)
+        for i in range(length):
+            z = g / temperature  # (1, C)
+            e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))  # (1, C)
+            cdf = xp.cumulative_sum(e, axis=-1)  # (1, C), unnormalised
+            below = xp.astype(cdf < u[i] * cdf[:, -1:], xp.int64)  # (1, C)
+            idx = xp.minimum(xp.sum(below, axis=-1), xp.asarray(C - 1, device=be.device))  # (1,)
+            out[i] = idx[0]
+            states, logits = forward(params, xp.reshape(idx, (1, 1)), h0=h, check_values=False)
+            h, g = states[-1, ...], logits[-1, ...]
+        return be.to_numpy(out)
 
 
 def sample(

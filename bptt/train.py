@@ -257,20 +257,21 @@ class Trainer:
         """A new run: parameters from ``config.seed`` (see :func:`bptt.init_params`)."""
         be = backend if isinstance(backend, backends.Backend) else backends.get_backend(backend)
         M = len(corpus.vocab)
-        params = init_params(
-            M,
-            config.hidden,
-            M,
-            dtype=config.dtype,
-            seed=config.seed,
-            init=config.init,
-            backend=be.name,
-            device=be.device,
-        )
-        opt_state = config.make_optimizer().init(params)
-        rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
-        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        return cls(corpus, config, be, params, opt_state, rng, ckpt_dir)
+        with be.activate():  # CuPy: allocate on this GPU, not the current one
+            params = init_params(
+                M,
+                config.hidden,
+                M,
+                dtype=config.dtype,
+                seed=config.seed,
+                init=config.init,
+                backend=be.name,
+                device=be.device,
+            )
+            opt_state = config.make_optimizer().init(params)
+            rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
+            ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+            return cls(corpus, config, be, params, opt_state, rng, ckpt_dir)
 
     @classmethod
     def resume(
@@ -313,35 +314,36 @@ class Trainer:
         dtype = config.dtype
         if not be.supports(dtype):
             raise ValueError(f"dtype: the checkpoint is {dtype}, which {be.name} lacks here")
-        params = {k: be.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}
-        opt_state: dict[str, Any] = {}
-        for slot, value in ckpt.opt_state.items():
-            if isinstance(value, dict):
-                opt_state[slot] = {k: be.asarray(v, dtype=dtype) for k, v in value.items()}
-            else:
-                opt_state[slot] = value
-        rng = np.random.default_rng()
-        rng.bit_generator.state = ckpt.rng_state
-        history = {k: [float(x) for x in ckpt.history.get(k, ())] for k in HISTORY_KEYS}
-        ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
-        trainer = cls(
-            corpus,
-            config,
-            be,
-            params,
-            opt_state,
-            rng,
-            ckpt_dir,
-            step=ckpt.step,
-            epoch=int(ckpt.position["epoch"]),
-            chunk=int(ckpt.position["chunk"]),
-            offset=int(ckpt.position["offset"]),
-            history=history,
-            best=dict(ckpt.best),
-        )
-        if ckpt.hidden is not None:
-            trainer.hidden = be.asarray(ckpt.hidden, dtype=dtype)
-        return trainer
+        with be.activate():  # CuPy: this GPU current while building the run
+            params = {k: be.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}
+            opt_state: dict[str, Any] = {}
+            for slot, value in ckpt.opt_state.items():
+                if isinstance(value, dict):
+                    opt_state[slot] = {k: be.asarray(v, dtype=dtype) for k, v in value.items()}
+                else:
+                    opt_state[slot] = value
+            rng = np.random.default_rng()
+            rng.bit_generator.state = ckpt.rng_state
+            history = {k: [float(x) for x in ckpt.history.get(k, ())] for k in HISTORY_KEYS}
+            ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+            trainer = cls(
+                corpus,
+                config,
+                be,
+                params,
+                opt_state,
+                rng,
+                ckpt_dir,
+                step=ckpt.step,
+                epoch=int(ckpt.position["epoch"]),
+                chunk=int(ckpt.position["chunk"]),
+                offset=int(ckpt.position["offset"]),
+                history=history,
+                best=dict(ckpt.best),
+            )
+            if ckpt.hidden is not None:
+                trainer.hidden = be.asarray(ckpt.hidden, dtype=dtype)
+            return trainer
 
     # ---- data ---------------------------------------------------------------------------
 
@@ -521,7 +523,8 @@ class Trainer:
             raise NonFiniteError(f"training diverged at step {self.failed_step}", self.failed_step)
         if self.checkpoint_dir is not None:  # a full disk is found now, not at the first save
             check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
-        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        with errstate, self.backend.activate():  # CuPy: kernels run on this run's GPU
             return self._run(steps, minutes, reporter, should_stop)
 
     def _run(
