@@ -77,3 +77,16 @@ def test_sizes() -> None:
     assert bench.parse_size("2x3x4x5x6") == ("2x3x4x5x6", bench.Size(2, 3, 4, 5, 6))
     with pytest.raises(ValueError, match="BxTxDxMxC"):
         bench.parse_size("S9")
+
+
+@pytest.mark.parametrize(
+    "backend, device", [("array_api_strict", "device1"), ("torch", "cpu")], ids=["device1", "torch"]
+)
+def test_bench_command_on_a_foreign_device(capsys, backend: str, device: str) -> None:
+    """`bptt bench` end to end on the GPU stand-in and on torch: nothing leaks to NumPy."""
+    argv = ["bench", "--sizes", TINY, "--dtypes", "float32", "--backend", backend]
+    argv += ["--device", device, "--reps", "7", "--pause", "0", "--min-block", "0"]
+    argv += ["--guard", "0", "--torch-device", "none", "--no-jax"]
+    assert cli.main(argv) == 0
+    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TINY)]
+    assert len(row) == 1 and f"bptt[{backend}" in row[0]
