@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 from typing import Any
 
 __all__ = [
@@ -18,68 +19,32 @@ __all__ = [
 ]
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
-    return value
+def _number(cast: Callable[[str], Any], ok: Callable[[Any], bool], expected: str):
+    """An argparse type: ``cast`` the text, then refuse it unless ``ok(value)``."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = cast(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}") from None
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return parse
 
 
-def nonneg_int(text: str) -> int:
-    """An integer >= 0 (lengths, seeds: NumPy refuses negative seeds)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0; got {text!r}")
-    return value
+def _finite(test: Callable[[float], bool]) -> Callable[[float], bool]:
+    return lambda v: math.isfinite(v) and test(v)
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
-    return value
-
-
-def nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0; got {text!r}") from None
-    if not (math.isfinite(value) and value >= 0):
-        raise argparse.ArgumentTypeError(f"expected a number >= 0; got {text!r}")
-    return value
-
-
-def probability(text: str) -> float:
-    value = nonneg_float(text)
-    if value >= 1:
-        raise argparse.ArgumentTypeError(f"expected a probability in [0, 1); got {text!r}")
-    return value
-
-
-def fraction(text: str) -> float:
-    """A number strictly between 0 and 1 (the held-out fraction)."""
-    value = nonneg_float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1); got {text!r}")
-    return value
-
-
-def factor(text: str) -> float:
-    """A multiplier in (0, 1] (learning-rate decay)."""
-    value = nonneg_float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"expected a factor in (0, 1]; got {text!r}")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "a positive integer")
+nonneg_int = _number(int, lambda v: v >= 0, "an integer >= 0")  # seeds: NumPy refuses < 0
+positive_float = _number(float, _finite(lambda v: v > 0), "a positive number")
+nonneg_float = _number(float, _finite(lambda v: v >= 0), "a number >= 0")
+probability = _number(float, _finite(lambda v: 0 <= v < 1), "a probability in [0, 1)")
+fraction = _number(float, _finite(lambda v: 0 < v < 1), "a number in (0, 1)")  # held out
+factor = _number(float, _finite(lambda v: 0 < v <= 1), "a factor in (0, 1]")  # lr decay
 
 
 def device_arg(text: str) -> Any:

@@ -126,20 +126,10 @@ class _Progress:
 
 
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    names = (
-        *MODEL_OPTIONS,
-        "lr",
-        "clip",
-        "weight_decay",
-        "dropout",
-        "lr_decay",
-        "lr_decay_every",
-        "eval_every",
-        "log_every",
-        "patience",
-        "sample_length",
-    )
-    return {k: getattr(args, k) for k in names if getattr(args, k) is not None}
+    from ..train import RESUMABLE
+
+    names = (*MODEL_OPTIONS, *RESUMABLE)  # those without a command-line option stay unset
+    return {k: getattr(args, k) for k in names if getattr(args, k, None) is not None}
 
 
 def _data_options(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str, Any]:
