@@ -104,8 +104,13 @@ def bptt_case(size: Size, dtype: str, backend: str, device: Any, seed: int = 0) 
     step = lambda: loss_and_grad(params, x, y, check_values=False)  # noqa: E731
     grads = step()[1]
     opt = optim.adam(1e-3)
-    state = opt.init(params)
-    update = lambda: opt.update(params, optim.clip_by_global_norm(grads, 5.0)[0], state)  # noqa: E731
+    with be.activate():  # CuPy: the optimizer's work runs on this GPU, not the current one
+        state = opt.init(params)
+
+    def update() -> Any:
+        with be.activate():
+            return opt.update(params, optim.clip_by_global_norm(grads, 5.0)[0], state)
+
     peak = _cupy_peak(step) if be.name == "cupy" else lambda: None
     if be.name in ("numpy", "array_api_strict"):
         peak = lambda: _traced_peak(step)  # noqa: E731
@@ -234,12 +239,13 @@ def gemm_rate(backend: str, device: Any, dtype: str, n: int = 2048, reps: int = 
     rng = np.random.default_rng(0)
     a, b = (be.asarray(rng.standard_normal((n, n)), dtype=dtype) for _ in range(2))
     times = []
-    for _ in range(reps + 1):
-        be.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        be.synchronize()
-        times.append(time.perf_counter() - t0)
+    with be.activate():
+        for _ in range(reps + 1):
+            be.synchronize()
+            t0 = time.perf_counter()
+            a @ b
+            be.synchronize()
+            times.append(time.perf_counter() - t0)
     return 2 * n**3 / min(times[1:])
 
 

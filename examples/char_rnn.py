@@ -43,64 +43,67 @@ def main(argv: list[str] | None = None) -> float:
 
     # 1. Data: ids over the sorted vocabulary, 90/10 split by position, B streams.
     be = backends.get_backend(args.backend, args.device)
-    xp = be.xp
-    corpus = load_corpus(text=args.text)
-    corpus.check_fits(batch=B, seq_len=T)
-    M = len(corpus.vocab)
-    streams = Streams(len(corpus.train), B, T)
-    ids = be.asarray(corpus.train)  # (N,) moved to the device once
-    val = layout_validation(corpus.val, streams=16, warmup=100, backend=be, dtype="float32")
-    print(f"{corpus.source}: {len(corpus.train):,} chars, {M} symbols; {be.name} on {be.device}")
-
-    # 2. Model and optimizer; their state lives on the device.
-    params = bptt.init_params(M, D, M, seed=args.seed, backend=be.name, device=be.device)
-    opt = optim.make("adam", args.lr)
-    state = opt.init(params)
-    rng = np.random.default_rng([args.seed, 1])  # epoch offsets and dropout masks
-
-    # 3. The loop: each step takes the next T characters of every stream and starts
-    #    from the state the previous chunk ended with; reset at each new epoch.
-    chunk, epoch_ids, h = streams.chunks, None, None
-    loss_sum = xp.zeros((), dtype=xp.float32, device=be.device)
-    t0 = time.perf_counter()
-    for step in range(1, args.steps + 1):
-        if chunk == streams.chunks:  # a new epoch: new offset, zero state
-            offset = int(rng.integers(0, T))
-            start, stop = streams.epoch_slice(offset)
-            E = xp.reshape(ids[start:stop], (B, streams.stream_length))  # (B, L)
-            epoch_ids = xp.permute_dims(E[:, : chunk * T + 1], (1, 0))  # (chunks*T + 1, B)
-            chunk, h = 0, xp.zeros((B, D), dtype=xp.float32, device=be.device)
-        x = epoch_ids[chunk * T : (chunk + 1) * T, ...]  # (T, B)
-        y = epoch_ids[chunk * T + 1 : (chunk + 1) * T + 1, ...]  # (T, B), shifted by one
-        keep = None
-        if args.dropout > 0:
-            keep = dropout_mask(rng, (T, B, D), args.dropout, backend=be, dtype="float32")
-        loss, grads, h = bptt.loss_and_grad(
-            params, x, y, h0=h, dropout_mask=keep, check_values=step == 1
+    with be.activate():  # CuPy works on the current GPU: make it the one asked for
+        xp = be.xp
+        corpus = load_corpus(text=args.text)
+        corpus.check_fits(batch=B, seq_len=T)
+        M = len(corpus.vocab)
+        streams = Streams(len(corpus.train), B, T)
+        ids = be.asarray(corpus.train)  # (N,) moved to the device once
+        val = layout_validation(corpus.val, streams=16, warmup=100, backend=be, dtype="float32")
+        print(
+            f"{corpus.source}: {len(corpus.train):,} chars, {M} symbols; {be.name} on {be.device}"
         )
-        grads, _ = optim.clip_by_global_norm(grads, 5.0)
-        params, state = opt.update(params, grads, state)
-        loss_sum = loss_sum + loss  # stays on the device: no sync per step
-        chunk += 1
-        if step % args.eval_every == 0 or step == args.steps:
-            n = args.eval_every if step % args.eval_every == 0 else step % args.eval_every
-            train_bpc = float(be.to_numpy(loss_sum)) / n / math.log(2)  # one read per interval
-            loss_sum = xp.zeros((), dtype=xp.float32, device=be.device)
-            if not math.isfinite(train_bpc):
-                raise SystemExit(f"the loss became non-finite by step {step}")
-            val_bpc = evaluate(params, val)
-            rate = step * B * T / (time.perf_counter() - t0)
-            print(
-                f"step {step}: train {train_bpc:.3f}, validation {val_bpc:.3f} bits/char, "
-                f"{rate:,.0f} chars/s overall"
+
+        # 2. Model and optimizer; their state lives on the device.
+        params = bptt.init_params(M, D, M, seed=args.seed, backend=be.name, device=be.device)
+        opt = optim.make("adam", args.lr)
+        state = opt.init(params)
+        rng = np.random.default_rng([args.seed, 1])  # epoch offsets and dropout masks
+
+        # 3. The loop: each step takes the next T characters of every stream and starts
+        #    from the state the previous chunk ended with; reset at each new epoch.
+        chunk, epoch_ids, h = streams.chunks, None, None
+        loss_sum = xp.zeros((), dtype=xp.float32, device=be.device)
+        t0 = time.perf_counter()
+        for step in range(1, args.steps + 1):
+            if chunk == streams.chunks:  # a new epoch: new offset, zero state
+                offset = int(rng.integers(0, T))
+                start, stop = streams.epoch_slice(offset)
+                E = xp.reshape(ids[start:stop], (B, streams.stream_length))  # (B, L)
+                epoch_ids = xp.permute_dims(E[:, : chunk * T + 1], (1, 0))  # (chunks*T + 1, B)
+                chunk, h = 0, xp.zeros((B, D), dtype=xp.float32, device=be.device)
+            x = epoch_ids[chunk * T : (chunk + 1) * T, ...]  # (T, B)
+            y = epoch_ids[chunk * T + 1 : (chunk + 1) * T + 1, ...]  # (T, B), shifted by one
+            keep = None
+            if args.dropout > 0:
+                keep = dropout_mask(rng, (T, B, D), args.dropout, backend=be, dtype="float32")
+            loss, grads, h = bptt.loss_and_grad(
+                params, x, y, h0=h, dropout_mask=keep, check_values=step == 1
             )
-            print(
-                "  | "
-                + sample(params, corpus.vocab, length=120, prime="The ", seed=step).replace(
-                    "\n", "\n  | "
+            grads, _ = optim.clip_by_global_norm(grads, 5.0)
+            params, state = opt.update(params, grads, state)
+            loss_sum = loss_sum + loss  # stays on the device: no sync per step
+            chunk += 1
+            if step % args.eval_every == 0 or step == args.steps:
+                n = args.eval_every if step % args.eval_every == 0 else step % args.eval_every
+                train_bpc = float(be.to_numpy(loss_sum)) / n / math.log(2)  # one read per interval
+                loss_sum = xp.zeros((), dtype=xp.float32, device=be.device)
+                if not math.isfinite(train_bpc):
+                    raise SystemExit(f"the loss became non-finite by step {step}")
+                val_bpc = evaluate(params, val)
+                rate = step * B * T / (time.perf_counter() - t0)
+                print(
+                    f"step {step}: train {train_bpc:.3f}, validation {val_bpc:.3f} bits/char, "
+                    f"{rate:,.0f} chars/s overall"
                 )
-            )
-    return val_bpc
+                print(
+                    "  | "
+                    + sample(params, corpus.vocab, length=120, prime="The ", seed=step).replace(
+                        "\n", "\n  | "
+                    )
+                )
+        return val_bpc
 
 
 if __name__ == "__main__":
