@@ -18,6 +18,12 @@ recurrences OpenBLAS's own second thread costs more than it gives:
 
 ``BPTT_THREADS=N`` or :func:`set_max_threads` caps the threads (1 turns it off);
 the default is the number of CPUs, at most 4.
+
+Mid-sized models go further (:mod:`bptt.overlap`): the step is cut into blocks of
+time steps, and a worker thread runs each block's batched products while this
+thread runs the next block's recurrence, all BLAS calls on one thread each.
+:func:`time_blocks` decides; ``BPTT_OVERLAP=on|off|auto`` or :func:`set_overlap`
+overrides (``on`` also runs the blocks, inline, off NumPy: for tests).
 """
 
 from __future__ import annotations
@@ -25,11 +31,20 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-__all__ = ["max_threads", "row_blocks", "run_blocks", "set_max_threads", "small_blas"]
+__all__ = [
+    "max_threads",
+    "overlapped",
+    "row_blocks",
+    "run_blocks",
+    "set_max_threads",
+    "set_overlap",
+    "small_blas",
+    "time_blocks",
+]
 
 Block = TypeVar("Block")
 
@@ -41,8 +56,16 @@ MIN_WORK = 24 * 1024
 # step faster on one thread than on two (S1, B=32 D=100: 2x faster on one).
 MIN_BLAS_WORK = 1 << 20
 
+# Multiply-adds of one recurrence product (B * D * D) for which the overlapped step
+# wins, and how many blocks of time steps it cuts T into (benchmarks/NOTES.md:
+# 1.4x at S2 = 4.2M in float32, 1.3x in float64; S3 = 33.5M gains nothing, as the
+# products there already keep both cores busy; S1 = 0.32M loses to the hand-overs).
+OVERLAP_WORK = (1 << 20, 1 << 24)
+OVERLAP_BLOCKS = 10
+
 _lock = threading.Lock()
-_state: dict[str, Any] = {"override": None, "pool": None, "size": 0}
+_state: dict[str, Any] = {"override": None, "pool": None, "size": 0, "overlap": None}
+_local = threading.local()  # .serial: no row-block split on this thread
 _NUMPY_NAMESPACES = ("numpy", "array_api_compat.numpy")
 
 
@@ -61,13 +84,17 @@ def set_max_threads(n: int | None) -> None:
     _state["override"] = n
 
 
+def _is_numpy(xp: Any) -> bool:
+    return getattr(xp, "__name__", "") in _NUMPY_NAMESPACES
+
+
 def row_blocks(xp: Any, rows: int, elements: int, itemsize: int = 4) -> list[slice]:
     """Row blocks for an elementwise pass over ``elements`` entries in ``rows`` rows.
 
     One block (``[slice(0, rows)]``) unless ``xp`` is NumPy and each block would
     carry at least :data:`MIN_WORK` units of work.
     """
-    if getattr(xp, "__name__", "") not in _NUMPY_NAMESPACES:
+    if not _is_numpy(xp) or getattr(_local, "serial", False):
         return [slice(0, rows)]
     work = elements * (5 if itemsize >= 8 else 1)
     n = min(max_threads(), rows, work // MIN_WORK)
@@ -118,12 +145,96 @@ def small_blas(xp: Any, work: int) -> Iterator[None]:
 
     Needs ``threadpoolctl`` (else a no-op); the limit is process-wide while it lasts.
     """
-    if work >= MIN_BLAS_WORK or getattr(xp, "__name__", "") not in _NUMPY_NAMESPACES:
+    if work >= MIN_BLAS_WORK or not _is_numpy(xp):
         yield
         return
+    with _one_blas_thread():
+        yield
+
+
+@contextmanager
+def _one_blas_thread() -> Iterator[None]:
     blas = _blas()
     if blas is None:
         yield
         return
     with blas.limit(limits=1):
         yield
+
+
+def set_overlap(mode: str | None) -> None:
+    """``"on"``, ``"off"``, or ``None`` for ``BPTT_OVERLAP`` else ``"auto"``."""
+    if mode not in (None, "on", "off", "auto"):
+        raise ValueError(f"overlap mode must be 'on', 'off' or 'auto', not {mode!r}")
+    _state["overlap"] = mode
+
+
+def overlap_mode() -> str:
+    mode = _state["overlap"] or os.environ.get("BPTT_OVERLAP") or "auto"
+    if mode not in ("on", "off", "auto"):
+        raise ValueError(f"BPTT_OVERLAP must be 'on', 'off' or 'auto', not {mode!r}")
+    return mode
+
+
+def time_blocks(xp: Any, T: int, B: int, D: int) -> list[range]:
+    """Blocks of time steps for :mod:`bptt.overlap`; ``[range(T)]`` means do not overlap.
+
+    ``auto`` overlaps on NumPy with threadpoolctl and 2+ threads, when one recurrence
+    product's B*D^2 lies in :data:`OVERLAP_WORK` and T gives blocks of 2+ steps.
+    """
+    mode = overlap_mode()
+    n = min(T, OVERLAP_BLOCKS)
+    if mode == "off":
+        n = 1
+    elif mode == "auto":
+        work = B * D * D
+        usable = _is_numpy(xp) and max_threads() > 1 and _blas() is not None
+        n = min(n, T // 2) if usable and OVERLAP_WORK[0] <= work < OVERLAP_WORK[1] else 1
+    edges = [T * i // n for i in range(n + 1)] if n > 1 else [0, T]
+    return [range(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+class _Inline:
+    """An executor that runs each task at once, here (off NumPy, or one thread)."""
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        future: Future[Any] = Future()
+        try:
+            future.set_result(fn(*args))
+        except BaseException as exc:  # handed to .result(), as a thread's would be
+            future.set_exception(exc)
+        return future
+
+
+def _serial(fn: Callable[..., Any], *args: Any) -> Any:
+    _local.serial = True  # the worker's own work is not split again
+    return fn(*args)
+
+
+class _Worker:
+    """One thread that runs the overlapped tasks in order (so sums add in one order)."""
+
+    def __init__(self, pool: ThreadPoolExecutor) -> None:
+        self._pool = pool
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        return self._pool.submit(_serial, fn, *args)
+
+
+@contextmanager
+def overlapped(xp: Any) -> Iterator[Any]:
+    """The executor for :mod:`bptt.overlap`: a worker thread on NumPy (with every BLAS
+    call on one thread, and no row-block split on either thread), else inline."""
+    if not _is_numpy(xp) or max_threads() < 2:
+        yield _Inline()
+        return
+    with _lock:
+        if "worker" not in _state:
+            _state["worker"] = ThreadPoolExecutor(1, thread_name_prefix="bptt-overlap")
+    was = getattr(_local, "serial", False)
+    _local.serial = True
+    try:
+        with _one_blas_thread():
+            yield _Worker(_state["worker"])
+    finally:
+        _local.serial = was

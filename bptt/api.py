@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import model
+from . import _parallel, model, overlap
 from ._array_api import current_device
 from .checks import check_call
 from .checks import check_values as _check_values
-from .heads import HEADS
+from .heads import HEADS, loss_weights, reduce
 
 __all__ = ["forward", "gradcheck", "loss_and_grad"]
 
@@ -67,19 +67,11 @@ def loss_terms_and_dlogits(
     """Reduced loss (0-d), dL/dg (T, B, C) and the forward cache. No checks."""
     _, logits, cache = model.forward(params, inputs, h0, xp, dropout_mask)
     terms, dlogits = HEADS[head](logits, targets, xp)  # (T, B), (T, B, C)
-    T, B, C = logits.shape
-    per_element = C if head == "sigmoid" else 1  # BCEWithLogitsLoss also averages over C
-    if mask is None:
-        scale = 1.0 / (T * B * per_element) if reduction == "mean" else 1.0
-        loss = (
-            xp.sum(terms) * scale
-        )  # eq. (B8): L = sum_t L_t, so gradients add as in eqs. (71)-(73)
-        return loss, dlogits * scale, cache
-    weight = xp.astype(mask, logits.dtype)  # (T, B), 1 where a step counts
-    if reduction == "mean":
-        weight = weight / (xp.sum(weight) * per_element)  # a device scalar: no sync
-    loss = xp.sum(terms * weight)
-    return loss, dlogits * weight[..., None], cache
+    weights = loss_weights(
+        mask, logits.shape, head=head, reduction=reduction, dtype=logits.dtype, xp=xp
+    )
+    loss, dlogits = reduce(terms, dlogits, weights, xp)
+    return loss, dlogits, cache
 
 
 @_on_params_device
@@ -125,16 +117,17 @@ def loss_and_grad(
         _check_values(
             params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp
         )
+    kw = dict(h0=h0, head=head, mask=mask, reduction=reduction, xp=xp)
+    T, B = inputs.shape[:2]
+    blocks = _parallel.time_blocks(xp, T, B, params["W"].shape[0])
+    if len(blocks) > 1:  # the batched products beside the recurrence (bptt.overlap)
+        with _parallel.overlapped(xp) as worker:
+            loss, grads, cache = overlap.loss_and_grad(
+                params, inputs, targets, keep=dropout_mask, blocks=blocks, worker=worker, **kw
+            )
+        return loss, grads, cache.states[-1, ...]
     loss, dlogits, cache = loss_terms_and_dlogits(
-        params,
-        inputs,
-        targets,
-        h0=h0,
-        head=head,
-        mask=mask,
-        reduction=reduction,
-        xp=xp,
-        dropout_mask=dropout_mask,
+        params, inputs, targets, dropout_mask=dropout_mask, **kw
     )
     grads = model.backward(params, dlogits, cache, xp)
     return loss, grads, cache.states[-1, ...]

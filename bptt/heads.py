@@ -13,7 +13,7 @@ from typing import Any
 from . import _parallel
 from .model import one_hot
 
-__all__ = ["HEADS", "sigmoid_bce", "softmax_cross_entropy"]
+__all__ = ["HEADS", "loss_weights", "reduce", "sigmoid_bce", "softmax_cross_entropy"]
 
 
 def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
@@ -73,3 +73,35 @@ def sigmoid_bce(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
 
 
 HEADS = {"softmax": softmax_cross_entropy, "sigmoid": sigmoid_bce}
+
+
+def loss_weights(
+    mask: Any, shape: tuple[int, int, int], *, head: str, reduction: str, dtype: Any, xp: Any
+) -> Any:
+    """What each step's loss counts for: a Python float, or (T, B) weights with a mask.
+
+    ``shape`` is (T, B, C). ``"mean"`` divides by the number of unmasked steps (and
+    by C for the sigmoid head, as torch's BCEWithLogitsLoss does); ``"sum"`` by 1.
+    The count of a mask stays on the device: no sync.
+    """
+    T, B, C = shape
+    per_element = C if head == "sigmoid" else 1
+    if mask is None:
+        return 1.0 / (T * B * per_element) if reduction == "mean" else 1.0
+    weight = xp.astype(mask, dtype)  # (T, B), 1 where a step counts
+    if reduction == "mean":
+        weight = weight / (xp.sum(weight) * per_element)  # a device scalar: no sync
+    return weight
+
+
+def reduce(terms: Any, dlogits: Any, weights: Any, xp: Any) -> tuple[Any, Any]:
+    """The loss of a block of steps (0-d) and its dL/dg, from the head's per-step
+    ``terms`` (n, B) and ``dlogits`` (n, B, C), updated in place. ``weights`` as from
+    :func:`loss_weights` (a float, or the block's (n, B) rows). Eq. (B8): L = sum_t
+    L_t, so the gradients of the steps add as in eqs. (71)-(73).
+    """
+    if isinstance(weights, float):
+        dlogits *= weights
+        return xp.sum(terms) * weights, dlogits
+    dlogits *= weights[..., None]
+    return xp.sum(terms * weights), dlogits

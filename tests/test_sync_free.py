@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt import backends, optim
+from bptt import _parallel, backends, optim
 
 STRICT = "array_api_strict"
 PER_STEP = 13  # array operations per time step: 5 forward + 8 backward
@@ -199,7 +199,7 @@ def training_step(T: int, *, dtype: str = "float64", variant: str = "plain") -> 
         return Array(be.asarray(a, dtype=dt), ns)
 
     kw: dict[str, Any] = {}
-    if variant == "masked":
+    if variant in ("masked", "overlap"):
         kw = dict(mask=arr(rng.random((T, B)) < 0.8), h0=arr(rng.random((B, D)), dtype))
         kw["dropout_mask"] = arr((rng.random((T, B, D)) < 0.5) * 2.0, dtype)
     x = arr(rng.integers(0, M, (T, B)))
@@ -211,7 +211,11 @@ def training_step(T: int, *, dtype: str = "float64", variant: str = "plain") -> 
     opt = optim.adam(1e-2)
     state = opt.init(params)
     ns.ops.clear()
-    loss, grads, h_last = bptt.loss_and_grad(params, x, y, check_values=False, **kw)
+    _parallel.set_overlap("on" if variant == "overlap" else "off")  # blocks of steps, inline
+    try:
+        loss, grads, h_last = bptt.loss_and_grad(params, x, y, check_values=False, **kw)
+    finally:
+        _parallel.set_overlap(None)
     grads, norm = optim.clip_by_global_norm(grads, 1.0)
     new_params, state = opt.update(params, grads, state)
     assert all(isinstance(v, Array) for v in (loss, norm, h_last, *new_params.values()))
@@ -223,7 +227,7 @@ def _no_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends.Backend, "to_numpy", _forbidden("Backend.to_numpy"))
 
 
-@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid"])
+@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap"])
 def test_step_never_converts_an_array_to_a_host_value(variant: str) -> None:
     ns = training_step(6, variant=variant)
     assert sum(ns.ops.values()) > 0
@@ -247,7 +251,7 @@ def test_operations_per_step_are_linear_in_T(variant: str) -> None:
     assert counts[2] - 2 * slope < 200, counts  # T-independent: checks, head, clip, Adam
 
 
-@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid"])
+@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap"])
 def test_float32_step_never_makes_float64(variant: str) -> None:
     ns = training_step(4, dtype="float32", variant=variant)
     assert "float64" not in ns.dtypes, ns.dtypes

@@ -72,8 +72,11 @@ def _snapshot(trainer: train.Trainer) -> dict[str, np.ndarray]:
     return out
 
 
-def test_resume_is_exact(tmp_path) -> None:
-    """Training 2N steps equals N steps, a checkpoint, and N more: identical bits."""
+@pytest.mark.parametrize("overlap", ["off", "on"])
+def test_resume_is_exact(tmp_path, overlap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Training 2N steps equals N steps, a checkpoint, and N more: identical bits,
+    with the one-block step and with the overlapped one (a worker thread on NumPy)."""
+    monkeypatch.setenv("BPTT_OVERLAP", overlap)
     options = dict(batch=16, dropout=0.2, eval_every=4, log_every=2)  # 20 chunks per epoch
     N = 14  # the second half crosses an epoch boundary (state reset, new offset)
     straight = small_trainer(NUMPY, **options)
