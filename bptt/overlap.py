@@ -55,8 +55,10 @@ def loss_and_grad(
     weights = loss_weights(
         mask, shape, head=head, reduction=reduction, dtype=states.dtype, xp=xp
     )  # a float, or (T, B)
-    grads: dict[str, Any] = {}  # written by the worker only, in task order
-    losses: list[Any] = []  # 0-d, one per block, in block order
+    # Each block's task writes only its own slots, and the slots are summed in
+    # block order at the end: the result does not depend on which thread ran
+    # which task (this thread takes over tasks the worker has not started).
+    parts: list[dict[str, Any]] = [{} for _ in blocks]  # per block: loss, dV, dc, dW, db, dU
     dZ: list[Any] = [None] * len(blocks)  # (n, B, D) per block: dS_t, then dz_t
 
     def output_block(k: int) -> None:  # eqs. (21)-(23), (44), (54), (56) on block k
@@ -66,13 +68,12 @@ def loss_and_grad(
         logits, seen = model.output(params, states[rows, ...], keep_k, xp)  # (n, B, C)
         terms, dlogits = HEADS[head](logits, targets[rows, ...], xp)  # (n, B), (n, B, C)
         w = weights if isinstance(weights, float) else weights[rows, ...]
-        loss, dlogits = reduce(terms, dlogits, w, xp)
-        losses.append(loss)
-        model.add_output_grads(grads, params, dlogits, seen, xp)  # dV, dc
+        parts[k]["loss"], dlogits = reduce(terms, dlogits, w, xp)
+        model.add_output_grads(parts[k], params, dlogits, seen, xp)  # dV, dc
         dZ[k] = model.state_grads(params, dlogits, keep_k, xp)  # (n, B, D)
 
     def weight_block(k: int) -> None:  # eqs. (67)-(73) on block k
-        model.add_weight_grads(grads, params, dZ[k], cache, blocks[k], xp)
+        model.add_weight_grads(parts[k], params, dZ[k], cache, blocks[k], xp)
 
     W = params["W"]  # (D, D)
     tasks: list[Future[Any]] = []
@@ -83,16 +84,26 @@ def loss_and_grad(
             tasks.append(worker.submit(output_block, k))
         dz = None  # (B, D): dz of the step after the block
         for k in reversed(range(len(blocks))):
-            tasks[k].result()  # block k's dS_t is ready
+            _finish(tasks[k], output_block, k)  # block k's dS_t is ready
             rows = slice(blocks[k].start, blocks[k].stop)
             dz = model.reverse_recurrence(W, states[rows, ...], dZ[k], dz)  # eq. (62)
             tasks.append(worker.submit(weight_block, k))
-        for task in tasks:
-            task.result()  # re-raises a task's error here
+        for i in reversed(range(len(blocks), len(tasks))):  # the last submitted first
+            _finish(tasks[i], weight_block, 2 * len(blocks) - 1 - i)
     finally:
         for task in tasks:  # never leave the worker writing after we return
-            task.exception()
-    loss = losses[0]
-    for part in losses[1:]:
-        loss = loss + part
-    return loss, {key: grads[key] for key in params}, cache
+            if not task.cancelled():
+                task.exception()
+    total = parts[0]
+    for part in parts[1:]:  # block order, whoever ran the blocks
+        for key, value in part.items():
+            total[key] = total[key] + value
+    return total["loss"], {key: total[key] for key in params}, cache
+
+
+def _finish(task: Future[Any], fn: Any, k: int) -> None:
+    """Wait for ``task`` (``fn(k)`` on the worker), or run it here if it has not begun."""
+    if task.cancel():
+        fn(k)
+    else:
+        task.result()  # re-raises the task's error here
