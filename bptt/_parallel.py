@@ -57,10 +57,11 @@ MIN_WORK = 24 * 1024
 MIN_BLAS_WORK = 1 << 20
 
 # Multiply-adds of one recurrence product (B * D * D) for which the overlapped step
-# wins, and how many blocks of time steps it cuts T into (benchmarks/NOTES.md:
-# 1.4x at S2 = 4.2M in float32, 1.3x in float64; S3 = 33.5M gains nothing, as the
-# products there already keep both cores busy; S1 = 0.32M loses to the hand-overs).
-OVERLAP_WORK = (1 << 20, 1 << 24)
+# was measured to win, and how many blocks of time steps it cuts T into
+# (benchmarks/NOTES.md, time over the one-block step, float32 / float64: D=128 B=64
+# (1.0M) 0.71 / -, S2 (4.2M) 0.72 / 0.74, S3 (33.5M) 0.78-0.93 / 0.86; S1 (0.32M)
+# loses in float32, 1.03-1.61, as the hand-overs cost more than a block's work).
+OVERLAP_WORK = (1 << 20, 1 << 26)
 OVERLAP_BLOCKS = 10
 
 _lock = threading.Lock()

@@ -472,4 +472,5 @@ def machine_info() -> dict[str, Any]:
         "blas_threads": blas_threads,
         "numpy": np.__version__,
         "bptt_threads": _parallel.max_threads(),
+        "bptt_overlap": _parallel.overlap_mode(),
     }

@@ -185,7 +185,8 @@ def test_policy() -> None:
     threaded = _parallel.max_threads() > 1 and _parallel._blas() is not None
     assert count(np, 100, 64, 256) == (10 if threaded else 1)  # S2, the main job
     assert count(np, 100, 32, 100) == 1  # S1: hand-overs cost more than they save
-    assert count(np, 200, 128, 512) == 1  # S3: the products already fill both cores
+    assert count(np, 200, 128, 512) == (10 if threaded else 1)  # S3
+    assert count(np, 100, 256, 1024) == 1  # beyond what was measured
     assert count(np, 3, 64, 256) == 1  # blocks of one step
     assert count(strict, 100, 64, 256) == 1  # off NumPy, never by default
     try:
