@@ -28,6 +28,7 @@ overrides (``on`` also runs the blocks, inline, off NumPy: for tests).
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -76,8 +77,13 @@ def max_threads() -> int:
     if n is None and os.environ.get("BPTT_THREADS"):
         n = int(os.environ["BPTT_THREADS"])
     if n is None:
-        n = min(os.cpu_count() or 1, 4)
+        n = min(_cpus(), 4)
     return max(1, n)
+
+
+@functools.cache
+def _cpus() -> int:
+    return os.cpu_count() or 1  # a syscall per call, ~10 us: asked once
 
 
 def set_max_threads(n: int | None) -> None:
@@ -156,11 +162,15 @@ def small_blas(xp: Any, work: int) -> Iterator[None]:
 @contextmanager
 def _one_blas_thread() -> Iterator[None]:
     blas = _blas()
-    if blas is None:
+    if blas is None or getattr(_local, "one_blas", False):  # none, or already limited here
         yield
         return
-    with blas.limit(limits=1):
-        yield
+    _local.one_blas = True
+    try:
+        with blas.limit(limits=1):
+            yield
+    finally:
+        _local.one_blas = False
 
 
 def set_overlap(mode: str | None) -> None:

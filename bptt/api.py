@@ -126,10 +126,11 @@ def loss_and_grad(
                 params, inputs, targets, keep=dropout_mask, blocks=blocks, worker=worker, **kw
             )
         return loss, grads, cache.states[-1, ...]
-    loss, dlogits, cache = loss_terms_and_dlogits(
-        params, inputs, targets, dropout_mask=dropout_mask, **kw
-    )
-    grads = model.backward(params, dlogits, cache, xp)
+    with _parallel.small_blas(xp, B * params["W"].shape[0] ** 2):  # once, not per pass
+        loss, dlogits, cache = loss_terms_and_dlogits(
+            params, inputs, targets, dropout_mask=dropout_mask, **kw
+        )
+        grads = model.backward(params, dlogits, cache, xp)
     return loss, grads, cache.states[-1, ...]
 
 

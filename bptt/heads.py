@@ -51,7 +51,8 @@ def _softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any
     flat_ids = rows * C + xp.astype(ids, xp.int64)  # index of g_t[y_t] in the flat logits
     picked = xp.reshape(xp.take(xp.reshape(shifted, (T * B * C,)), flat_ids), (T, B))
     e = xp.exp(shifted)  # (T, B, C), in (0, 1]
-    total = xp.sum(e, axis=-1, keepdims=True)  # (T, B, 1), >= 1
+    ones = xp.ones((C,), dtype=e.dtype, device=e.device)  # (C,)
+    total = xp.reshape(e @ ones, (T, B, 1))  # sum over classes, as a GEMV: >= 1  (T, B, 1)
     loss = xp.log(total[..., 0]) - picked  # eq. (23) via log-sum-exp  (T, B)
     e /= total  # yhat_t, eq. (22)
     e -= xp.reshape(one_hot(ids, C, logits.dtype, xp), (T, B, C))  # eq. (44)

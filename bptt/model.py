@@ -39,6 +39,7 @@ __all__ = [
     "add_output_grads",
     "add_weight_grads",
     "backward",
+    "column_sums",
     "forward",
     "input_projection",
     "is_token_ids",
@@ -64,9 +65,22 @@ def is_token_ids(inputs: Any) -> bool:
 
 
 def one_hot(ids: Any, n: int, dtype: Any, xp: Any) -> Any:
-    """(N,) integer ids -> (N, n) one-hot rows (the seed's x_t, stacked)."""
+    """(N,) integer ids -> (N, n) one-hot rows (the seed's x_t, stacked).
+
+    Gathered rows of the identity when that is no larger than the result (n <= N):
+    on NumPy 4-7x faster than comparing every id with every class, which is the
+    way for a vocabulary larger than N (benchmarks/NOTES.md).
+    """
+    if n <= ids.shape[0]:
+        return xp.take(xp.eye(n, dtype=dtype, device=ids.device), ids, axis=0)  # (N, n)
     classes = xp.arange(n, device=ids.device)  # (n,)
     return xp.astype(ids[:, None] == classes[None, :], dtype)  # (N, n)
+
+
+def column_sums(x: Any, xp: Any) -> Any:
+    """Sum over the rows of x (N, K): (K,). A vector-matrix product, which NumPy
+    runs 4-5x faster than its reduction over the first axis at these shapes."""
+    return xp.ones((x.shape[0],), dtype=x.dtype, device=x.device) @ x  # (K,)
 
 
 def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
@@ -177,7 +191,7 @@ def add_output_grads(grads: dict[str, Any], params: Any, dlogits: Any, seen: Any
     dG = xp.reshape(dlogits, (n * B, C))  # (n*B, C)
     _add(grads, "V", dG.T @ xp.reshape(seen, (n * B, seen.shape[2])))  # (C, D)
     if params.get("c") is not None:
-        _add(grads, "c", xp.sum(dG, axis=0))  # (C,)
+        _add(grads, "c", column_sums(dG, xp))  # (C,)
 
 
 def state_grads(params: Any, dlogits: Any, keep: Any, xp: Any) -> Any:
@@ -235,7 +249,7 @@ def add_weight_grads(
     _add(grads, "W", dW)
     dZ2 = xp.reshape(dZ, (n * B, D))  # (n*B, D)
     if params.get("b") is not None:
-        _add(grads, "b", xp.sum(dZ2, axis=0))  # (D,)
+        _add(grads, "b", column_sums(dZ2, xp))  # (D,)
     if is_token_ids(inputs):
         M = params["U"].shape[1]
         X = one_hot(xp.reshape(inputs[a:b, ...], (n * B,)), M, S.dtype, xp)  # (n*B, M)

@@ -90,3 +90,23 @@ def test_bench_command_on_a_foreign_device(capsys, backend: str, device: str) ->
     assert cli.main(argv) == 0
     row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TINY)]
     assert len(row) == 1 and f"bptt[{backend}" in row[0]
+
+
+def test_overlap_comparison_script() -> None:
+    """benchmarks/overlap.py prints one row per mode with its block count and ratio."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "overlap.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--sizes", "S1", "--dtypes", "float64", "--reps", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[2] for r in rows] == ["off", "on", "auto"], out
+    assert [int(r[3]) for r in rows] == [1, 10, 1], out  # S1, T=25: auto keeps one block
+    assert float(rows[0][5]) == 1.0 and all(float(r[4]) > 0 for r in rows), out

@@ -262,3 +262,18 @@ def test_result_does_not_depend_on_which_thread_ran_a_block(
     assert float(loss1) == float(loss0)
     for key in grads0:
         np.testing.assert_array_equal(grads1[key], grads0[key], err_msg=key)
+
+
+@pytest.mark.parametrize("n", [1, 5, 12, 40])
+def test_one_hot_and_column_sums(be, n: int) -> None:
+    """Both ways of building one-hot rows (gathered identity rows for n <= N, the
+    comparison above), and sums over rows as a GEMV, against NumPy."""
+    ids = np.random.default_rng(n).integers(0, n, 12)
+    dtype = "float64" if be.supports("float64") else "float32"
+    hot = model.one_hot(be.asarray(ids), n, be.xp.float32, be.xp)
+    assert hot.dtype == be.xp.float32 and hot.device == be.device
+    np.testing.assert_array_equal(be.to_numpy(hot), np.eye(n, dtype=np.float32)[ids])
+    x = np.random.default_rng(0).standard_normal((12, n)).astype(dtype)
+    sums = model.column_sums(be.asarray(x, dtype=dtype), be.xp)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-14, atol=1e-14)
+    np.testing.assert_allclose(be.to_numpy(sums), x.sum(axis=0), **tol)
