@@ -132,7 +132,14 @@ def test_gradcheck_command(backend, capsys) -> None:
 def test_info(capsys) -> None:
     assert cli.main(["info"]) == 0
     out = capsys.readouterr().out
-    for fragment in ("bptt ", "numpy ", "usable", "array_api_strict", "BLAS:"):
+    for fragment in (
+        "bptt ",
+        "numpy ",
+        "usable",
+        "array_api_strict",
+        "BLAS:",
+        "NumPy step: overlap",
+    ):
         assert fragment in out
     assert "cupy" in out  # usable or not, with the reason
 
@@ -173,3 +180,21 @@ def test_ctrl_c_saves_and_exits_130(text, tmp_path) -> None:
     assert proc.returncode == 130, err
     assert "interrupted: resume with" in out and "Traceback" not in err
     assert load_checkpoint(ckpt).step > 0
+
+
+def test_info_says_how_a_numpy_step_uses_the_cores(capsys, monkeypatch) -> None:
+    from bptt import _parallel
+
+    def line() -> str:
+        assert cli.main(["info"]) == 0
+        out = capsys.readouterr().out
+        return next(x for x in out.splitlines() if x.startswith("NumPy step:"))
+
+    monkeypatch.setenv("BPTT_OVERLAP", "off")
+    assert "overlap off" in line()
+    monkeypatch.setenv("BPTT_OVERLAP", "auto")
+    monkeypatch.setenv("BPTT_THREADS", "1")
+    assert "never overlapped here (one thread allowed)" in line()
+    monkeypatch.setenv("BPTT_THREADS", "2")
+    if _parallel._blas() is not None:
+        assert "overlapped when 1,048,576 <= B*D^2 < 67,108,864" in line()

@@ -60,4 +60,21 @@ def run(args: argparse.Namespace) -> int:
     print("BLAS:")
     for line in _blas():
         print(f"  {line}")
+    print(f"NumPy step: {_overlap()}")
     return 0
+
+
+def _overlap() -> str:
+    """How a NumPy training step uses the cores (bptt._parallel), in one line."""
+    from .. import _parallel
+
+    mode, threads = _parallel.overlap_mode(), _parallel.max_threads()
+    blas = _parallel._blas() is not None
+    line = f"overlap {mode} (BPTT_OVERLAP), {threads} thread(s) (BPTT_THREADS)"
+    if mode == "auto":
+        if threads < 2 or not blas:
+            why = "one thread allowed" if threads < 2 else "pip install threadpoolctl"
+            return f"{line}: never overlapped here ({why})"
+        lo, hi = _parallel.OVERLAP_WORK
+        return f"{line}: overlapped when {lo:,} <= B*D^2 < {hi:,} and T >= 4"
+    return line
