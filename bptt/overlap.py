@@ -90,10 +90,10 @@ def loss_and_grad(
             tasks.append(worker.submit(weight_block, k))
         for i in reversed(range(len(blocks), len(tasks))):  # the last submitted first
             _finish(tasks[i], weight_block, 2 * len(blocks) - 1 - i)
-    finally:
-        for task in tasks:  # never leave the worker writing after we return
-            if not task.cancelled():
-                task.exception()
+    finally:  # after an error: drop what has not begun, wait for what has
+        for task in tasks:
+            if not task.cancel():
+                task.exception()  # waits; the error, if any, was raised above
     total = parts[0]
     for part in parts[1:]:  # block order, whoever ran the blocks
         for key, value in part.items():

@@ -277,3 +277,30 @@ def test_one_hot_and_column_sums(be, n: int) -> None:
     sums = model.column_sums(be.asarray(x, dtype=dtype), be.xp)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(be.to_numpy(sums), x.sum(axis=0), **tol)
+
+
+def test_an_interrupt_in_the_recurrence_leaves_no_work_behind(
+    overlap_on: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in this thread's part: the worker is left idle, and the next call is exact."""
+    prob = make_problem(NUMPY, np.random.default_rng(4), T=30, B=3, M=4, D=5, C=3)
+    loss0, grads0, _ = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets)
+    real = model.reverse_recurrence
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model, "reverse_recurrence", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        bptt.loss_and_grad(prob.params, prob.inputs, prob.targets)
+    if "worker" in _parallel._state:  # the worker is free (what was queued was cancelled)
+        assert _parallel._state["worker"].submit(lambda: 1).result(timeout=5) == 1
+    monkeypatch.setattr(model, "reverse_recurrence", real)
+    loss1, grads1, _ = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets)
+    assert float(loss1) == float(loss0)
+    for key in grads0:
+        np.testing.assert_array_equal(grads1[key], grads0[key])
