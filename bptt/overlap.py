@@ -94,10 +94,10 @@ def loss_and_grad(
         for task in tasks:
             if not task.cancel():
                 task.exception()  # waits; the error, if any, was raised above
-    total = parts[0]
+    total = parts[0]  # fresh arrays of this call: summed into in place
     for part in parts[1:]:  # block order, whoever ran the blocks
         for key, value in part.items():
-            total[key] = total[key] + value
+            total[key] += value
     return total["loss"], {key: total[key] for key in params}, cache
 
 
