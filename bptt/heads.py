@@ -103,6 +103,6 @@ def reduce(terms: Any, dlogits: Any, weights: Any, xp: Any) -> tuple[Any, Any]:
     """
     if isinstance(weights, float):
         dlogits *= weights
-        return xp.sum(terms) * weights, dlogits
+        return xp.sum(terms * weights), dlogits  # scaled first: a finite mean never overflows
     dlogits *= weights[..., None]
     return xp.sum(terms * weights), dlogits

@@ -486,6 +486,9 @@ class Trainer:
         if not self.params_finite():  # the last update overflowed: stop before sampling
             self.failed_step = self.step
             raise NonFiniteError(self._diverged(self.step, "parameters"), self.step)
+        if not math.isfinite(val_bpc):  # finite but diverged parameters: never "best"
+            self.failed_step = self.step
+            raise NonFiniteError(self._diverged(self.step, "validation loss"), self.step)
         self.history["val_step"].append(float(self.step))
         self.history["val_bpc"].append(val_bpc)
         best = self.best["best_val"]

@@ -11,7 +11,7 @@ from train_helpers import small_config, small_corpus, small_trainer
 
 import bptt
 from bptt import backends, train
-from bptt.checkpoint import LATEST, load_checkpoint
+from bptt.checkpoint import BEST, LATEST, load_checkpoint
 from bptt.data import Corpus
 
 NUMPY = backends.get_backend("numpy")
@@ -118,6 +118,21 @@ def test_nan_stops_naming_the_first_bad_step(tmp_path, monkeypatch) -> None:
     assert info.value.step == 7
     assert trainer.step == 9  # noticed at the next read, the log of step 9
     assert latest.read_bytes() == good
+
+
+def test_infinite_validation_stops_and_is_never_best(tmp_path, monkeypatch) -> None:
+    """Finite but diverged parameters (validation loss inf) stop training at that
+    evaluation; neither latest.npz nor best.npz takes the diverged model."""
+    trainer = small_trainer(NUMPY, tmp_path, log_every=5, eval_every=5)
+    trainer.run(steps=5)
+    good = {name: (tmp_path / name).read_bytes() for name in (LATEST, BEST)}
+    monkeypatch.setattr(train.Trainer, "validate", lambda self: math.inf)
+    with pytest.raises(
+        train.NonFiniteError, match="validation loss became NaN or infinite at step 10"
+    ):
+        trainer.run(steps=20)
+    assert trainer.step == 10 and trainer.best["best_step"] == 5
+    assert {name: (tmp_path / name).read_bytes() for name in (LATEST, BEST)} == good
 
 
 def test_divergence_keeps_the_last_good_checkpoint(tmp_path) -> None:
