@@ -9,7 +9,10 @@ timed calls, the device synchronised before each clock read. Reported: the
 median of the blocks' ms per call, the spread (interquartile range over the
 median), the ratio to PyTorch, characters (T*B tokens) per second, the fraction
 of the FLOP floor -- 6 T B D (D + C) GEMM FLOPs over the rate of a large square
-matmul measured in the same run -- and the peak memory a step allocates.
+matmul measured in the same run: the best of 7 at the start ("floor"), and the
+median of that matmul timed as one more contender among the blocks ("floor@t",
+the same minutes as the steps, so that a slow phase of a shared machine lowers
+both) -- and the peak memory a step allocates.
 torch, jax and cupy are imported only when a contender needs them.
 """
 
@@ -229,15 +232,26 @@ def _torch_cuda_peak(step: Callable[[], Any], device: Any) -> Callable[[], int]:
     return peak
 
 
+def _square(backend: str, device: Any, dtype: str, n: int) -> tuple[backends.Backend, Any, Any]:
+    be = backends.get_backend(backend, device)
+    rng = np.random.default_rng(0)
+    a, b = (be.asarray(rng.standard_normal((n, n)), dtype=dtype) for _ in range(2))
+    return be, a, b
+
+
+def gemm_case(backend: str, device: Any, dtype: str, n: int) -> Case:
+    """The large square matmul as one more contender: timed in the same blocks."""
+    be, a, b = _square(backend, device, dtype, n)
+    return Case("gemm", lambda: a @ b, be.synchronize)
+
+
 def gemm_rate(backend: str, device: Any, dtype: str, n: int = 2048, reps: int = 7) -> float:
     """FLOP/s of an (n, n) @ (n, n) product on ``backend``: the best of ``reps``.
 
     The best, not the median: it estimates what the machine can do, so that a busy
     moment lowers no floor (the fraction of the floor reached stays conservative).
     """
-    be = backends.get_backend(backend, device)
-    rng = np.random.default_rng(0)
-    a, b = (be.asarray(rng.standard_normal((n, n)), dtype=dtype) for _ in range(2))
+    be, a, b = _square(backend, device, dtype, n)
     times = []
     with be.activate():
         for _ in range(reps + 1):
@@ -360,9 +374,11 @@ def run_benchmark(
                     cases.append(jax_case(size, dtype))
                 except ImportError:
                     missing["jax"] = "not installed"
-            time_blocks(cases, reps=reps, pause=pause, min_block=min_block, guard=guard)
+            gemm = gemm_case(*backends_[0], dtype, gemm_n)
+            time_blocks([*cases, gemm], reps=reps, pause=pause, min_block=min_block, guard=guard)
             step = {c.name: _stats(c.samples) for c in cases}
             ref = step.get("torch")
+            rate_now = 2 * gemm_n**3 / (_stats(gemm.samples)["median"] / 1e3)  # type: ignore[index]
             for case in cases:
                 s = step[case.name]
                 assert s is not None
@@ -380,6 +396,8 @@ def run_benchmark(
                         "chars_per_s": size.T * size.B / (ms / 1e3),
                         "floor_fraction": size.flops / (ms / 1e3) / rate,
                         "gemm_gflops": rate / 1e9,
+                        "floor_fraction_same_time": size.flops / (ms / 1e3) / rate_now,
+                        "gemm_gflops_same_time": rate_now / 1e9,
                         "peak_mib": _mib(case.peak_bytes()),
                         "update_ms": (_stats(case.update_samples) or {}).get("median"),
                         "retried_blocks": case.retries,
@@ -402,7 +420,8 @@ def _f(v: float | None, fmt: str) -> str:
 
 
 HEADER = (
-    "size dtype    impl          ms/step  spread  vs torch    chars/s  floor  peak MiB  update ms"
+    "size dtype    impl          ms/step  spread  vs torch    chars/s  floor floor@t  peak MiB"
+    "  update ms"
 )
 
 
@@ -413,7 +432,8 @@ def _format_row(r: dict[str, Any]) -> str:
     return (
         f"{r['size']:4} {r['dtype']:8} {r['impl']:12} {r['ms_per_step']:9.2f} "
         f"{r['iqr_pct']:6.1f}% {_f(r['vs_torch'], '8.2f'):>9} {r['chars_per_s']:10.0f} "
-        f"{r['floor_fraction']:6.2f} {_f(r['peak_mib'], '9.1f'):>9} "
+        f"{r['floor_fraction']:6.2f} {r['floor_fraction_same_time']:7.2f} "
+        f"{_f(r['peak_mib'], '9.1f'):>9} "
         f"{_f(r['update_ms'], '10.3f'):>10}{flag}"
     )
 
@@ -431,17 +451,18 @@ def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
         f"Command: `{meta['command']}`. Medians of {meta['reps']} interleaved blocks.",
         "",
         "| size | dtype | implementation | ms/step | spread | vs torch | chars/s "
-        "| FLOP floor | peak MiB | update ms |",
-        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|",
+        "| FLOP floor | floor@t | peak MiB | update ms |",
+        "|---|---|---|--:|--:|--:|--:|--:|--:|--:|--:|",
     ]
     for r in rows:
         if "status" in r:
-            lines.append(f"| {r['size']} | {r['dtype']} | {r['impl']} | {r['status']} |||||||")
+            lines.append(f"| {r['size']} | {r['dtype']} | {r['impl']} | {r['status']} ||||||||")
             continue
         lines.append(
             f"| {r['size']} | {r['dtype']} | {r['impl']} | {r['ms_per_step']:.2f} "
             f"| {r['iqr_pct']:.1f}% | {_f(r['vs_torch'], '.2f')} | {r['chars_per_s']:,.0f} "
-            f"| {r['floor_fraction']:.2f} | {_f(r['peak_mib'], '.1f')} "
+            f"| {r['floor_fraction']:.2f} | {r['floor_fraction_same_time']:.2f} "
+            f"| {_f(r['peak_mib'], '.1f')} "
             f"| {_f(r['update_ms'], '.3f')} |"
         )
     return "\n".join(lines) + "\n"

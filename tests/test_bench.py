@@ -32,6 +32,14 @@ def test_run_benchmark_rows() -> None:
         assert r["ms_per_step"] > 0 and len(r["samples_ms"]) == 2
         assert r["chars_per_s"] == pytest.approx(3 * 4 / (r["ms_per_step"] / 1e3))
         assert r["vs_torch"] > 0
+        # the square matmul timed among the blocks: its rate gives the same-time floor
+        assert r["gemm_gflops_same_time"] > 0
+        flops = 6 * 3 * 4 * 8 * (8 + 5)
+        rate = r["gemm_gflops_same_time"] * 1e9
+        assert r["floor_fraction_same_time"] == pytest.approx(
+            flops / (r["ms_per_step"] / 1e3) / rate
+        )
+    assert "gemm" not in impls  # a reference, not a contender
     by_impl = {r["impl"]: r for r in rows}
     assert by_impl["bptt"]["peak_mib"] > 0 and by_impl["bptt"]["update_ms"] > 0
     table = bench.format_table(rows)
