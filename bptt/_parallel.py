@@ -64,6 +64,7 @@ MIN_BLAS_WORK = 1 << 20
 # loses in float32, 1.03-1.61, as the hand-overs cost more than a block's work).
 OVERLAP_WORK = (1 << 20, 1 << 26)
 OVERLAP_BLOCKS = 10
+MIN_BLOCK_STEPS = 2  # auto never makes blocks of one step: T >= 2 * MIN_BLOCK_STEPS
 
 _lock = threading.Lock()
 _state: dict[str, Any] = {"override": None, "pool": None, "size": 0, "overlap": None}
@@ -200,7 +201,8 @@ def time_blocks(xp: Any, T: int, B: int, D: int) -> list[range]:
     elif mode == "auto":
         work = B * D * D
         usable = _is_numpy(xp) and max_threads() > 1 and _blas() is not None
-        n = min(n, T // 2) if usable and OVERLAP_WORK[0] <= work < OVERLAP_WORK[1] else 1
+        fits = usable and OVERLAP_WORK[0] <= work < OVERLAP_WORK[1]
+        n = min(n, T // MIN_BLOCK_STEPS) if fits else 1
     edges = [T * i // n for i in range(n + 1)] if n > 1 else [0, T]
     return [range(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
 

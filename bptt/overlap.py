@@ -76,22 +76,23 @@ def loss_and_grad(
         model.add_weight_grads(parts[k], params, dZ[k], cache, blocks[k], xp)
 
     W = params["W"]  # (D, D)
-    tasks: list[Future[Any]] = []
+    output_tasks: list[Future[Any]] = []  # output_block(k), submitted k = 0, 1, ...
+    weight_tasks: list[Future[Any]] = []  # weight_block(k), submitted k = K-1, ..., 0
     try:
         s = h0  # (B, D) or None
         for k, steps in enumerate(blocks):
             s = model.recurrence(W, states, s, steps, xp, split=False)  # eqs. (19)-(20)
-            tasks.append(worker.submit(output_block, k))
+            output_tasks.append(worker.submit(output_block, k))
         dz = None  # (B, D): dz of the step after the block
         for k in reversed(range(len(blocks))):
-            _finish(tasks[k], output_block, k)  # block k's dS_t is ready
+            _finish(output_tasks[k], output_block, k)  # block k's dS_t is ready
             rows = slice(blocks[k].start, blocks[k].stop)
             dz = model.reverse_recurrence(W, states[rows, ...], dZ[k], dz)  # eq. (62)
-            tasks.append(worker.submit(weight_block, k))
-        for i in reversed(range(len(blocks), len(tasks))):  # the last submitted first
-            _finish(tasks[i], weight_block, 2 * len(blocks) - 1 - i)
+            weight_tasks.append(worker.submit(weight_block, k))
+        for k, task in enumerate(reversed(weight_tasks)):  # the last submitted (k = 0) first
+            _finish(task, weight_block, k)
     finally:  # after an error: drop what has not begun, wait for what has
-        for task in tasks:
+        for task in output_tasks + weight_tasks:
             if not task.cancel():
                 task.exception()  # waits; the error, if any, was raised above
     total = parts[0]  # fresh arrays of this call: summed into in place

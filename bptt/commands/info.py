@@ -76,5 +76,6 @@ def _overlap() -> str:
             why = "one thread allowed" if threads < 2 else "pip install threadpoolctl"
             return f"{line}: never overlapped here ({why})"
         lo, hi = _parallel.OVERLAP_WORK
-        return f"{line}: overlapped when {lo:,} <= B*D^2 < {hi:,} and T >= 4"
+        min_T = 2 * _parallel.MIN_BLOCK_STEPS
+        return f"{line}: overlapped when {lo:,} <= B*D^2 < {hi:,} and T >= {min_T}"
     return line
