@@ -80,7 +80,9 @@ def _loss_and_grad(params: dict[str, Any], inputs: Any, targets: Any) -> tuple[A
         _parallel.run_blocks(lambda r, t=t: np.tanh(z[r], out=S[t, r]), blocks)
     np.matmul(S2, V.T, out=G)  # eq. (21)  (T*B, C)
     G += c
-    head = _parallel.row_blocks(np, T * B, T * B * C, W.dtype.itemsize)
+    head = _parallel.row_blocks(
+        np, T * B, T * B * C, W.dtype.itemsize, min_work=_parallel.HEAD_MIN_WORK
+    )
     parts: list[Any] = []
     _parallel.run_blocks(lambda r: parts.append(_softmax_rows(G, y, ws, r)), head)
     loss = sum(parts) / (T * B)

@@ -443,11 +443,15 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join([HEADER, *(_format_row(r) for r in rows)])
 
 
+def _malloc(meta: dict[str, Any]) -> str:
+    return "thresholds raised (bptt.malloc)" if meta.get("malloc_tuned") else "defaults"
+
+
 def format_markdown(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     """A Markdown table with the date, the machine and the command, for the README."""
     lines = [
         f"Measured {meta['date']} on {meta['machine']}; BLAS: {meta['blas']}; "
-        f"threads: {meta['threads']}.",
+        f"threads: {meta['threads']}; malloc: {_malloc(meta)}.",
         f"Command: `{meta['command']}`. Medians of {meta['reps']} interleaved blocks.",
         "",
         "| size | dtype | implementation | ms/step | spread | vs torch | chars/s "

@@ -39,6 +39,12 @@ def _check_dtype(name: str, x: Any, dims: Dims) -> None:
 
 def check_params(params: Any) -> Dims:
     """U (D, M), W (D, D), V (C, D), optional b (D,) and c (C,), one floating dtype."""
+    return _check_params(params, {})[1]
+
+
+def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
+    """:func:`check_params`, and the one namespace of the parameters and ``others``
+    (named arrays or None), found in one pass. Returns (xp, dims)."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a mapping of arrays; got {type(params).__name__}")
     missing = [k for k in ("U", "W", "V") if k not in params]
@@ -47,7 +53,7 @@ def check_params(params: Any) -> Dims:
     extra = [k for k in params if k not in PARAM_KEYS]
     if extra:
         raise ValueError(f"params: unknown key(s) {extra}; expected U, W, V and optional b, c")
-    xp, _ = namespace_of({f"params[{k!r}]": params[k] for k in params})
+    xp, _ = namespace_of({**{f"params[{k!r}]": params[k] for k in params}, **others})
     U, W, V = params["U"], params["W"], params["V"]
     for key in ("U", "W", "V"):
         if params[key].ndim != 2:
@@ -73,7 +79,7 @@ def check_params(params: Any) -> Dims:
             raise TypeError(
                 f"params['{key}']: dtype {params[key].dtype} differs from params['U'] {dtype}"
             )
-    return Dims(int(M), int(D), int(C), dtype)
+    return xp, Dims(int(M), int(D), int(C), dtype)
 
 
 def check_call(
@@ -89,10 +95,8 @@ def check_call(
     need_targets: bool = False,
 ) -> tuple[Any, Dims]:
     """Shape, dtype, library and device checks for one call. Returns (xp, dims)."""
-    dims = check_params(params)
-    named = {f"params[{k!r}]": v for k, v in params.items()}
-    named.update(inputs=inputs, targets=targets, h0=h0, mask=mask, dropout_mask=dropout_mask)
-    xp, _ = namespace_of(named)
+    others = dict(inputs=inputs, targets=targets, h0=h0, mask=mask, dropout_mask=dropout_mask)
+    xp, dims = _check_params(params, others)
     if head not in HEADS:
         raise ValueError(f"head: expected one of {list(HEADS)}; got {head!r}")
     if reduction not in REDUCTIONS:

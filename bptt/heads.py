@@ -25,7 +25,8 @@ def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]
     single-threaded there; see :mod:`bptt._parallel`).
     """
     T, B, C = logits.shape
-    blocks = _parallel.row_blocks(xp, T, T * B * C, itemsize=xp.finfo(logits.dtype).bits // 8)
+    itemsize = xp.finfo(logits.dtype).bits // 8
+    blocks = _parallel.row_blocks(xp, T, T * B * C, itemsize, min_work=_parallel.HEAD_MIN_WORK)
     if len(blocks) == 1:
         return _softmax_cross_entropy(logits, targets, xp)
     loss = xp.empty((T, B), dtype=logits.dtype, device=logits.device)  # (T, B)

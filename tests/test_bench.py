@@ -78,6 +78,12 @@ def test_cli_writes_json_and_markdown(tmp_path, capsys) -> None:
     assert {r["impl"] for r in record["rows"]} == {"bptt", "numpy-only", "torch"}
     assert "| float64 |" in out_md.read_text()
     assert "ms/step" in capsys.readouterr().out
+    from bptt.malloc import tune_malloc
+
+    assert record["meta"]["malloc_tuned"] is tune_malloc()  # raised unless --default-malloc
+    assert cli.main([*args, "--default-malloc"]) == 0
+    assert json.loads(out_json.read_text())["meta"]["malloc_tuned"] is False
+    assert "malloc: defaults" in out_md.read_text()
 
 
 def test_sizes() -> None:

@@ -52,6 +52,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="retry a block if other processes used more than this fraction of a core "
         "meanwhile (Linux; 0 turns it off)",
     )
+    parser.add_argument(
+        "--default-malloc",
+        action="store_true",
+        help="keep glibc's malloc thresholds (by default raised for every contender: "
+        "bptt.malloc.tune_malloc)",
+    )
     parser.add_argument("--json", metavar="FILE", help="write every row and sample as JSON")
     parser.add_argument(
         "--markdown", metavar="FILE", help="write the Markdown table for the README"
@@ -80,6 +86,7 @@ def _torch_device(choice: str, first: tuple[str, object]) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from bptt import bench
+    from bptt.malloc import tune_malloc
 
     sizes = args.sizes.split(",")
     for s in sizes:
@@ -101,10 +108,15 @@ def run(args: argparse.Namespace) -> int:
         command="bptt bench "
         + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["bench"] else sys.argv[1:]),
         reps=args.reps,
+        malloc_tuned=False if args.default_malloc else tune_malloc(),
         threads=f"BLAS {meta['blas_threads']}, bptt elementwise {meta['bptt_threads']}, "
         f"torch {meta.get('torch_threads', '-')}",
     )
-    print(f"# {meta['machine']}; BLAS {meta['blas']}; threads {meta['threads']}", flush=True)
+    print(
+        f"# {meta['machine']}; BLAS {meta['blas']}; threads {meta['threads']}; "
+        f"malloc {bench._malloc(meta)}",
+        flush=True,
+    )
     print(bench.HEADER, flush=True)
     rows = bench.run_benchmark(
         sizes,

@@ -193,6 +193,7 @@ def run(args: argparse.Namespace) -> int:
     from .. import backends
     from ..checkpoint import CheckpointError, check_writable
     from ..data import DataError
+    from ..malloc import tune_malloc
     from ..train import NonFiniteError
 
     parser = args._parser
@@ -211,6 +212,7 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             parser.error("--plot needs matplotlib: pip install 'bptt[plot]'")
 
+    tune_malloc()  # reuse what a step frees (bptt.malloc); before the first step
     c, be = trainer.config, trainer.backend
     steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
     if steps is not None and steps <= trainer.step:
