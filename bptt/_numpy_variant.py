@@ -81,7 +81,12 @@ def _loss_and_grad(params: dict[str, Any], inputs: Any, targets: Any) -> tuple[A
     np.matmul(S2, V.T, out=G)  # eq. (21)  (T*B, C)
     G += c
     head = _parallel.row_blocks(
-        np, T * B, T * B * C, W.dtype.itemsize, min_work=_parallel.HEAD_MIN_WORK
+        np,
+        T * B,
+        T * B * C,
+        W.dtype.itemsize,
+        min_work=_parallel.HEAD_MIN_WORK,
+        float64_cost=_parallel.HEAD_FLOAT64_COST,
     )
     parts: list[Any] = []
     _parallel.run_blocks(lambda r: parts.append(_softmax_rows(G, y, ws, r)), head)

@@ -53,10 +53,12 @@ Block = TypeVar("Block")
 # elements of tanh/exp (a float64 element counts 5, as its libm call is ~5x slower).
 MIN_WORK = 24 * 1024
 
-# The same for a pass made once per step (the softmax head): by then the pool's
-# thread has slept since its last task, and waking it costs 100-400 us here, so
-# a block must carry more (S1 float32's head, 52k elements, ran 1.3-1.9x slower split).
-HEAD_MIN_WORK = 80 * 1024
+# The same for the softmax head, made once per step: by then the pool's thread has
+# slept since its last task, and waking it costs 100-400 us here, so a block must
+# carry more; exp is ~2x slower in float64, not 5x. Measured split/one-block time,
+# float32: 52k elements 1.58, 208k 1.32, 416k 0.75; float64: 104k 1.24, 208k 0.76.
+HEAD_MIN_WORK = 160 * 1024
+HEAD_FLOAT64_COST = 2
 
 # Multiply-adds of one recurrence product (B * D * D) below which OpenBLAS runs a
 # step faster on one thread than on two (S1, B=32 D=100: 2x faster on one).
@@ -102,17 +104,24 @@ def _is_numpy(xp: Any) -> bool:
 
 
 def row_blocks(
-    xp: Any, rows: int, elements: int, itemsize: int = 4, *, min_work: int | None = None
+    xp: Any,
+    rows: int,
+    elements: int,
+    itemsize: int = 4,
+    *,
+    min_work: int | None = None,
+    float64_cost: int = 5,
 ) -> list[slice]:
     """Row blocks for an elementwise pass over ``elements`` entries in ``rows`` rows.
 
     One block (``[slice(0, rows)]``) unless ``xp`` is NumPy and each block would
     carry at least ``min_work`` units of work (default :data:`MIN_WORK`, for a pass
-    made every time step; :data:`HEAD_MIN_WORK` for one made once per step).
+    made every time step; :data:`HEAD_MIN_WORK` for one made once per step). A
+    float32 element is one unit, a float64 element ``float64_cost``.
     """
     if not _is_numpy(xp) or getattr(_local, "serial", False):
         return [slice(0, rows)]
-    work = elements * (5 if itemsize >= 8 else 1)
+    work = elements * (float64_cost if itemsize >= 8 else 1)
     n = min(max_threads(), rows, work // (MIN_WORK if min_work is None else min_work))
     if n <= 1:
         return [slice(0, rows)]

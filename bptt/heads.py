@@ -26,7 +26,14 @@ def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]
     """
     T, B, C = logits.shape
     itemsize = xp.finfo(logits.dtype).bits // 8
-    blocks = _parallel.row_blocks(xp, T, T * B * C, itemsize, min_work=_parallel.HEAD_MIN_WORK)
+    blocks = _parallel.row_blocks(
+        xp,
+        T,
+        T * B * C,
+        itemsize,
+        min_work=_parallel.HEAD_MIN_WORK,
+        float64_cost=_parallel.HEAD_FLOAT64_COST,
+    )
     if len(blocks) == 1:
         return _softmax_cross_entropy(logits, targets, xp)
     loss = xp.empty((T, B), dtype=logits.dtype, device=logits.device)  # (T, B)

@@ -62,9 +62,11 @@ def test_default_size_rules() -> None:
         assert len(_parallel.row_blocks(np, 64, 64 * 256)) == 1  # S2 float32 tanh
         assert len(_parallel.row_blocks(np, 64, 64 * 256, itemsize=8)) == 2  # S2 float64 tanh
         assert len(_parallel.row_blocks(np, 128, 128 * 512)) == 2  # S3 tanh
-        head = {"min_work": _parallel.HEAD_MIN_WORK}  # the softmax head, once per step
+        head = {"min_work": _parallel.HEAD_MIN_WORK, "float64_cost": _parallel.HEAD_FLOAT64_COST}
         assert len(_parallel.row_blocks(np, 25, 25 * 32 * 65, **head)) == 1  # S1 float32
-        assert len(_parallel.row_blocks(np, 25, 25 * 32 * 65, 8, **head)) == 2  # S1 float64
+        assert len(_parallel.row_blocks(np, 25, 25 * 32 * 65, 8, **head)) == 1  # S1 float64
+        assert len(_parallel.row_blocks(np, 100, 100 * 32 * 65, 8, **head)) == 2  # 208k float64
+        assert len(_parallel.row_blocks(np, 50, 50 * 64 * 65, **head)) == 1  # 208k float32
         assert len(_parallel.row_blocks(np, 100, 100 * 64 * 128, **head)) == 2  # S2 float32
     finally:
         _parallel.set_max_threads(None)
