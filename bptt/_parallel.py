@@ -24,6 +24,11 @@ time steps, and a worker thread runs each block's batched products while this
 thread runs the next block's recurrence, all BLAS calls on one thread each.
 :func:`time_blocks` decides; ``BPTT_OVERLAP=on|off|auto`` or :func:`set_overlap`
 overrides (``on`` also runs the blocks, inline, off NumPy: for tests).
+
+Large models go further still (:mod:`bptt.split`): the batch is cut into one part
+per thread, and each part's whole step runs on its own thread, every BLAS call on
+one thread; :func:`batch_parts` decides, ``BPTT_SPLIT=on|off|auto`` or
+:func:`set_split` overrides, and where it applies it comes before the overlap.
 """
 
 from __future__ import annotations
@@ -37,13 +42,16 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 __all__ = [
+    "batch_parts",
     "max_threads",
     "overlapped",
     "row_blocks",
     "run_blocks",
     "set_max_threads",
     "set_overlap",
+    "set_split",
     "small_blas",
+    "split_runner",
     "time_blocks",
 ]
 
@@ -73,9 +81,24 @@ OVERLAP_WORK = (1 << 20, 1 << 26)
 OVERLAP_BLOCKS = 10
 MIN_BLOCK_STEPS = 2  # auto never makes blocks of one step: T >= 2 * MIN_BLOCK_STEPS
 
+# Multiply-adds of one recurrence product (B * D * D, a float64 one counting 4) from
+# which the batch split (bptt.split) was measured to beat the overlap, and the
+# fewest rows of a part (benchmarks/NOTES.md, item 19; split over overlap, float32:
+# 64x512 0.91, S3 0.88, 128x1024 0.81, but 128x256 1.13 and S2 1.05; float64: S2
+# 0.92, 128x256 0.94, S3 0.86).
+SPLIT_WORK = 1 << 24
+SPLIT_FLOAT64_COST = 4
+MIN_PART_ROWS = 32
+
 _lock = threading.Lock()
-_state: dict[str, Any] = {"override": None, "pool": None, "size": 0, "overlap": None}
-_local = threading.local()  # .serial: no row-block split on this thread
+_state: dict[str, Any] = {
+    "override": None,
+    "pool": None,
+    "size": 0,
+    "overlap": None,
+    "split": None,
+}
+_local = threading.local()  # .serial: no row-block split; .one_blas: BLAS limited already
 _NUMPY_NAMESPACES = ("numpy", "array_api_compat.numpy")
 
 
@@ -191,18 +214,41 @@ def _one_blas_thread() -> Iterator[None]:
         _local.one_blas = False
 
 
+_MODES = ("on", "off", "auto")
+
+
 def set_overlap(mode: str | None) -> None:
     """``"on"``, ``"off"``, or ``None`` for ``BPTT_OVERLAP`` else ``"auto"``."""
-    if mode not in (None, "on", "off", "auto"):
+    if mode not in (None, *_MODES):
         raise ValueError(f"overlap mode must be 'on', 'off' or 'auto', not {mode!r}")
     _state["overlap"] = mode
 
 
-def overlap_mode() -> str:
-    mode = _state["overlap"] or os.environ.get("BPTT_OVERLAP") or "auto"
-    if mode not in ("on", "off", "auto"):
-        raise ValueError(f"BPTT_OVERLAP must be 'on', 'off' or 'auto', not {mode!r}")
+def set_split(mode: str | None) -> None:
+    """``"on"``, ``"off"``, or ``None`` for ``BPTT_SPLIT`` else ``"auto"``."""
+    if mode not in (None, *_MODES):
+        raise ValueError(f"split mode must be 'on', 'off' or 'auto', not {mode!r}")
+    _state["split"] = mode
+
+
+def _mode(key: str, variable: str) -> str:
+    mode = _state[key] or os.environ.get(variable) or "auto"
+    if mode not in _MODES:
+        raise ValueError(f"{variable} must be 'on', 'off' or 'auto', not {mode!r}")
     return mode
+
+
+def overlap_mode() -> str:
+    return _mode("overlap", "BPTT_OVERLAP")
+
+
+def split_mode() -> str:
+    return _mode("split", "BPTT_SPLIT")
+
+
+def threads_usable(xp: Any) -> bool:
+    """Whether ``auto`` may use threads for ``xp``: NumPy, 2+ threads, threadpoolctl."""
+    return _is_numpy(xp) and max_threads() > 1 and _blas() is not None
 
 
 def time_blocks(xp: Any, T: int, B: int, D: int) -> list[range]:
@@ -217,11 +263,30 @@ def time_blocks(xp: Any, T: int, B: int, D: int) -> list[range]:
         n = 1
     elif mode == "auto":
         work = B * D * D
-        usable = _is_numpy(xp) and max_threads() > 1 and _blas() is not None
-        fits = usable and OVERLAP_WORK[0] <= work < OVERLAP_WORK[1]
+        fits = threads_usable(xp) and OVERLAP_WORK[0] <= work < OVERLAP_WORK[1]
         n = min(n, T // MIN_BLOCK_STEPS) if fits else 1
     edges = [T * i // n for i in range(n + 1)] if n > 1 else [0, T]
     return [range(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
+
+
+def batch_parts(xp: Any, B: int, D: int, itemsize: int = 4) -> list[slice]:
+    """Parts of the batch for :mod:`bptt.split`; ``[slice(0, B)]`` means do not split.
+
+    ``auto`` splits on NumPy with threadpoolctl and 2+ threads when one recurrence
+    product's B*D^2 (times :data:`SPLIT_FLOAT64_COST` for 8-byte floats) is at least
+    :data:`SPLIT_WORK`, into one part per thread of at least :data:`MIN_PART_ROWS`
+    rows; ``on`` into one part per thread (at least 2, at most B), also off NumPy,
+    where the parts run here one after the other.
+    """
+    mode = split_mode()
+    n = 1
+    work = B * D * D * (SPLIT_FLOAT64_COST if itemsize >= 8 else 1)
+    if mode == "on":
+        n = min(max(2, max_threads()), B)
+    elif mode == "auto" and threads_usable(xp) and work >= SPLIT_WORK:
+        n = min(max_threads(), B // MIN_PART_ROWS)
+    edges = [B * i // n for i in range(n + 1)] if n > 1 else [0, B]
+    return [slice(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
 
 
 class _Inline:
@@ -249,6 +314,52 @@ class _Worker:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         return self._pool.submit(_serial, fn, *args)
+
+
+def _in_part(fn: Callable[..., Any], *args: Any) -> Any:
+    """A pool thread's part of a split step: no row-block split, BLAS limited already."""
+    was = getattr(_local, "serial", False), getattr(_local, "one_blas", False)
+    _local.serial = _local.one_blas = True
+    try:
+        return fn(*args)
+    finally:
+        _local.serial, _local.one_blas = was
+
+
+def _run_parts(fn: Callable[[Block], Any], parts: Sequence[Block]) -> list[Any]:
+    """``[fn(part) for part in parts]``: the first here, the rest on the pool; a part
+    the pool has not begun when this thread is done with its own runs here."""
+    tasks = [_pool(len(parts) - 1).submit(_in_part, fn, part) for part in parts[1:]]
+    try:
+        results = [fn(parts[0])]
+        for task, part in zip(tasks, parts[1:], strict=True):
+            results.append(fn(part) if task.cancel() else task.result())
+    finally:  # after an error: drop what has not begun, wait for what has
+        for task in tasks:
+            if not task.cancel():
+                task.exception()
+    return results
+
+
+def _run_inline(fn: Callable[[Block], Any], parts: Sequence[Block]) -> list[Any]:
+    return [fn(part) for part in parts]
+
+
+@contextmanager
+def split_runner(xp: Any) -> Iterator[Callable[..., list[Any]]]:
+    """``run(fn, parts)`` for :mod:`bptt.split`: on NumPy with 2+ threads the parts run
+    on the pool's threads and this one, every BLAS call on one thread and no row-block
+    split on any of them; elsewhere one after the other, here."""
+    if not _is_numpy(xp) or max_threads() < 2:
+        yield _run_inline
+        return
+    was = getattr(_local, "serial", False)
+    _local.serial = True
+    try:
+        with _one_blas_thread():
+            yield _run_parts
+    finally:
+        _local.serial = was
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from . import _parallel, model, overlap
+from . import _parallel, model, overlap, split
 from ._array_api import current_device
 from .checks import check_call
 from .checks import check_values as _check_values
@@ -119,14 +119,21 @@ def loss_and_grad(
         )
     kw = dict(h0=h0, head=head, mask=mask, reduction=reduction, xp=xp)
     T, B = inputs.shape[:2]
-    blocks = _parallel.time_blocks(xp, T, B, params["W"].shape[0])
+    D = params["W"].shape[0]
+    parts = _parallel.batch_parts(xp, B, D, itemsize=xp.finfo(params["W"].dtype).bits // 8)
+    if len(parts) > 1:  # each part of the batch on its own thread (bptt.split)
+        with _parallel.split_runner(xp) as run:
+            return split.loss_and_grad(
+                params, inputs, targets, keep=dropout_mask, parts=parts, run=run, **kw
+            )
+    blocks = _parallel.time_blocks(xp, T, B, D)
     if len(blocks) > 1:  # the batched products beside the recurrence (bptt.overlap)
         with _parallel.overlapped(xp) as worker:
             loss, grads, cache = overlap.loss_and_grad(
                 params, inputs, targets, keep=dropout_mask, blocks=blocks, worker=worker, **kw
             )
         return loss, grads, cache.states[-1, ...]
-    with _parallel.small_blas(xp, B * params["W"].shape[0] ** 2):  # once, not per pass
+    with _parallel.small_blas(xp, B * D * D):  # once, not per pass
         loss, dlogits, cache = loss_terms_and_dlogits(
             params, inputs, targets, dropout_mask=dropout_mask, **kw
         )

@@ -498,4 +498,5 @@ def machine_info() -> dict[str, Any]:
         "numpy": np.__version__,
         "bptt_threads": _parallel.max_threads(),
         "bptt_overlap": _parallel.overlap_mode(),
+        "bptt_split": _parallel.split_mode(),
     }

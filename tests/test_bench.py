@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bptt import bench, cli
+from bptt import _parallel, bench, cli
 
 TINY = "4x3x8x5x5"
 
@@ -106,21 +106,28 @@ def test_bench_command_on_a_foreign_device(capsys, backend: str, device: str) ->
     assert len(row) == 1 and f"bptt[{backend}" in row[0]
 
 
-def test_overlap_comparison_script() -> None:
-    """benchmarks/overlap.py prints one row per mode with its block count and ratio."""
+def test_parallel_comparison_script() -> None:
+    """benchmarks/parallel.py prints one row per size and mode with its layout (parts x
+    blocks) and its ratio to the first mode; --size adds a shape of one's own."""
     import subprocess
     import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "overlap.py"
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "parallel.py"
+    argv = [sys.executable, str(script), "--sizes", "S1", "--size", "4,6,8,5"]
     out = subprocess.run(
-        [sys.executable, str(script), "--sizes", "S1", "--dtypes", "float64", "--reps", "1"],
+        [*argv, "--dtypes", "float64", "--reps", "1"],
         capture_output=True,
         text=True,
         check=True,
         timeout=120,
     ).stdout
     rows = [line.split() for line in out.splitlines()[1:]]
-    assert [r[2] for r in rows] == ["off", "on", "auto"], out
-    assert [int(r[3]) for r in rows] == [1, 10, 1], out  # S1, T=25: auto keeps one block
-    assert float(rows[0][5]) == 1.0 and all(float(r[4]) > 0 for r in rows), out
+    assert [(r[0], r[2]) for r in rows] == [
+        (size, mode) for size in ("S1", "4,6,8,5") for mode in ("off", "overlap", "split", "auto")
+    ], out
+    parts = max(2, _parallel.max_threads())
+    assert [r[3] for r in rows[:4]] == ["1x1", "1x10", f"{parts}x1", "1x1"], out  # S1: one block
+    assert [r[3] for r in rows[4:]] == ["1x1", "1x6", f"{min(parts, 4)}x1", "1x1"], out
+    assert all(float(r[5]) == 1.0 for r in rows if r[2] == "off"), out
+    assert all(float(r[4]) > 0 for r in rows), out

@@ -198,3 +198,21 @@ def test_info_says_how_a_numpy_step_uses_the_cores(capsys, monkeypatch) -> None:
     monkeypatch.setenv("BPTT_THREADS", "2")
     if _parallel._blas() is not None:
         assert "overlapped when 1,048,576 <= B*D^2 < 67,108,864" in line()
+
+
+def test_info_says_when_a_numpy_step_splits_the_batch(capsys, monkeypatch) -> None:
+    from bptt import _parallel
+
+    def line() -> str:
+        assert cli.main(["info"]) == 0
+        out = capsys.readouterr().out
+        return next(x for x in out.splitlines() if x.startswith("NumPy batch split:"))
+
+    monkeypatch.setenv("BPTT_SPLIT", "off")
+    assert line() == "NumPy batch split: split off (BPTT_SPLIT)"
+    monkeypatch.setenv("BPTT_SPLIT", "auto")
+    monkeypatch.setenv("BPTT_THREADS", "1")
+    assert "never split here" in line()
+    monkeypatch.setenv("BPTT_THREADS", "2")
+    if _parallel._blas() is not None:
+        assert "2 parts of >= 32 rows when B*D^2 >= 16,777,216 (float64: 4 x B*D^2)" in line()

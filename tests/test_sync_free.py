@@ -199,7 +199,7 @@ def training_step(T: int, *, dtype: str = "float64", variant: str = "plain") -> 
         return Array(be.asarray(a, dtype=dt), ns)
 
     kw: dict[str, Any] = {}
-    if variant in ("masked", "overlap"):
+    if variant in ("masked", "overlap", "split"):
         kw = dict(mask=arr(rng.random((T, B)) < 0.8), h0=arr(rng.random((B, D)), dtype))
         kw["dropout_mask"] = arr((rng.random((T, B, D)) < 0.5) * 2.0, dtype)
     x = arr(rng.integers(0, M, (T, B)))
@@ -212,10 +212,12 @@ def training_step(T: int, *, dtype: str = "float64", variant: str = "plain") -> 
     state = opt.init(params)
     ns.ops.clear()
     _parallel.set_overlap("on" if variant == "overlap" else "off")  # blocks of steps, inline
+    _parallel.set_split("on" if variant == "split" else "off")  # parts of the batch, inline
     try:
         loss, grads, h_last = bptt.loss_and_grad(params, x, y, check_values=False, **kw)
     finally:
         _parallel.set_overlap(None)
+        _parallel.set_split(None)
     grads, norm = optim.clip_by_global_norm(grads, 1.0)
     new_params, state = opt.update(params, grads, state)
     assert all(isinstance(v, Array) for v in (loss, norm, h_last, *new_params.values()))
@@ -227,7 +229,7 @@ def _no_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends.Backend, "to_numpy", _forbidden("Backend.to_numpy"))
 
 
-@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap"])
+@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap", "split"])
 def test_step_never_converts_an_array_to_a_host_value(variant: str) -> None:
     ns = training_step(6, variant=variant)
     assert sum(ns.ops.values()) > 0
@@ -251,7 +253,7 @@ def test_operations_per_step_are_linear_in_T(variant: str) -> None:
     assert counts[2] - 2 * slope < 200, counts  # T-independent: checks, head, clip, Adam
 
 
-@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap"])
+@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap", "split"])
 def test_float32_step_never_makes_float64(variant: str) -> None:
     ns = training_step(4, dtype="float32", variant=variant)
     assert "float64" not in ns.dtypes, ns.dtypes

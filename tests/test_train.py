@@ -72,11 +72,13 @@ def _snapshot(trainer: train.Trainer) -> dict[str, np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("overlap", ["off", "on"])
-def test_resume_is_exact(tmp_path, overlap: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("step", ["one-block", "overlap", "split"])
+def test_resume_is_exact(tmp_path, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training 2N steps equals N steps, a checkpoint, and N more: identical bits,
-    with the one-block step and with the overlapped one (a worker thread on NumPy)."""
-    monkeypatch.setenv("BPTT_OVERLAP", overlap)
+    with the one-block step, the overlapped one (a worker thread on NumPy) and the
+    batch split (each part on its own thread)."""
+    monkeypatch.setenv("BPTT_OVERLAP", "on" if step == "overlap" else "off")
+    monkeypatch.setenv("BPTT_SPLIT", "on" if step == "split" else "off")
     options = dict(batch=16, dropout=0.2, eval_every=4, log_every=2)  # 20 chunks per epoch
     N = 14  # the second half crosses an epoch boundary (state reset, new offset)
     straight = small_trainer(NUMPY, **options)

@@ -61,7 +61,27 @@ def run(args: argparse.Namespace) -> int:
     for line in _blas():
         print(f"  {line}")
     print(f"NumPy step: {_overlap()}")
+    print(f"NumPy batch split: {_split()}")
     return 0
+
+
+def _split() -> str:
+    """When a NumPy step runs each part of the batch on its own thread, in one line."""
+    import numpy as np
+
+    from .. import _parallel
+
+    mode, threads = _parallel.split_mode(), _parallel.max_threads()
+    line = f"split {mode} (BPTT_SPLIT)"
+    if mode == "auto":
+        if not _parallel.threads_usable(np):
+            return f"{line}: never split here"
+        cost, rows = _parallel.SPLIT_FLOAT64_COST, _parallel.MIN_PART_ROWS
+        return (
+            f"{line}: {threads} parts of >= {rows} rows when B*D^2 >= "
+            f"{_parallel.SPLIT_WORK:,} (float64: {cost} x B*D^2), before the overlap"
+        )
+    return line
 
 
 def _overlap() -> str:
