@@ -283,7 +283,7 @@ def batch_parts(xp: Any, B: int, D: int, itemsize: int = 4) -> list[slice]:
     work = B * D * D * (SPLIT_FLOAT64_COST if itemsize >= 8 else 1)
     if mode == "on":
         n = min(max(2, max_threads()), B)
-    elif mode == "auto" and threads_usable(xp) and work >= SPLIT_WORK:
+    elif mode == "auto" and work >= SPLIT_WORK and threads_usable(xp):  # cheap test first
         n = min(max_threads(), B // MIN_PART_ROWS)
     edges = [B * i // n for i in range(n + 1)] if n > 1 else [0, B]
     return [slice(edges[i], edges[i + 1]) for i in range(len(edges) - 1)]
