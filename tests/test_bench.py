@@ -131,3 +131,23 @@ def test_parallel_comparison_script() -> None:
     assert [r[3] for r in rows[4:]] == ["1x1", "1x6", f"{min(parts, 4)}x1", "1x1"], out
     assert all(float(r[5]) == 1.0 for r in rows if r[2] == "off"), out
     assert all(float(r[4]) > 0 for r in rows), out
+
+
+def test_variant_comparison_script() -> None:
+    """benchmarks/variant.py prints one row per size and dtype: both times and a ratio."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "variant.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--sizes", "S1", "--rounds", "2", "--calls", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[:2] for r in rows] == [["S1", "float32"], ["S1", "float64"]], out
+    for _, _, ours, theirs, ratio in rows:
+        assert float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0, out
