@@ -138,19 +138,6 @@ def test_worker_thread_runs_the_products_with_one_blas_thread(
     assert after and all(n >= 1 for n in after)
 
 
-def test_threaded_runs_are_bitwise_repeatable(overlap_on: None) -> None:
-    """The worker runs its tasks in order: the sums add in one order every time."""
-    prob = make_problem(
-        NUMPY, np.random.default_rng(1), T=40, B=16, M=9, D=32, C=9, dtype="float32"
-    )
-    runs = [bptt.loss_and_grad(prob.params, prob.inputs, prob.targets) for _ in range(5)]
-    for loss, grads, h in runs[1:]:
-        assert float(loss) == float(runs[0][0])
-        for key in grads:
-            np.testing.assert_array_equal(grads[key], runs[0][1][key])
-        np.testing.assert_array_equal(h, runs[0][2])
-
-
 def test_a_failing_task_reaches_the_caller(
     overlap_on: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:

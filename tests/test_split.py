@@ -137,11 +137,19 @@ def test_parts_run_on_two_threads_with_one_blas_thread(
     assert after and all(n >= 1 for n in after)
 
 
-def test_threaded_runs_are_bitwise_repeatable(split_on: None) -> None:
-    prob = make_problem(
-        NUMPY, np.random.default_rng(1), T=20, B=16, M=9, D=32, C=9, dtype="float32"
-    )
-    runs = [bptt.loss_and_grad(prob.params, prob.inputs, prob.targets) for _ in range(5)]
+@pytest.mark.parametrize("step", ["overlap", "split"])
+def test_threaded_runs_are_bitwise_repeatable(step: str) -> None:
+    """The overlap's worker runs its tasks in order, the split adds its parts in order:
+    the sums add in one order every time."""
+    (_parallel.set_overlap if step == "overlap" else _parallel.set_split)("on")
+    try:
+        prob = make_problem(
+            NUMPY, np.random.default_rng(1), T=40, B=16, M=9, D=32, C=9, dtype="float32"
+        )
+        runs = [bptt.loss_and_grad(prob.params, prob.inputs, prob.targets) for _ in range(5)]
+    finally:
+        _parallel.set_overlap(None)
+        _parallel.set_split(None)
     for loss, grads, h in runs[1:]:
         assert float(loss) == float(runs[0][0])
         for key in grads:
