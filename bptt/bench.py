@@ -191,7 +191,8 @@ def jax_case(size: Size, dtype: str, seed: int = 0) -> Case:
 
     grad = jax.jit(jax.value_and_grad(loss))
     jax.block_until_ready(grad(p))  # compile
-    return Case("jax", lambda: grad(p), lambda: None, lambda: None)
+    # JAX dispatches asynchronously: each timed call waits for its own result
+    return Case("jax", lambda: jax.block_until_ready(grad(p)), lambda: None, lambda: None)
 
 
 def _cupy_peak(step: Callable[[], Any]) -> Callable[[], int]:
