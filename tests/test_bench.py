@@ -151,3 +151,14 @@ def test_variant_comparison_script() -> None:
     assert [r[:2] for r in rows] == [["S1", "float32"], ["S1", "float64"]], out
     for _, _, ours, theirs, ratio in rows:
         assert float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0, out
+
+
+def test_jax_contender_waits_for_its_result() -> None:
+    """JAX dispatches asynchronously: a timed call that returned before its result
+    was computed would time the dispatch alone."""
+    jax = pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    _, size = bench.parse_size(TINY)
+    case = bench.jax_case(size, "float32")
+    result = case.step()
+    leaves = jax.tree_util.tree_leaves(result)
+    assert leaves and all(leaf.is_ready() for leaf in leaves)
