@@ -153,6 +153,26 @@ def test_variant_comparison_script() -> None:
         assert float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0, out
 
 
+def test_two_process_comparison_script() -> None:
+    """benchmarks/two_process.py checks that the two halves add up to the whole batch's
+    step (it fails otherwise), then prints one row per mode with its ratio to threads."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "two_process.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--size", "5,4,8,6", "--steps", "2", "--rounds", "2"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    rows = [line.split() for line in out.splitlines()[1:]]
+    assert [r[0] for r in rows] == ["threads", "processes"], out
+    assert float(rows[0][3]) == 1.0 and all(float(r[1]) > 0 for r in rows), out
+
+
 def test_jax_contender_waits_for_its_result() -> None:
     """JAX dispatches asynchronously: a timed call that returned before its result
     was computed would time the dispatch alone."""
