@@ -87,3 +87,15 @@ def rel_err(a: Any, b: Any) -> float:
 
 
 NUMPY_BACKEND = backends.get_backend("numpy")
+
+
+def run_in_mode(prob: Problem, setter: Any, mode: str, keep: Any = None) -> Any:
+    """``loss_and_grad`` on ``prob`` with ``setter(mode)`` in force (e.g.
+    ``bptt._parallel.set_split``), the library's own choice restored afterwards."""
+    setter(mode)
+    try:
+        return bptt.loss_and_grad(
+            prob.params, prob.inputs, prob.targets, dropout_mask=keep, **prob.kwargs
+        )
+    finally:
+        setter(None)

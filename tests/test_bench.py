@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from bptt import _parallel, bench, cli
 
 TINY = "4x3x8x5x5"
+
+
+def _script_rows(name: str, *args: str) -> tuple[str, list[list[str]]]:
+    """Run benchmarks/NAME with ARGS; its output and the words of each line after the header."""
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / name
+    out = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    ).stdout
+    return out, [line.split() for line in out.splitlines()[1:]]
 
 
 def test_run_benchmark_rows() -> None:
@@ -109,20 +125,9 @@ def test_bench_command_on_a_foreign_device(capsys, backend: str, device: str) ->
 def test_parallel_comparison_script() -> None:
     """benchmarks/parallel.py prints one row per size and mode with its layout (parts x
     blocks) and its ratio to the first mode; --size adds a shape of one's own."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "parallel.py"
-    argv = [sys.executable, str(script), "--sizes", "S1", "--size", "4,6,8,5"]
-    out = subprocess.run(
-        [*argv, "--dtypes", "float64", "--reps", "1"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    rows = [line.split() for line in out.splitlines()[1:]]
+    out, rows = _script_rows(
+        "parallel.py", "--sizes", "S1", "--size", "4,6,8,5", "--dtypes", "float64", "--reps", "1"
+    )
     assert [(r[0], r[2]) for r in rows] == [
         (size, mode) for size in ("S1", "4,6,8,5") for mode in ("off", "overlap", "split", "auto")
     ], out
@@ -135,19 +140,7 @@ def test_parallel_comparison_script() -> None:
 
 def test_variant_comparison_script() -> None:
     """benchmarks/variant.py prints one row per size and dtype: both times and a ratio."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "variant.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--sizes", "S1", "--rounds", "2", "--calls", "2"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    rows = [line.split() for line in out.splitlines()[1:]]
+    out, rows = _script_rows("variant.py", "--sizes", "S1", "--rounds", "2", "--calls", "2")
     assert [r[:2] for r in rows] == [["S1", "float32"], ["S1", "float64"]], out
     for _, _, ours, theirs, ratio in rows:
         assert float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0, out
@@ -156,19 +149,7 @@ def test_variant_comparison_script() -> None:
 def test_two_process_comparison_script() -> None:
     """benchmarks/two_process.py checks that the two halves add up to the whole batch's
     step (it fails otherwise), then prints one row per mode with its ratio to threads."""
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / "two_process.py"
-    out = subprocess.run(
-        [sys.executable, str(script), "--size", "5,4,8,6", "--steps", "2", "--rounds", "2"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    ).stdout
-    rows = [line.split() for line in out.splitlines()[1:]]
+    out, rows = _script_rows("two_process.py", "--size", "5,4,8,6", "--steps", "2", "--rounds", "2")
     assert [r[0] for r in rows] == ["threads", "processes"], out
     assert float(rows[0][3]) == 1.0 and all(float(r[1]) > 0 for r in rows), out
 

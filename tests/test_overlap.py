@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers import make_problem, rel_err
+from helpers import make_problem, rel_err, run_in_mode
 from torch_reference import torch_loss_and_grad
 
 import bptt
@@ -41,13 +41,7 @@ def overlap_on() -> Iterator[None]:
 
 
 def _run(prob, mode: str, keep=None):
-    _parallel.set_overlap(mode)
-    try:
-        return bptt.loss_and_grad(
-            prob.params, prob.inputs, prob.targets, dropout_mask=keep, **prob.kwargs
-        )
-    finally:
-        _parallel.set_overlap(None)
+    return run_in_mode(prob, _parallel.set_overlap, mode, keep)
 
 
 @pytest.mark.parametrize("case", CASES, ids=_id)

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
-from helpers import make_problem, rel_err
+from helpers import make_problem, rel_err, run_in_mode
 from test_overlap import CASES, _id
 from torch_reference import torch_loss_and_grad
 
@@ -28,13 +28,7 @@ def split_on() -> Iterator[None]:
 
 
 def _run(prob, mode: str, keep=None):
-    _parallel.set_split(mode)
-    try:
-        return bptt.loss_and_grad(
-            prob.params, prob.inputs, prob.targets, dropout_mask=keep, **prob.kwargs
-        )
-    finally:
-        _parallel.set_split(None)
+    return run_in_mode(prob, _parallel.set_split, mode, keep)
 
 
 def _threaded() -> bool:
