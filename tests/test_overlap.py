@@ -11,7 +11,7 @@ from collections.abc import Iterator
 import numpy as np
 import pytest
 from helpers import make_problem, rel_err, run_in_mode
-from torch_reference import torch_loss_and_grad
+from torch_reference import assert_matches_torch
 
 import bptt
 from bptt import _parallel, backends, heads, model
@@ -71,12 +71,7 @@ def test_matches_torch_autograd(case: dict, T: int, overlap_on: None) -> None:
     """float64, against autograd directly, from one block (T=1) to 10 blocks of 3."""
     prob = make_problem(NUMPY, np.random.default_rng(T), T=T, B=4, M=5, D=6, C=3, **case)
     assert len(_parallel.time_blocks(np, T, 4, 6)) == min(T, 10)
-    loss, grads, h_last = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, **prob.kwargs)
-    ref_loss, ref_grads, ref_h = torch_loss_and_grad(prob.host)
-    assert abs(float(loss) - ref_loss) <= 1e-12 * abs(ref_loss)
-    for key in grads:
-        assert rel_err(grads[key], ref_grads[key]) < 1e-12, key
-    np.testing.assert_allclose(h_last, ref_h, rtol=1e-13, atol=1e-15)
+    assert_matches_torch(prob)
 
 
 def test_finite_differences(overlap_on: None) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import make_problem, rel_err, run_in_mode
 from test_overlap import CASES, _id
-from torch_reference import torch_loss_and_grad
+from torch_reference import assert_matches_torch
 
 import bptt
 from bptt import _parallel, backends, model
@@ -71,12 +71,7 @@ def test_matches_torch_autograd(case: dict, B: int, split_on: None) -> None:
     parts = _parallel.batch_parts(np, B, 6)
     assert len(parts) == min(max(2, _parallel.max_threads()), B)
     assert [b for p in parts for b in range(p.start, p.stop)] == list(range(B))
-    loss, grads, h_last = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, **prob.kwargs)
-    ref_loss, ref_grads, ref_h = torch_loss_and_grad(prob.host)
-    assert abs(float(loss) - ref_loss) <= 1e-12 * abs(ref_loss)
-    for key in grads:
-        assert rel_err(grads[key], ref_grads[key]) < 1e-12, key
-    np.testing.assert_allclose(h_last, ref_h, rtol=1e-13, atol=1e-15)
+    assert_matches_torch(prob)
 
 
 def test_finite_differences(split_on: None) -> None:
