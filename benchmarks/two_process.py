@@ -44,16 +44,21 @@ def _layout(B: int, T: int, D: int, C: int) -> dict[str, tuple[tuple[int, ...], 
     return out
 
 
+def _offsets(layout: dict[str, tuple[tuple[int, ...], Any]]) -> tuple[list[int], int]:
+    """Byte offset of each array (8-byte aligned) and the block's total size."""
+    offsets, end = [], 0
+    for shape, dtype in layout.values():
+        offsets.append(end)
+        end += -(-int(np.prod(shape)) * np.dtype(dtype).itemsize // 8) * 8
+    return offsets, end
+
+
 def _views(buf: Any, layout: dict[str, tuple[tuple[int, ...], Any]]) -> dict[str, np.ndarray]:
-    views, offset = {}, 0
-    for key, (shape, dtype) in layout.items():
-        views[key] = np.ndarray(shape, dtype, buf, offset)
-        offset += -(-views[key].nbytes // 8) * 8  # keep every array 8-byte aligned
-    return views
-
-
-def _size(layout: dict[str, tuple[tuple[int, ...], Any]]) -> int:
-    return sum(-(-int(np.prod(s)) * np.dtype(d).itemsize // 8) * 8 for s, d in layout.values())
+    offsets, _ = _offsets(layout)
+    return {
+        key: np.ndarray(shape, dtype, buf, offset)
+        for (key, (shape, dtype)), offset in zip(layout.items(), offsets, strict=True)
+    }
 
 
 def _half(params: dict[str, np.ndarray], x: Any, y: Any, h: Any) -> tuple[Any, dict, Any]:
@@ -84,7 +89,7 @@ class TwoProcesses:
 
     def __init__(self, shape: tuple[int, int, int, int]) -> None:
         self.shape, layout = shape, _layout(*shape)
-        self.block = shared_memory.SharedMemory(create=True, size=_size(layout))
+        self.block = shared_memory.SharedMemory(create=True, size=_offsets(layout)[1])
         self.v = _views(self.block.buf, layout)
         self.v["h"][...] = 0
         self.conn, theirs = mp.get_context("spawn").Pipe()
@@ -162,7 +167,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     args = parser.parse_args()
     shape = tuple(int(n) for n in args.size.split(","))
-    assert len(shape) == 4 and shape[0] >= 2, "--size B,T,D,C with B >= 2"
+    if len(shape) != 4 or shape[0] < 2:
+        parser.error("--size B,T,D,C with B >= 2")
     malloc.tune_malloc()
     times = run(shape, args.steps, args.rounds)  # type: ignore[arg-type]
     B, T = shape[:2]
