@@ -4,9 +4,14 @@ The same text, vocabulary and 90/10 split by position as ``bptt train``, and
 the same scored characters (every validation character after the first, each
 predicted from the validation text before it):
 
-- unigram: character frequencies of the training text, add-one smoothed;
+- unigram: character frequencies of the training text, add-one smoothed over
+  the vocabulary of the whole text;
 - an interpolated modified Kneser-Ney character n-gram (Chen & Goodman 1998,
-  three discounts per order estimated from count-of-counts), order 5 by default.
+  three discounts per order estimated from count-of-counts), order 5 by default,
+  interpolated down to the uniform distribution over that vocabulary.
+
+Every character gets a nonzero probability, also one that the validation text
+has and the training text lacks.
 
 Run: ``python benchmarks/baselines.py [--text FILE | --corpus stdlib] [--order 5]``.
 """
@@ -26,17 +31,32 @@ __all__ = ["KneserNey", "unigram_bpc"]
 
 
 def unigram_bpc(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
-    """Add-one smoothed unigram, scored on val[1:]."""
+    """Add-one smoothed unigram over ``vocab_size`` symbols, scored on val[1:]."""
     counts = np.bincount(train, minlength=vocab_size) + 1.0  # (V,)
     logp = np.log2(counts / counts.sum())
     return float(-logp[val[1:]].mean())
 
 
+# The discounts used for an order whose estimates are out of range (KenLM's
+# ``lmplz --discount_fallback`` defaults).
+FALLBACK_DISCOUNTS = (0.5, 1.0, 1.5)
+
+
 def _discounts(count_of_counts: Counter) -> tuple[float, float, float]:
-    """D1, D2, D3+ from n1..n4, the numbers of n-grams seen exactly 1..4 times."""
+    """D1, D2, D3+ from n1..n4, the numbers of n-grams seen exactly 1..4 times.
+
+    Each Dk must lie in (0, k]: a discount <= 0 can leave a context no mass (or a
+    negative one) for the symbols it has not seen, which then get probability 0 or
+    less. With few n-grams, as for single characters, the estimates fall outside
+    (here: topics D2 = -3.25, stdlib D3+ = -0.66, from n3 = n4 = 0); that order then
+    uses :data:`FALLBACK_DISCOUNTS`.
+    """
     n1, n2, n3, n4 = (max(count_of_counts.get(k, 0), 1) for k in (1, 2, 3, 4))
     y = n1 / (n1 + 2 * n2)
-    return 1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3
+    found = (1 - 2 * y * n2 / n1, 2 - 3 * y * n3 / n2, 3 - 4 * y * n4 / n3)
+    if all(0 < d <= k for k, d in zip((1, 2, 3), found, strict=True)):
+        return found
+    return FALLBACK_DISCOUNTS
 
 
 class KneserNey:
@@ -50,7 +70,9 @@ class KneserNey:
         gamma(h) = (D1 N1(h .) + D2 N2(h .) + D3+ N3+(h .)) / c(h .)
 
     where h' drops h's oldest symbol; an unseen context backs off fully; the
-    recursion ends in the uniform distribution 1 / V.
+    recursion ends in the uniform distribution 1 / V. As every discount is in
+    (0, k] (:func:`_discounts`), gamma(h) > 0 and every P(w | h) >= the product of
+    the gammas / V > 0.
     """
 
     def __init__(self, text: str, *, order: int, vocab_size: int) -> None:

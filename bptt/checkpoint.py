@@ -38,10 +38,12 @@ __all__ = [
     "load_checkpoint",
     "remove_stale_temporaries",
     "resolve_path",
+    "run_from_checkpoint",
+    "run_to_checkpoint",
     "save_checkpoint",
 ]
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: optimizer state as named paths (bptt.optim.state_arrays)
 LATEST, BEST = "latest.npz", "best.npz"
 
 
@@ -54,8 +56,9 @@ class Checkpoint:
     """Everything needed to resume a run, as host data.
 
     ``params``: {"U": (D, M), "W": (D, D), "V": (C, D)[, "b": (D,), "c": (C,)]};
-    ``opt_state``: {"step": int, slot: {param key: array}} as :mod:`bptt.optim`
-    keeps it; ``hidden``: (B, D) the state carried into the next chunk;
+    ``opt_state``: {path: array} as :func:`bptt.optim.state_arrays` names the
+    optimizer state's arrays (format 1: {"step": (), "m/U": ..., ...});
+    ``hidden``: (B, D) the state carried into the next chunk;
     ``position``: {"epoch", "chunk", "offset"} of the next chunk; ``rng_state``:
     the NumPy generator's ``bit_generator.state``; ``history``: 1-d arrays
     (``train_step``, ``train_bpc``, ``val_step``, ``val_bpc``).
@@ -71,6 +74,7 @@ class Checkpoint:
     rng_state: dict[str, Any] | None = None
     history: dict[str, np.ndarray] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)  # best_val, best_step, evals_since
+    format_version: int = FORMAT_VERSION
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -163,10 +167,8 @@ def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     out["vocab"] = np.asarray(ckpt.vocab, dtype=np.str_)
     for key, value in ckpt.params.items():
         out[f"param/{key}"] = np.asarray(value)
-    for slot, value in ckpt.opt_state.items():
-        if isinstance(value, dict):
-            for key, array in value.items():
-                out[f"opt/{slot}/{key}"] = np.asarray(array)
+    for path, array in ckpt.opt_state.items():
+        out[f"opt/{path}"] = np.asarray(array)
     if ckpt.hidden is not None:
         out["hidden"] = np.asarray(ckpt.hidden)
     for key, value in ckpt.history.items():
@@ -177,8 +179,6 @@ def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
         "position": ckpt.position,
         "rng_state": ckpt.rng_state,
         "best": ckpt.best,
-        "opt_scalars": {k: v for k, v in ckpt.opt_state.items() if not isinstance(v, dict)},
-        "opt_slots": [k for k, v in ckpt.opt_state.items() if isinstance(v, dict)],
     }
     out["meta"] = np.asarray(json.dumps(meta), dtype=np.str_)
     return out
@@ -259,10 +259,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         meta = json.loads(str(z["meta"]))
         params = {k.split("/", 1)[1]: v for k, v in z.items() if k.startswith("param/")}
-        opt_state: dict[str, Any] = dict(meta["opt_scalars"])
-        for slot in meta["opt_slots"]:
-            prefix = f"opt/{slot}/"
-            opt_state[slot] = {k[len(prefix) :]: v for k, v in z.items() if k.startswith(prefix)}
+        opt_state = {k[len("opt/") :]: v for k, v in z.items() if k.startswith("opt/")}
+        if version == 1:  # {"step": int} in the metadata, slots as opt/m/U, ...
+            opt_state["step"] = np.asarray(meta["opt_scalars"]["step"], dtype=np.float64)
         history = {k.split("/", 1)[1]: v for k, v in z.items() if k.startswith("history/")}
         ckpt = Checkpoint(
             params=params,
@@ -275,6 +274,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             rng_state=meta["rng_state"],
             history=history,
             best=meta["best"],
+            format_version=version,
         )
         sizes = ckpt.sizes
     except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
@@ -285,3 +285,101 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
             f"vocabulary of {len(ckpt.vocab)}"
         )
     return ckpt
+
+
+# ---- a run's state and back --------------------------------------------------------
+
+
+def run_to_checkpoint(run: Any, *, config: dict[str, Any], vocab: str, backend: Any) -> Checkpoint:
+    """Host copy of a :class:`bptt.train.state.RunState` (the device arrays in one
+    transfer per dtype)."""
+    from . import optim
+
+    device = {f"param/{k}": v for k, v in run.params.items()}
+    device.update({f"opt/{k}": v for k, v in optim.state_arrays(run.opt_state).items()})
+    device["hidden"] = run.hidden
+    host = dict(zip(device, backend.to_numpy_many(list(device.values())), strict=True))
+    return Checkpoint(
+        params={k[len("param/") :]: v for k, v in host.items() if k.startswith("param/")},
+        opt_state={k[len("opt/") :]: v for k, v in host.items() if k.startswith("opt/")},
+        vocab=vocab,
+        step=run.step,
+        config=config,
+        hidden=host["hidden"],
+        position={"epoch": run.epoch, "chunk": run.chunk, "offset": run.offset},
+        rng_state=run.rng.bit_generator.state,
+        history={k: np.asarray(v, dtype=np.float64) for k, v in run.history.items()},
+        best=dict(run.best),
+    )
+
+
+# Format 1 named an optimizer's arrays by slot: the field each slot is now.
+_FORMAT_1_SLOTS = {"mu": ("m",), "nu": ("v",), "total": ("velocity", "sum_sq", "mean_sq")}
+
+
+def _format_1_array(ckpt: Checkpoint, path: str, template: Any) -> Any:
+    """The array a format-1 checkpoint holds for the state leaf at ``path``."""
+    parts = path.split("/")
+    if parts[-1] == "count":
+        return ckpt.opt_state["step"]
+    if parts[-1] == "norm":  # a clip's record of the last norm: not kept in format 1
+        return np.zeros((), dtype=np.asarray(ckpt.params["U"]).dtype)
+    field_name, key = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")
+    for slot in _FORMAT_1_SLOTS.get(field_name, ()):
+        if f"{slot}/{key}" in ckpt.opt_state:
+            return ckpt.opt_state[f"{slot}/{key}"]
+    raise KeyError(path)
+
+
+def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype: str) -> Any:
+    """The :class:`bptt.train.state.RunState` saved in ``ckpt``, on ``backend``.
+
+    ``optimizer`` gives the state's shape (its ``init``); every stored array is
+    checked against it. Raises :class:`CheckpointError` naming a missing or
+    misshapen array.
+    """
+    from . import optim
+    from .train.state import HISTORY_KEYS, RunState
+
+    params = {k: backend.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}
+    template = optimizer.init(params)
+
+    def load(path: str, stored: Any, like: Any) -> Any:
+        if ckpt.format_version == 1:
+            stored = _format_1_array(ckpt, path, like)
+        if tuple(np.shape(stored)) != tuple(like.shape):
+            raise CheckpointError(
+                f"checkpoint: optimizer array {path!r} has shape {np.shape(stored)}, "
+                f"expected {tuple(like.shape)}"
+            )
+        return backend.asarray(np.asarray(stored), dtype=like.dtype)
+
+    try:
+        source = ckpt.opt_state if ckpt.format_version > 1 else _Everything()
+        opt_state = optim.state_from_arrays(template, source, load)
+    except KeyError as e:
+        raise CheckpointError(
+            f"checkpoint: no optimizer array {e.args[0]!r}: it was written for another "
+            "optimizer or clip setting; resume with the original --optimizer and --clip"
+        ) from None
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt.rng_state
+    return RunState(
+        params=params,
+        opt_state=opt_state,
+        rng=rng,
+        hidden=None if ckpt.hidden is None else backend.asarray(ckpt.hidden, dtype=dtype),
+        step=ckpt.step,
+        epoch=int(ckpt.position["epoch"]),
+        chunk=int(ckpt.position["chunk"]),
+        offset=int(ckpt.position["offset"]),
+        history={k: [float(x) for x in ckpt.history.get(k, ())] for k in HISTORY_KEYS},
+        best=dict(ckpt.best),
+    )
+
+
+class _Everything(dict):
+    """A mapping that has every key (format 1: ``load`` finds the array itself)."""
+
+    def __getitem__(self, key: str) -> None:
+        return None

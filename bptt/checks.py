@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ._array_api import namespace_of
+from .backends import namespace_of
 from .heads import HEADS
 
 __all__ = ["PARAM_KEYS", "Dims", "check_call", "check_params", "check_values"]
@@ -175,12 +175,28 @@ def check_call(
     return xp, dims
 
 
-def _bool(x: Any) -> bool:
-    return bool(x)  # the one host sync of a value check
-
-
-def _range(x: Any, xp: Any) -> str:
-    return f"got min {int(xp.min(x))}, max {int(xp.max(x))}"
+def _value_conditions(
+    params: Any, inputs: Any, *, targets: Any, h0: Any, mask: Any, head: str, dims: Dims, xp: Any
+) -> list[Any]:
+    """Every value condition of a call as a 0-d boolean device array (no sync)."""
+    conds = [xp.all(xp.isfinite(p)) for p in params.values()]
+    if inputs.ndim == 2:
+        conds.append(xp.all((inputs >= 0) & (inputs < dims.M)))
+    else:
+        conds.append(xp.all(xp.isfinite(inputs)))
+    if h0 is not None:
+        conds.append(xp.all(xp.isfinite(h0)))
+    if mask is not None:
+        if not xp.isdtype(mask.dtype, "bool"):
+            conds.append(xp.all((mask == 0) | (mask == 1)))
+            mask = mask != 0
+        conds.append(xp.any(mask))
+    if targets is not None:
+        if head == "softmax":
+            conds.append(xp.all((targets >= 0) & (targets < dims.C)))
+        elif not xp.isdtype(targets.dtype, "bool"):
+            conds.append(xp.all((targets >= 0) & (targets <= 1)))
+    return conds
 
 
 def check_values(
@@ -194,29 +210,51 @@ def check_values(
     dims: Dims,
     xp: Any,
 ) -> None:
-    """Value checks (device syncs): ids and targets in range, finite numbers, 0/1 masks."""
+    """Value checks: ids and targets in range, finite numbers, 0/1 masks.
+
+    All conditions are reduced to one device flag, read once: one host sync per
+    call. Only when it is false are the conditions read one by one, to name the
+    argument at fault.
+    """
+    conds = _value_conditions(
+        params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp
+    )
+    if bool(xp.all(xp.stack(conds))):  # the one host sync of a value check
+        return
+    _explain(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
+    raise ValueError("a value check failed")  # not reached: _explain names the argument
+
+
+def _range(x: Any, xp: Any) -> str:
+    return f"got min {int(xp.min(x))}, max {int(xp.max(x))}"
+
+
+def _explain(
+    params: Any, inputs: Any, *, targets: Any, h0: Any, mask: Any, head: str, dims: Dims, xp: Any
+) -> None:
+    """Raise the ValueError that names the first failed value condition (error path)."""
     for key, p in params.items():
-        if not _bool(xp.all(xp.isfinite(p))):
+        if not bool(xp.all(xp.isfinite(p))):
             raise ValueError(f"params['{key}']: contains NaN or infinite values")
     if inputs.ndim == 2:
-        if not _bool(xp.all((inputs >= 0) & (inputs < dims.M))):
+        if not bool(xp.all((inputs >= 0) & (inputs < dims.M))):
             raise ValueError(f"inputs: token ids must lie in [0, {dims.M}); {_range(inputs, xp)}")
-    elif not _bool(xp.all(xp.isfinite(inputs))):
+    elif not bool(xp.all(xp.isfinite(inputs))):
         raise ValueError("inputs: contains NaN or infinite values")
-    if h0 is not None and not _bool(xp.all(xp.isfinite(h0))):
+    if h0 is not None and not bool(xp.all(xp.isfinite(h0))):
         raise ValueError("h0: contains NaN or infinite values")
     if mask is not None:
         if not xp.isdtype(mask.dtype, "bool"):
-            if not _bool(xp.all((mask == 0) | (mask == 1))):
+            if not bool(xp.all((mask == 0) | (mask == 1))):
                 raise ValueError("mask: a numeric mask must hold only 0 and 1")
             mask = mask == 1
-        if not _bool(xp.any(mask)):
+        if not bool(xp.any(mask)):
             raise ValueError("mask: every step is masked; at least one step must count")
     if targets is None:
         return
     if head == "softmax":
-        if not _bool(xp.all((targets >= 0) & (targets < dims.C))):
+        if not bool(xp.all((targets >= 0) & (targets < dims.C))):
             raise ValueError(f"targets: class ids must lie in [0, {dims.C}); {_range(targets, xp)}")
     elif not xp.isdtype(targets.dtype, "bool"):
-        if not _bool(xp.all((targets >= 0) & (targets <= 1))):
+        if not bool(xp.all((targets >= 0) & (targets <= 1))):
             raise ValueError("targets: sigmoid targets must lie in [0, 1]")

@@ -20,9 +20,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import backends
-from .api import loss_terms_and_dlogits
+from . import backends, model
 from .checks import check_call, check_values
+from .heads import HEADS, loss_weights, reduce
 
 __all__ = ["GradientFlow", "gradient_flow", "spectral_stats", "state_gradient_sweep"]
 
@@ -63,23 +63,22 @@ def state_gradient_sweep(states: Any, dS: Any, W: Any, xp: Any) -> Iterator[tupl
     the row-vector form of dL_t/ds_k = dL_t/ds_{k+1} diag(1 - s_{k+1}^2) W, with
     the tanh' factor that eqs. (13)-(15) drop, in the order that eq. (63) loses.
     Summing G over its first axis gives dL/ds_k, what the backward pass carries.
+    Each G is a new array (nothing is written in place: immutable arrays work too).
 
     This is eq. (B15) of ``docs/derivation.md``. Cost: T sequential steps (as
     many as the backward pass), step k one matrix
     product over (T - k - 1) * B rows; O(T^2 B D^2) in all, inherent in asking
-    for all T(T+1)/2 pairs. The buffer is (T, B, D), the size of ``states``.
+    for all T(T+1)/2 pairs. G is at most (T, B, D), the size of ``states``.
     """
     T, B, D = states.shape
     tanh_prime = 1 - states * states  # eq. (62), diagonals of ds_t/dz_t  (T, B, D)
-    G = xp.empty((T, B, D), dtype=states.dtype, device=states.device)  # (T, B, D)
-    for k in range(T - 1, -1, -1):
-        if k < T - 1:  # every open row crosses one more Jacobian diag(1 - s_{k+1}^2) W
-            active = G[k + 1 :, ...] * tanh_prime[k + 1, ...]  # (T-k-1, B, D)
-            G[k + 1 :, ...] = xp.reshape(
-                xp.reshape(active, ((T - k - 1) * B, D)) @ W, (T - k - 1, B, D)
-            )
-        G[k, ...] = dS[k, ...]  # the loss of step k reaches s_k directly  (B, D)
-        yield k, G[k:, ...]  # a view, overwritten by the next step
+    G = dS[T - 1 :, ...]  # (1, B, D): the loss of step T reaches s_T directly
+    yield T - 1, G
+    for k in range(T - 2, -1, -1):  # every open row crosses one more diag(1 - s_{k+1}^2) W
+        n = T - k - 1  # rows open before this step
+        back = xp.reshape(xp.reshape(G * tanh_prime[k + 1, ...], (n * B, D)) @ W, (n, B, D))
+        G = xp.concat([dS[k : k + 1, ...], back], axis=0)  # (T-k, B, D)
+        yield k, G
 
 
 def gradient_flow(
@@ -122,28 +121,31 @@ def gradient_flow(
         need_targets=True,
     )  # fmt: skip
     check_values(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
-    _, dlogits, cache = loss_terms_and_dlogits(
-        params, inputs, targets, h0=h0, head=head, mask=mask, reduction=reduction, xp=xp
-    )  # dlogits (T, B, C): dL/dg_t with mask and reduction weights, eq. (44)
-    S = cache.states  # (T, B, D)
-    T, B, D = S.shape
-    C = dlogits.shape[2]
-    dS = xp.reshape(xp.reshape(dlogits, (T * B, C)) @ params["V"], (T, B, D))  # eq. (56)
+    T, B = inputs.shape[:2]
+    weights = loss_weights(
+        mask, (T, B, dims.C), head=head, reduction=reduction, dtype=dims.dtype, xp=xp
+    )
+    S, logits, _ = model.forward(params, inputs, h0, xp)  # (T, B, D), (T, B, C)
+    terms, dlogits = HEADS[head](logits, targets, xp)
+    _, dlogits = reduce(terms, dlogits, weights, xp)  # dL/dg_t with the weights, eq. (B9)
+    dS = model.state_grads(params, dlogits, None, xp)  # (T, B, D), eq. (56)
 
     if mask is None:
         steps = xp.ones((T,), dtype=xp.bool, device=S.device)  # (T,)
     else:
         steps = xp.any(mask if xp.isdtype(mask.dtype, "bool") else mask != 0, axis=1)  # (T,)
     counts = xp.astype(steps, S.dtype)  # (T,)
-    norms = xp.zeros((T, T), dtype=S.dtype, device=S.device)  # (T, T), [t, k]
+    columns = [None] * T  # columns[k]: ||dL_t/ds_k|| for t = 0..T-1, zero for t < k
     lag_sum = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
     lag_count = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
     for k, G in state_gradient_sweep(S, dS, params["W"], xp):  # G (T-k, B, D)
         column = xp.sqrt(xp.sum(G * G, axis=(1, 2)))  # ||dL_t/ds_k||, t = k..T-1  (T-k,)
-        norms[k:, k] = column
-        # entry t of the column has lag t - k = 0 .. T-1-k
-        lag_sum[: T - k] = lag_sum[: T - k] + column * counts[k:]
-        lag_count[: T - k] = lag_count[: T - k] + counts[k:]
+        zeros = xp.zeros((k,), dtype=S.dtype, device=S.device)  # (k,)
+        columns[k] = xp.concat([zeros, column])  # (T,)
+        # entry t of the column has lag t - k = 0 .. T-1-k: shift it to the front
+        lag_sum = lag_sum + xp.concat([column * counts[k:], zeros])
+        lag_count = lag_count + xp.concat([counts[k:], zeros])
+    norms = xp.stack(columns, axis=1)  # (T, T), [t, k]
     reached = lag_count > 0  # (T,)
     ones = xp.ones_like(lag_count)  # (T,)
     lag_mean = xp.where(

@@ -2,55 +2,26 @@
 
 Both heads return ``(loss_terms, dlogits)``: the loss of every (t, b) pair,
 shape (T, B), and dL_t/dg_t, shape (T, B, C), for an unweighted sum of losses.
-The caller applies the mask and the reduction to both. Both are stable for
-logits of any finite size: no exp overflow and no log(0).
+:func:`loss_weights` and :func:`reduce` apply the mask and the reduction to both.
+Both are stable for logits of any finite size: no exp overflow and no log(0).
+Pure math, like :mod:`bptt.model`: only the namespace ``xp`` they are given.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from . import _parallel
 from .model import one_hot
 
 __all__ = ["HEADS", "loss_weights", "reduce", "sigmoid_bce", "softmax_cross_entropy"]
 
 
 def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
-    """Softmax (eq. 22) and cross-entropy (eq. 23) against integer targets (T, B).
+    """Softmax (eqs. 22, B5) and cross-entropy (eq. 23) against integer targets (T, B).
 
     L_t = log sum_j exp(g_tj - m_t) - (g_t[y_t] - m_t), with m_t = max_j g_tj, and
-    dL_t/dg_t = yhat_t - y_t (eq. 44), with y_t the one-hot of the target. On
-    NumPy, large inputs are cut into blocks of steps run on threads (exp is
-    single-threaded there; see :mod:`bptt._parallel`).
+    dL_t/dg_t = yhat_t - y_t (eqs. 44, B7), with y_t the one-hot of the target.
     """
-    T, B, C = logits.shape
-    itemsize = xp.finfo(logits.dtype).bits // 8
-    blocks = _parallel.row_blocks(
-        xp,
-        T,
-        T * B * C,
-        itemsize,
-        min_work=_parallel.HEAD_MIN_WORK,
-        float64_cost=_parallel.HEAD_FLOAT64_COST,
-    )
-    if len(blocks) == 1:
-        return _softmax_cross_entropy(logits, targets, xp)
-    loss = xp.empty((T, B), dtype=logits.dtype, device=logits.device)  # (T, B)
-    dlogits = xp.empty_like(logits)  # (T, B, C)
-
-    def block(steps: slice) -> None:
-        loss[steps, ...], dlogits[steps, ...] = _softmax_cross_entropy(
-            logits[steps, ...], targets[steps, ...], xp
-        )
-
-    _parallel.run_blocks(block, blocks)
-    return loss, dlogits
-
-
-def _softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
-    """The head on one block of steps: the picked logit is a gather, not a one-hot
-    product, and the gradient is built in place in the fresh array exp returns."""
     T, B, C = logits.shape
     m = xp.max(logits, axis=-1, keepdims=True)  # (T, B, 1)
     shifted = logits - m  # (T, B, C), every entry <= 0

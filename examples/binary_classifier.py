@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> float:
     be = backends.get_backend(args.backend, args.device)
     rng = np.random.default_rng(args.seed)
     params = bptt.init_params(2, D, 1, seed=args.seed, backend=be.name, device=be.device)
-    opt = optim.make("adam", args.lr)
+    opt = optim.chain(optim.clip_by_global_norm(5.0), optim.adam(args.lr))
     state = opt.init(params)
     for step in range(1, args.steps + 1):
         bits, labels = make_batch(rng, T, B)
@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> float:
             head="sigmoid",
             check_values=step == 1,
         )
-        grads, _ = optim.clip_by_global_norm(grads, 5.0)
-        params, state = opt.update(params, grads, state)
+        updates, state = opt.update(grads, state, params)  # clip, then Adam
+        params = optim.apply_updates(params, updates)
         if step % 500 == 0 or step == args.steps:
             test_bits, test_labels = make_batch(np.random.default_rng(12345), T, 1000)
             acc = accuracy(params, be, test_bits, test_labels)

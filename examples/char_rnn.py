@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> float:
 
         # 2. Model and optimizer; their state lives on the device.
         params = bptt.init_params(M, D, M, seed=args.seed, backend=be.name, device=be.device)
-        opt = optim.make("adam", args.lr)
+        opt = optim.chain(optim.clip_by_global_norm(5.0), optim.adam(args.lr))
         state = opt.init(params)
         rng = np.random.default_rng([args.seed, 1])  # epoch offsets and dropout masks
 
@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> float:
             loss, grads, h = bptt.loss_and_grad(
                 params, x, y, h0=h, dropout_mask=keep, check_values=step == 1
             )
-            grads, _ = optim.clip_by_global_norm(grads, 5.0)
-            params, state = opt.update(params, grads, state)
+            updates, state = opt.update(grads, state, params)  # clip, then Adam
+            params = optim.apply_updates(params, updates)
             loss_sum = loss_sum + loss  # stays on the device: no sync per step
             chunk += 1
             if step % args.eval_every == 0 or step == args.steps:

@@ -89,13 +89,9 @@ def rel_err(a: Any, b: Any) -> float:
 NUMPY_BACKEND = backends.get_backend("numpy")
 
 
-def run_in_mode(prob: Problem, setter: Any, mode: str, keep: Any = None) -> Any:
-    """``loss_and_grad`` on ``prob`` with ``setter(mode)`` in force (e.g.
-    ``bptt._parallel.set_split``), the library's own choice restored afterwards."""
-    setter(mode)
-    try:
-        return bptt.loss_and_grad(
-            prob.params, prob.inputs, prob.targets, dropout_mask=keep, **prob.kwargs
-        )
-    finally:
-        setter(None)
+def run_schedule(prob: Problem, schedule: str, dropout_mask: Any = None) -> Any:
+    """``loss_and_grad`` on ``prob`` with the given ``schedule=``."""
+    return bptt.loss_and_grad(
+        prob.params, prob.inputs, prob.targets, dropout_mask=dropout_mask,
+        schedule=schedule, **prob.kwargs,
+    )  # fmt: skip

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
 from train_helpers import small_corpus, small_trainer
 
-from bptt import backends, checkpoint
+from bptt import backends, checkpoint, train
 from bptt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bptt.train import Trainer
 
@@ -32,20 +33,44 @@ def test_round_trip_without_pickle(saved) -> None:
     assert ckpt.step == 5 and ckpt.vocab == trainer.corpus.vocab.chars
     for k, v in ref.params.items():
         np.testing.assert_array_equal(ckpt.params[k], v)
-    assert ckpt.opt_state["step"] == 5
-    for slot in ("m", "v"):
-        for k in ref.params:
-            np.testing.assert_array_equal(ckpt.opt_state[slot][k], ref.opt_state[slot][k])
+    assert set(ckpt.opt_state) == set(ref.opt_state)
+    assert ckpt.opt_state["1/1/count"] == 5  # Adam's update count, after the clip's norm
+    for path, value in ref.opt_state.items():
+        np.testing.assert_array_equal(ckpt.opt_state[path], value)
     np.testing.assert_array_equal(ckpt.hidden, ref.hidden)
     assert ckpt.position == ref.position and ckpt.rng_state == ref.rng_state
     assert ckpt.config["train"]["hidden"] == 12 and ckpt.best["best_step"] == 5
     np.testing.assert_array_equal(ckpt.history["val_step"], [5.0])
 
 
-def test_empty_optimizer_slots_round_trip(tmp_path) -> None:
+def test_stateless_optimizer_round_trips(tmp_path) -> None:
+    """Plain SGD keeps only the clip's last norm and the rate schedule's count."""
     trainer = small_trainer(NUMPY, tmp_path, optimizer="sgd", lr=0.1)
     trainer.run(steps=5)
-    assert load_checkpoint(tmp_path).opt_state == {"step": 5, "velocity": {}}
+    stored = load_checkpoint(tmp_path).opt_state
+    assert set(stored) == {"0/norm", "1/2/count"} and stored["1/2/count"] == 5
+    resumed = train.Trainer.resume(load_checkpoint(tmp_path), small_corpus())
+    assert resumed.run(steps=7).step == 7
+
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.mark.parametrize("name", ["adam", "sgd"])
+def test_a_format_1_checkpoint_resumes(name: str) -> None:
+    """A checkpoint written by bptt 0.1.0 before the optimizer state was named by path
+    (commit cb4b3de, 5 steps): it resumes, and 5 more steps give that version's 10-step
+    parameters to rounding (Adam's step is now grouped as optax groups it; sgd's
+    weight_decay of that version was an L2 penalty and loads as --l2)."""
+    ckpt = load_checkpoint(DATA / f"format1_{name}_step5.npz")
+    assert ckpt.format_version == 1
+    trainer = train.Trainer.resume(ckpt, small_corpus())
+    if name == "sgd":
+        assert (trainer.config.l2, trainer.config.weight_decay) == (0.01, 0.0)
+    trainer.run(steps=10)
+    with np.load(DATA / f"format1_{name}_step10_params.npz") as ref:
+        for key, value in trainer.params.items():
+            np.testing.assert_allclose(value, ref[key], rtol=1e-9, atol=1e-12, err_msg=key)
 
 
 def test_write_is_atomic(saved, monkeypatch) -> None:

@@ -138,7 +138,7 @@ def test_info(capsys) -> None:
         "usable",
         "array_api_strict",
         "BLAS:",
-        "NumPy step: overlap",
+        "NumPy schedule: auto",
     ):
         assert fragment in out
     assert "cupy" in out  # usable or not, with the reason
@@ -182,37 +182,22 @@ def test_ctrl_c_saves_and_exits_130(text, tmp_path) -> None:
     assert load_checkpoint(ckpt).step > 0
 
 
-def test_info_says_how_a_numpy_step_uses_the_cores(capsys, monkeypatch) -> None:
-    from bptt import _parallel
+def test_info_says_how_a_numpy_step_is_scheduled(capsys, monkeypatch) -> None:
+    from bptt.numpy_exec import threads
 
     def line() -> str:
         assert cli.main(["info"]) == 0
         out = capsys.readouterr().out
-        return next(x for x in out.splitlines() if x.startswith("NumPy step:"))
+        return next(x for x in out.splitlines() if x.startswith("NumPy schedule:"))
 
-    monkeypatch.setenv("BPTT_OVERLAP", "off")
-    assert "overlap off" in line()
-    monkeypatch.setenv("BPTT_OVERLAP", "auto")
+    monkeypatch.setenv("BPTT_SCHEDULE", "single")
+    assert line() == "NumPy schedule: single (BPTT_SCHEDULE), 2 thread(s) (BPTT_THREADS)" or (
+        "single (BPTT_SCHEDULE)" in line()
+    )
+    monkeypatch.setenv("BPTT_SCHEDULE", "auto")
     monkeypatch.setenv("BPTT_THREADS", "1")
-    assert "never overlapped here (one thread allowed)" in line()
+    assert "always single here (one thread allowed)" in line()
     monkeypatch.setenv("BPTT_THREADS", "2")
-    if _parallel._blas() is not None:
-        assert "overlapped when 1,048,576 <= B*D^2 < 67,108,864" in line()
-
-
-def test_info_says_when_a_numpy_step_splits_the_batch(capsys, monkeypatch) -> None:
-    from bptt import _parallel
-
-    def line() -> str:
-        assert cli.main(["info"]) == 0
-        out = capsys.readouterr().out
-        return next(x for x in out.splitlines() if x.startswith("NumPy batch split:"))
-
-    monkeypatch.setenv("BPTT_SPLIT", "off")
-    assert line() == "NumPy batch split: split off (BPTT_SPLIT)"
-    monkeypatch.setenv("BPTT_SPLIT", "auto")
-    monkeypatch.setenv("BPTT_THREADS", "1")
-    assert "never split here" in line()
-    monkeypatch.setenv("BPTT_THREADS", "2")
-    if _parallel._blas() is not None:
-        assert "2 parts of >= 32 rows when B*D^2 >= 16,777,216 (float64: 4 x B*D^2)" in line()
+    if threads.blas_controller() is not None:
+        assert "split when B*D^2 >= 16,777,216 (float64: 4 x B*D^2) into parts of >= 32" in line()
+        assert "overlapped when 1,048,576 <= B*D^2 < 67,108,864 and T >= 4" in line()

@@ -17,7 +17,6 @@ import bptt
 import bptt.train
 from bptt import api, backends, model
 from bptt import sample as sample_module
-from bptt._array_api import current_device
 
 
 class RecordingDevice:
@@ -36,17 +35,17 @@ class RecordingDevice:
         self.depth -= 1
 
 
-def test_current_device_of_a_cupy_array() -> None:
+def test_device_context_of_a_cupy_array() -> None:
     device = RecordingDevice()
     FakeCupyArray = type("ndarray", (), {"__module__": "cupy._core.core", "device": device})
-    assert current_device(FakeCupyArray()) is device
-    assert isinstance(current_device(np.zeros(2)), contextlib.nullcontext)
+    assert backends.device_context(FakeCupyArray()) is device
+    assert isinstance(backends.device_context(np.zeros(2)), contextlib.nullcontext)
 
 
 def test_public_functions_run_on_the_parameters_device(monkeypatch: pytest.MonkeyPatch) -> None:
     device = RecordingDevice()
     seen = []
-    monkeypatch.setattr(api, "current_device", lambda x: device)
+    monkeypatch.setattr(api, "device_context", lambda x: device)  # imported by name
     real_forward = model.forward
 
     def recording_forward(*args, **kwargs):
@@ -69,6 +68,8 @@ def test_backend_activate() -> None:
     cupy_like = dataclasses.replace(numpy_be, name="cupy", device=device)
     assert cupy_like.activate() is device
     assert isinstance(numpy_be.activate(), contextlib.nullcontext)
+    jax_like = dataclasses.replace(numpy_be, name="jax", device="cpu")  # not a jax.Device
+    assert isinstance(jax_like.activate(), contextlib.nullcontext)
 
 
 def test_training_and_sampling_run_inside_activate(
@@ -78,13 +79,13 @@ def test_training_and_sampling_run_inside_activate(
     device = RecordingDevice()
     inside = []
     monkeypatch.setattr(backends.Backend, "activate", lambda self: device)
-    real_step = bptt.train.Trainer._step
+    real_step = bptt.train.Trainer.advance
 
-    def recording_step(self, **kwargs):
+    def recording_step(self):
         inside.append(device.depth)
-        return real_step(self, **kwargs)
+        return real_step(self)
 
-    monkeypatch.setattr(bptt.train.Trainer, "_step", recording_step)
+    monkeypatch.setattr(bptt.train.Trainer, "advance", recording_step)
     be = backends.get_backend("numpy")
     trainer = small_trainer(be, tmp_path)
     created = device.entered

@@ -209,7 +209,7 @@ def test_refused_on_the_gpu_stand_in_too() -> None:
         (lambda: bptt.init_params(5, 4, 3, dtype="float16"), ValueError, "dtype: expected one of"),
         (lambda: bptt.init_params(5, 4, 3, init="he"), ValueError, "init: expected one of"),
         (
-            lambda: bptt.init_params(5, 4, 3, backend="jax"),
+            lambda: bptt.init_params(5, 4, 3, backend="mxnet"),
             backends.BackendError,
             "backend: expected",
         ),

@@ -19,4 +19,6 @@ def test_numpy_example_runs_and_learns(capsys) -> None:
 def test_cupy_example_mirrors_the_numpy_one() -> None:
     (cupy_block,) = [b for b in BLOCKS if "import cupy" in b]
     assert 'backend="cupy"' in cupy_block
-    assert cupy_block.count("bptt.loss_and_grad(params, ids, targets)") == 1
+    call = "bptt.loss_and_grad(params, ids, targets, check_values=step == 0)"
+    (numpy_block,) = [b for b in BLOCKS if "import cupy" not in b and "init_params" in b]
+    assert cupy_block.count(call) == numpy_block.count(call) == 1

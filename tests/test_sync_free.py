@@ -23,10 +23,12 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt import _parallel, backends, optim
+from bptt import backends, optim
 
 STRICT = "array_api_strict"
-PER_STEP = 13  # array operations per time step: 5 forward + 8 backward
+PER_STEP = (
+    10  # array operations per time step: 4 forward (a view, a product, a sum, tanh) + 6 backward
+)
 
 
 class HostSync(AssertionError):
@@ -56,7 +58,8 @@ class Namespace:
         if isinstance(value, tuple):
             return tuple(self.wrap(v) for v in value)
         if hasattr(value, "__array_namespace__") and not isinstance(value, Array):
-            self.dtypes.add(str(value.dtype).rsplit(".", 1)[-1])
+            if value.ndim > 0:  # 0-d counters may be float64 on purpose (exact counts)
+                self.dtypes.add(str(value.dtype).rsplit(".", 1)[-1])
             return Array(value, self)
         return value
 
@@ -199,7 +202,7 @@ def training_step(T: int, *, dtype: str = "float64", variant: str = "plain") -> 
         return Array(be.asarray(a, dtype=dt), ns)
 
     kw: dict[str, Any] = {}
-    if variant in ("masked", "overlap", "split"):
+    if variant == "masked":
         kw = dict(mask=arr(rng.random((T, B)) < 0.8), h0=arr(rng.random((B, D)), dtype))
         kw["dropout_mask"] = arr((rng.random((T, B, D)) < 0.5) * 2.0, dtype)
     x = arr(rng.integers(0, M, (T, B)))
@@ -208,18 +211,13 @@ def training_step(T: int, *, dtype: str = "float64", variant: str = "plain") -> 
         kw = dict(head="sigmoid", reduction="sum")
         x = arr(rng.standard_normal((T, B, M)), dtype)
         y = arr(rng.random((T, B, C)) < 0.5)
-    opt = optim.adam(1e-2)
+    opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adam(1e-2))
     state = opt.init(params)
     ns.ops.clear()
-    _parallel.set_overlap("on" if variant == "overlap" else "off")  # blocks of steps, inline
-    _parallel.set_split("on" if variant == "split" else "off")  # parts of the batch, inline
-    try:
-        loss, grads, h_last = bptt.loss_and_grad(params, x, y, check_values=False, **kw)
-    finally:
-        _parallel.set_overlap(None)
-        _parallel.set_split(None)
-    grads, norm = optim.clip_by_global_norm(grads, 1.0)
-    new_params, state = opt.update(params, grads, state)
+    loss, grads, h_last = bptt.loss_and_grad(params, x, y, check_values=False, **kw)
+    updates, state = opt.update(grads, state, params)
+    new_params = optim.apply_updates(params, updates)
+    norm = optim.last_norm(state)
     assert all(isinstance(v, Array) for v in (loss, norm, h_last, *new_params.values()))
     return ns
 
@@ -229,7 +227,7 @@ def _no_to_numpy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(backends.Backend, "to_numpy", _forbidden("Backend.to_numpy"))
 
 
-@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap", "split"])
+@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid"])
 def test_step_never_converts_an_array_to_a_host_value(variant: str) -> None:
     ns = training_step(6, variant=variant)
     assert sum(ns.ops.values()) > 0
@@ -253,7 +251,7 @@ def test_operations_per_step_are_linear_in_T(variant: str) -> None:
     assert counts[2] - 2 * slope < 200, counts  # T-independent: checks, head, clip, Adam
 
 
-@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid", "overlap", "split"])
+@pytest.mark.parametrize("variant", ["plain", "masked", "sigmoid"])
 def test_float32_step_never_makes_float64(variant: str) -> None:
     ns = training_step(4, dtype="float32", variant=variant)
     assert "float64" not in ns.dtypes, ns.dtypes
@@ -267,7 +265,8 @@ def test_numpy_float32_step_stays_float32() -> None:
     x, y = rng.integers(0, 5, (4, 3)), rng.integers(0, 6, (4, 3))
     keep = (rng.random((4, 3, 8)) < 0.5).astype(np.float32) * 2
     loss, grads, h = bptt.loss_and_grad(params, x, y, dropout_mask=keep)
-    grads, norm = optim.clip_by_global_norm(grads, 1.0)
-    new, _ = optim.adam(1e-2).update(params, grads, optim.adam(1e-2).init(params))
-    for a in (loss, h, norm, *grads.values(), *new.values()):
+    opt = optim.chain(optim.clip_by_global_norm(1.0), optim.adam(1e-2))
+    updates, state = opt.update(grads, opt.init(params), params)
+    new = optim.apply_updates(params, updates)
+    for a in (loss, h, optim.last_norm(state), *grads.values(), *new.values()):
         assert a.dtype == np.float32

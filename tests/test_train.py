@@ -51,9 +51,8 @@ def test_every_optimizer_on_every_backend(be, name: str, tmp_path) -> None:
     for key, value in trainer.params.items():
         assert type(value).__module__.split(".")[0] == be.name, key
         assert value.device == be.device, key
-    for slot, values in trainer.opt_state.items():
-        if isinstance(values, dict):
-            assert all(v.device == be.device for v in values.values()), slot
+    for path, value in bptt.optim.state_arrays(trainer.opt_state).items():
+        assert value.device == be.device, path
     assert math.isfinite(result.last_val) and result.latest.exists() and result.best.exists()
     reference = small_trainer(NUMPY, dtype=trainer.config.dtype, **OPTIMIZERS[name])
     reference.run(steps=7)
@@ -66,24 +65,22 @@ def test_every_optimizer_on_every_backend(be, name: str, tmp_path) -> None:
 def _snapshot(trainer: train.Trainer) -> dict[str, np.ndarray]:
     ckpt = trainer.checkpoint()
     out = {f"param/{k}": v for k, v in ckpt.params.items()}
-    for slot in ("m", "v"):
-        out.update({f"{slot}/{k}": v for k, v in ckpt.opt_state[slot].items()})
+    out.update({f"opt/{k}": v for k, v in ckpt.opt_state.items()})
     out["hidden"] = ckpt.hidden
     return out
 
 
-@pytest.mark.parametrize("step", ["one-block", "overlap", "split"])
-def test_resume_is_exact(tmp_path, step: str, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("schedule", ["single", "overlap", "split"])
+def test_resume_is_exact(tmp_path, schedule: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Training 2N steps equals N steps, a checkpoint, and N more: identical bits,
-    with the one-block step, the overlapped one (a worker thread on NumPy) and the
+    with the single schedule, the overlapped one (a worker thread on NumPy) and the
     batch split (each part on its own thread)."""
-    monkeypatch.setenv("BPTT_OVERLAP", "on" if step == "overlap" else "off")
-    monkeypatch.setenv("BPTT_SPLIT", "on" if step == "split" else "off")
+    monkeypatch.setenv("BPTT_SCHEDULE", schedule)
     options = dict(batch=16, dropout=0.2, eval_every=4, log_every=2)  # 20 chunks per epoch
     N = 14  # the second half crosses an epoch boundary (state reset, new offset)
     straight = small_trainer(NUMPY, **options)
     straight.run(steps=2 * N)
-    assert straight.epoch == 1
+    assert straight.state.epoch == 1
 
     first = small_trainer(NUMPY, tmp_path, **options)
     first.run(steps=N)
@@ -93,12 +90,9 @@ def test_resume_is_exact(tmp_path, step: str, monkeypatch: pytest.MonkeyPatch) -
     assert a.keys() == b.keys()
     for key in a:
         np.testing.assert_array_equal(a[key], b[key], err_msg=key)
-    assert resumed.rng.bit_generator.state == straight.rng.bit_generator.state
-    assert (resumed.epoch, resumed.chunk, resumed.offset) == (
-        straight.epoch,
-        straight.chunk,
-        straight.offset,
-    )
+    a, b = resumed.state, straight.state
+    assert a.rng.bit_generator.state == b.rng.bit_generator.state
+    assert (a.epoch, a.chunk, a.offset) == (b.epoch, b.chunk, b.offset)
 
 
 def test_nan_stops_naming_the_first_bad_step(tmp_path, monkeypatch) -> None:
@@ -107,14 +101,14 @@ def test_nan_stops_naming_the_first_bad_step(tmp_path, monkeypatch) -> None:
     latest = tmp_path / LATEST
     good = latest.read_bytes()
     calls = []
-    original = train.loss_and_grad
+    original = trainer.train_step
 
     def poisoned(*args, **kwargs):
-        loss, grads, h = original(*args, **kwargs)
+        out = original(*args, **kwargs)
         calls.append(1)
-        return (loss * math.nan if len(calls) == 2 else loss), grads, h  # step 7
+        return out._replace(loss=out.loss * math.nan) if len(calls) == 2 else out  # step 7
 
-    monkeypatch.setattr(train, "loss_and_grad", poisoned)
+    monkeypatch.setattr(trainer, "train_step", poisoned)
     with pytest.raises(train.NonFiniteError, match="NaN or infinite at step 7") as info:
         trainer.run(steps=20)
     assert info.value.step == 7

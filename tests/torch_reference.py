@@ -55,11 +55,13 @@ def torch_loss_and_grad(host: dict[str, Any]) -> tuple[float, dict[str, np.ndarr
     return float(loss.detach()), grads, s.detach().numpy()
 
 
-def assert_matches_torch(prob: Any) -> dict[str, Any]:
+def assert_matches_torch(prob: Any, schedule: str | None = None) -> dict[str, Any]:
     """``bptt.loss_and_grad`` on a float64 NumPy problem (tests/helpers.py) against
     torch autograd: loss to 1e-12, every gradient to 1e-12, h_last to 1e-13.
     Returns our gradients."""
-    loss, grads, h_last = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, **prob.kwargs)
+    loss, grads, h_last = bptt.loss_and_grad(
+        prob.params, prob.inputs, prob.targets, schedule=schedule, **prob.kwargs
+    )
     ref_loss, ref_grads, ref_h = torch_loss_and_grad(prob.host)
     assert abs(float(loss) - ref_loss) <= 1e-12 * abs(ref_loss)
     for key in grads:

@@ -60,42 +60,26 @@ def run(args: argparse.Namespace) -> int:
     print("BLAS:")
     for line in _blas():
         print(f"  {line}")
-    print(f"NumPy step: {_overlap()}")
-    print(f"NumPy batch split: {_split()}")
+    print(f"NumPy schedule: {_schedule()}")
     return 0
 
 
-def _split() -> str:
-    """When a NumPy step runs each part of the batch on its own thread, in one line."""
-    import numpy as np
+def _schedule() -> str:
+    """How ``auto`` runs a NumPy step on this machine (bptt.numpy_exec), in one line."""
+    from ..numpy_exec import policy, threads
+    from ..schedules import ENV_VAR, resolve_name
 
-    from .. import _parallel
-
-    mode, threads = _parallel.split_mode(), _parallel.max_threads()
-    line = f"split {mode} (BPTT_SPLIT)"
-    if mode == "auto":
-        if not _parallel.threads_usable(np):
-            return f"{line}: never split here"
-        cost, rows = _parallel.SPLIT_FLOAT64_COST, _parallel.MIN_PART_ROWS
-        return (
-            f"{line}: {threads} parts of >= {rows} rows when B*D^2 >= "
-            f"{_parallel.SPLIT_WORK:,} (float64: {cost} x B*D^2), before the overlap"
-        )
-    return line
-
-
-def _overlap() -> str:
-    """How a NumPy training step uses the cores (bptt._parallel), in one line."""
-    from .. import _parallel
-
-    mode, threads = _parallel.overlap_mode(), _parallel.max_threads()
-    blas = _parallel._blas() is not None
-    line = f"overlap {mode} (BPTT_OVERLAP), {threads} thread(s) (BPTT_THREADS)"
-    if mode == "auto":
-        if threads < 2 or not blas:
-            why = "one thread allowed" if threads < 2 else "pip install threadpoolctl"
-            return f"{line}: never overlapped here ({why})"
-        lo, hi = _parallel.OVERLAP_WORK
-        min_T = 2 * _parallel.MIN_BLOCK_STEPS
-        return f"{line}: overlapped when {lo:,} <= B*D^2 < {hi:,} and T >= {min_T}"
-    return line
+    name, n = resolve_name(None), threads.max_threads()
+    line = f"{name} ({ENV_VAR}), {n} thread(s) (BPTT_THREADS)"
+    if name != "auto":
+        return line
+    if not policy.threads_usable():
+        why = "one thread allowed" if n < 2 else "pip install threadpoolctl"
+        return f"{line}: always single here ({why})"
+    lo, hi = policy.OVERLAP_WORK
+    return (
+        f"{line}: split when B*D^2 >= {policy.SPLIT_WORK:,} (float64: "
+        f"{policy.SPLIT_FLOAT64_COST} x B*D^2) into parts of >= {policy.MIN_PART_ROWS} rows, "
+        f"else overlapped when {lo:,} <= B*D^2 < {hi:,} and T >= {2 * policy.MIN_BLOCK_STEPS}, "
+        "else single"
+    )

@@ -61,7 +61,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     opt.add_argument("--momentum", type=probability, help="for sgd (default 0)")
     opt.add_argument("--clip", type=nonneg_float, help="global gradient norm; 0 = off (default 5)")
-    opt.add_argument("--weight-decay", type=nonneg_float, help="default 0")
+    opt.add_argument(
+        "--weight-decay", type=nonneg_float,
+        help="decoupled weight decay, AdamW-style: p -= lr * lambda * p (default 0)",
+    )  # fmt: skip
+    opt.add_argument(
+        "--l2", type=nonneg_float,
+        help="L2 penalty: lambda * p added to the gradient before the optimizer (default 0)",
+    )  # fmt: skip
     opt.add_argument("--dropout", type=probability, help="on the states before V (default 0)")
     opt.add_argument("--lr-decay", type=factor, help="factor per --lr-decay-every steps")
     opt.add_argument("--lr-decay-every", type=positive_int, help="default 1000")
@@ -78,6 +85,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--resume", metavar="CKPT", help="a checkpoint file or directory")
     run.add_argument("--plot", metavar="FILE.png", help="write training/validation curves")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
+    run.add_argument(
+        "--tune-malloc", action="store_true",
+        help="raise glibc's malloc thresholds for this process, so that a NumPy step reuses "
+        "the memory the last one freed (bptt.malloc; see the README for its measured effect)",
+    )  # fmt: skip
 
 
 MODEL_OPTIONS = ("hidden", "dtype", "init", "seq_len", "batch", "seed", "optimizer", "momentum")
@@ -193,7 +205,6 @@ def run(args: argparse.Namespace) -> int:
     from .. import backends
     from ..checkpoint import CheckpointError, check_writable
     from ..data import DataError
-    from ..malloc import tune_malloc
     from ..train import NonFiniteError
 
     parser = args._parser
@@ -212,7 +223,10 @@ def run(args: argparse.Namespace) -> int:
         except ImportError:
             parser.error("--plot needs matplotlib: pip install 'bptt[plot]'")
 
-    tune_malloc()  # reuse what a step frees (bptt.malloc); before the first step
+    if args.tune_malloc:  # reuse what a step frees (bptt.malloc); before the first step
+        from ..malloc import tune_malloc
+
+        tune_malloc()
     c, be = trainer.config, trainer.backend
     steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
     if steps is not None and steps <= trainer.step:
@@ -222,7 +236,7 @@ def run(args: argparse.Namespace) -> int:
         f"{len(trainer.corpus.val):,} validation chars, {len(trainer.corpus.vocab)} symbols)\n"
         f"  backend {be.name} on {be.device}, {c.dtype}, D={c.hidden} B={c.batch} T={c.seq_len},"
         f" {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
-        f"weight decay {c.weight_decay:g}, seed {c.seed}\n"
+        f"weight decay {c.weight_decay:g}, l2 {c.l2:g}, seed {c.seed}\n"
         f"  checkpoints: {trainer.checkpoint_dir}"
         + (f" (resuming at step {trainer.step}{note})" if trainer.step else ""),
         flush=True,

@@ -1,0 +1,197 @@
+"""The building blocks: clipping, weight decay, momentum and the scaling rules.
+
+Notation: u the incoming update (the gradient, for the first transform), p the
+parameter, k the update count from 1, all operations elementwise. Counts and
+scheduled rates are device scalars, so no update bakes in a host number that
+changes from step to step, and none reads the device (no host sync).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from ..backends import device_context
+from ._base import EmptyState, GradientTransformation, number
+from ._tree import Tree, device_scalar, namespace, tree_map, zeros_like
+
+__all__ = [
+    "ClipState",
+    "MomentsState",
+    "ScheduleState",
+    "SumState",
+    "add_decayed_weights",
+    "clip_by_global_norm",
+    "global_norm",
+    "last_norm",
+    "scale_by_adam",
+    "scale_by_learning_rate",
+    "scale_by_rms",
+    "scale_by_sum_of_squares",
+    "trace",
+]
+
+Schedule = Callable[[Any], Any]  # a device count -> a device learning rate
+
+
+class ClipState(NamedTuple):
+    norm: Any  # 0-d: the global norm of the last updates clipped, before clipping
+
+
+class SumState(NamedTuple):
+    total: Any  # tree: a running sum (velocity, or sum / mean of squares)
+
+
+class MomentsState(NamedTuple):
+    count: Any  # 0-d device counter
+    mu: Any  # tree: first moment
+    nu: Any  # tree: second moment
+
+
+class ScheduleState(NamedTuple):
+    count: Any  # 0-d device counter
+
+
+def global_norm(tree: Tree) -> Any:
+    """sqrt(sum of squares of every entry of every leaf), a 0-d device array."""
+    xp = namespace(tree, "grads")
+    leaves = tree.values() if isinstance(tree, dict) else [tree]
+    return xp.sqrt(sum(xp.sum(g * g) for g in leaves))
+
+
+def last_norm(state: Any) -> Any:
+    """The norm recorded by the first :func:`clip_by_global_norm` in a (chained) state."""
+    if isinstance(state, ClipState):
+        return state.norm
+    for inner in state if isinstance(state, tuple) else ():
+        found = last_norm(inner)
+        if found is not None:
+            return found
+    return None
+
+
+def clip_by_global_norm(max_norm: float | None) -> GradientTransformation:
+    """u <- u min(1, max_norm / ||u||), ||u|| over all leaves; records ||u||.
+
+    ``max_norm=None`` only records the norm (the same state, no clipping).
+    """
+    if max_norm is not None:
+        max_norm = number("max_norm", max_norm, lambda v: v > 0, "a positive number or None")
+
+    def init(params: Tree) -> ClipState:
+        return ClipState(_zero_norm(params))
+
+    def update(updates: Tree, state: ClipState, params: Tree = None) -> tuple[Tree, ClipState]:
+        xp = namespace(updates, "grads")
+        norm = global_norm(updates)  # (), device
+        if max_norm is None:
+            return updates, ClipState(norm)
+        ratio = max_norm / (norm + 1e-12)
+        factor = xp.minimum(ratio, xp.ones_like(ratio))  # no clip(): compat's syncs on CuPy
+        return tree_map(lambda u: u * factor, updates), ClipState(norm)
+
+    return GradientTransformation(init, update)
+
+
+def _first(tree: Tree) -> Any:
+    return next(iter(tree.values())) if isinstance(tree, dict) else tree
+
+
+def _zero_norm(params: Tree) -> Any:
+    leaf = _first(params)
+    with device_context(leaf):
+        return namespace(params).zeros((), dtype=leaf.dtype, device=leaf.device)
+
+
+def add_decayed_weights(rate: float) -> GradientTransformation:
+    """u <- u + rate p. Before a scaling rule it is an L2 penalty on the loss (coupled);
+    after it, decoupled weight decay (AdamW's)."""
+    rate = number("weight decay", rate, lambda v: v >= 0, "a number >= 0")
+
+    def update(updates: Tree, state: EmptyState, params: Tree = None) -> tuple[Tree, Any]:
+        if rate == 0:  # decided once: the same operations every step
+            return updates, state
+        return tree_map(lambda u, p: u + rate * p, updates, params), state
+
+    return GradientTransformation(lambda params: EmptyState(), update)
+
+
+def trace(momentum: float) -> GradientTransformation:
+    """v <- momentum v + u;  u <- v  (heavy-ball momentum)."""
+    momentum = number("momentum", momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
+
+    def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
+        v = tree_map(lambda v, u: momentum * v + u, state.total, updates)
+        return v, SumState(v)
+
+    return GradientTransformation(lambda params: SumState(zeros_like(params)), update)
+
+
+def scale_by_sum_of_squares(eps: float) -> GradientTransformation:
+    """G <- G + u^2;  u <- u / sqrt(G + eps)   (Adagrad)."""
+    eps = number("eps", eps, lambda v: v > 0, "a positive number")
+
+    def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
+        xp = namespace(updates, "grads")
+        total = tree_map(lambda s, u: s + u * u, state.total, updates)
+        return tree_map(lambda u, s: u / xp.sqrt(s + eps), updates, total), SumState(total)
+
+    return GradientTransformation(lambda params: SumState(zeros_like(params)), update)
+
+
+def scale_by_rms(decay: float, eps: float) -> GradientTransformation:
+    """E <- decay E + (1 - decay) u^2;  u <- u / (sqrt(E) + eps)   (RMSProp)."""
+    decay = number("decay", decay, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    eps = number("eps", eps, lambda v: v > 0, "a positive number")
+
+    def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
+        xp = namespace(updates, "grads")
+        mean = tree_map(lambda e, u: decay * e + (1 - decay) * (u * u), state.total, updates)
+        return tree_map(lambda u, e: u / (xp.sqrt(e) + eps), updates, mean), SumState(mean)
+
+    return GradientTransformation(lambda params: SumState(zeros_like(params)), update)
+
+
+def scale_by_adam(b1: float, b2: float, eps: float) -> GradientTransformation:
+    """m <- b1 m + (1 - b1) u;  v <- b2 v + (1 - b2) u^2;
+    u <- (m / (1 - b1^k)) / (sqrt(v / (1 - b2^k)) + eps)   (Adam's bias-corrected step)."""
+    b1 = number("b1", b1, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    b2 = number("b2", b2, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    eps = number("eps", eps, lambda v: v > 0, "a positive number")
+
+    def init(params: Tree) -> MomentsState:
+        return MomentsState(device_scalar(params), zeros_like(params), zeros_like(params))
+
+    def update(updates: Tree, state: MomentsState, params: Tree = None) -> tuple[Tree, Any]:
+        xp = namespace(updates, "grads")
+        k = state.count + 1  # (), device
+        m = tree_map(lambda m, u: b1 * m + (1 - b1) * u, state.mu, updates)
+        v = tree_map(lambda v, u: b2 * v + (1 - b2) * (u * u), state.nu, updates)
+        dtype = _first(m).dtype
+        c1 = xp.astype(1 - b1**k, dtype)  # bias corrections, on the device  ()
+        c2 = xp.astype(1 - b2**k, dtype)
+        step = tree_map(lambda m, v: (m / c1) / (xp.sqrt(v / c2) + eps), m, v)
+        return step, MomentsState(k, m, v)
+
+    return GradientTransformation(init, update)
+
+
+def scale_by_learning_rate(lr: float | Schedule) -> GradientTransformation:
+    """u <- -lr_k u, with lr_k a constant or ``lr(count)`` for the count of earlier updates."""
+    if not callable(lr):
+        rate = number("lr", lr, lambda v: v > 0, "a positive learning rate")
+
+        def update(updates: Tree, state: EmptyState, params: Tree = None) -> tuple[Tree, Any]:
+            return tree_map(lambda u: (-rate) * u, updates), state
+
+        return GradientTransformation(lambda params: EmptyState(), update)
+
+    def scheduled(updates: Tree, state: ScheduleState, params: Tree = None) -> tuple[Tree, Any]:
+        xp = namespace(updates, "grads")
+        rate = -lr(state.count)  # (), device; a Python float for a constant schedule
+        if hasattr(rate, "dtype"):  # (NumPy gives a NumPy scalar for a 0-d result)
+            rate = xp.astype(rate, _first(updates).dtype)
+        out = tree_map(lambda u: rate * u, updates)
+        return out, ScheduleState(state.count + 1)
+
+    return GradientTransformation(lambda params: ScheduleState(device_scalar(params)), scheduled)

@@ -1,0 +1,53 @@
+"""Choosing how a step is executed: the ``schedule=`` argument of :func:`bptt.loss_and_grad`.
+
+``"single"`` is the pure step of :mod:`bptt.step`, one block of all T steps: it
+runs on every array library. ``"overlap"`` and ``"split"`` arrange the same step
+across threads and exist for NumPy only (:mod:`bptt.numpy_exec`): asking for one
+with another library raises. ``"auto"`` (the default) picks among the three on
+NumPy from measured break-even points and ``"single"`` everywhere else. The
+environment variable ``BPTT_SCHEDULE`` sets the default for calls that pass none.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+from . import numpy_exec, step
+from .backends import namespace_library
+
+__all__ = ["ENV_VAR", "SCHEDULES", "resolve", "resolve_name"]
+
+SCHEDULES = ("auto", "single", "overlap", "split")
+ENV_VAR = "BPTT_SCHEDULE"
+
+
+def resolve_name(schedule: str | None) -> str:
+    """The schedule asked for: ``schedule``, else ``$BPTT_SCHEDULE``, else ``"auto"``."""
+    name = schedule if schedule is not None else (os.environ.get(ENV_VAR) or "auto")
+    if name not in SCHEDULES:
+        where = "schedule" if schedule is not None else ENV_VAR
+        raise ValueError(f"{where}: expected one of {list(SCHEDULES)}; got {name!r}")
+    return name
+
+
+def resolve(
+    schedule: str | None, xp: Any, T: int, B: int, D: int, itemsize: int
+) -> tuple[str, Callable[..., Any]]:
+    """``(name, run)`` for a (T, B, D) step on namespace ``xp``: ``run`` takes the
+    arguments of :func:`bptt.step.loss_and_grad`."""
+    name = resolve_name(schedule)
+    library = namespace_library(xp)
+    if library != "numpy":
+        if name in numpy_exec.SCHEDULES[1:]:
+            raise ValueError(
+                f"schedule: {name!r} arranges a step across NumPy threads and runs on NumPy "
+                f"arrays only; these are {library} arrays: use 'single' "
+                "or 'auto'"
+            )
+        return "single", step.loss_and_grad
+    forced = name != "auto"
+    if not forced:
+        name = numpy_exec.policy.choose(T, B, D, itemsize)
+    return name, numpy_exec.schedule(name, T, B, D, forced=forced)

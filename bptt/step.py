@@ -1,0 +1,82 @@
+"""One BPTT step, written once: forward, head, reduction and backward, no policy.
+
+:func:`head_and_output_grads` is the part of a step that is one matrix product
+over all the rows of the steps it is given (logits, head, reduction, dV, dc,
+dS); :func:`loss_and_grad` is the whole step on one block of all T steps, the
+``"single"`` schedule. The NumPy schedules of :mod:`bptt.numpy_exec` call the
+same two functions on blocks of steps or parts of the batch. Nothing here checks
+arguments (:mod:`bptt.api` does) or knows how it is executed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import model
+from .heads import HEADS, reduce
+
+__all__ = ["head_and_output_grads", "loss", "loss_and_grad"]
+
+
+def head_and_output_grads(
+    params: Any,
+    states: Any,
+    targets: Any,
+    *,
+    head: str,
+    weights: Any,
+    dropout_mask: Any,
+    xp: Any,
+) -> tuple[Any, dict[str, Any], Any]:
+    """Eqs. (21)-(23), (44), (54), (56) on n steps: ``(loss, {"V", "c"}, dS)``.
+
+    ``states`` (n, B, D); ``targets`` and ``dropout_mask`` those of the same steps;
+    ``weights`` a float or the (n, B) rows of :func:`bptt.heads.loss_weights`.
+    Returns the reduced loss of these steps (0-d), dV (and dc), and dS (n, B, D).
+    """
+    logits, out_states = model.output(params, states, dropout_mask, xp)  # (n, B, C)
+    terms, dlogits = HEADS[head](logits, targets, xp)  # (n, B), (n, B, C)
+    loss, dlogits = reduce(terms, dlogits, weights, xp)  # eq. (B8)
+    grads = model.output_grads(params, dlogits, out_states, xp)  # dV, dc
+    dS = model.state_grads(params, dlogits, dropout_mask, xp)  # (n, B, D)
+    return loss, grads, dS
+
+
+def loss_and_grad(
+    params: Any,
+    inputs: Any,
+    targets: Any,
+    *,
+    h0: Any,
+    head: str,
+    weights: Any,
+    dropout_mask: Any,
+    xp: Any,
+) -> tuple[Any, dict[str, Any], Any]:
+    """The whole step over all T steps: ``(loss, grads, h_last)``, grads keyed as params."""
+    W = params["W"]  # (D, D)
+    states = model.recurrence(W, model.input_projection(params, inputs, xp), h0, xp)
+    loss, grads, dS = head_and_output_grads(
+        params, states, targets, head=head, weights=weights, dropout_mask=dropout_mask, xp=xp
+    )
+    dZ = model.reverse_recurrence(W, states, dS, None, xp)  # (T, B, D)
+    cache = model.Cache(inputs, h0, states, dropout_mask)
+    grads.update(model.weight_grads(params, dZ, cache, range(states.shape[0]), xp))
+    return loss, {key: grads[key] for key in params}, states[-1, ...]
+
+
+def loss(
+    params: Any,
+    inputs: Any,
+    targets: Any,
+    *,
+    h0: Any,
+    head: str,
+    weights: Any,
+    dropout_mask: Any,
+    xp: Any,
+) -> Any:
+    """The reduced loss alone (0-d): the forward pass and the head."""
+    _, logits, _ = model.forward(params, inputs, h0, xp, dropout_mask)
+    terms, dlogits = HEADS[head](logits, targets, xp)
+    return reduce(terms, dlogits, weights, xp)[0]

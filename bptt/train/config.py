@@ -1,0 +1,116 @@
+"""The options of a training run, checked when they are made."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from .. import optim
+from ..params import dtype_name
+
+__all__ = ["RESUMABLE", "TrainConfig"]
+
+# Options that may change when a run resumes (the rest fix the model and the data order).
+RESUMABLE = (
+    "lr",
+    "clip",
+    "l2",
+    "weight_decay",
+    "dropout",
+    "lr_decay",
+    "lr_decay_every",
+    "log_every",
+    "eval_every",
+    "patience",
+    "sample_length",
+    "val_streams",
+    "val_warmup",
+)
+
+
+@dataclass
+class TrainConfig:
+    """Model and training options. ``clip <= 0`` disables clipping.
+
+    ``weight_decay`` is decoupled (AdamW-style: p <- p - lr lambda p, for every
+    optimizer); ``l2`` adds lambda p to the gradient (an L2 penalty on the loss).
+    """
+
+    hidden: int = 256  # D
+    seq_len: int = 100  # T
+    batch: int = 64  # B
+    optimizer: str = "adam"
+    lr: float = 2e-3
+    momentum: float = 0.0  # sgd only
+    clip: float = 5.0
+    l2: float = 0.0
+    weight_decay: float = 0.0
+    dropout: float = 0.0  # on the states before V
+    lr_decay: float = 1.0  # the learning rate is multiplied by this ...
+    lr_decay_every: int = 1000  # ... every this many steps (smoothly)
+    dtype: str = "float32"
+    init: str = "uniform"
+    seed: int = 0
+    log_every: int = 20
+    eval_every: int = 200
+    patience: int | None = None  # stop after this many evaluations without a new best
+    sample_length: int = 200
+    val_streams: int = 16
+    val_warmup: int = 100
+
+    def __post_init__(self) -> None:
+        self.dtype = dtype_name(self.dtype)
+        positive = ("hidden", "seq_len", "batch", "log_every", "eval_every", "lr_decay_every")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive integer; got {value!r}")
+        _real("lr", self.lr, lambda v: v > 0, "a positive learning rate")
+        _real("dropout", self.dropout, lambda v: 0 <= v < 1, "a probability in [0, 1)")
+        for name in ("l2", "weight_decay"):
+            _real(name, getattr(self, name), lambda v: v >= 0, "a number >= 0")
+        _real("lr_decay", self.lr_decay, lambda v: 0 < v <= 1, "a factor in (0, 1]")
+        _real("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
+        _real("clip", self.clip, lambda v: v >= 0, "a number >= 0 (0: no clipping)")
+        if self.optimizer not in optim.OPTIMIZERS:
+            raise ValueError(
+                f"optimizer: expected one of {list(optim.OPTIMIZERS)}; got {self.optimizer!r}"
+            )
+        if self.patience is not None and (
+            isinstance(self.patience, bool) or not isinstance(self.patience, int)
+            or self.patience < 1
+        ):  # fmt: skip
+            raise ValueError(f"patience: expected a positive integer; got {self.patience!r}")
+
+    def make_optimizer(self) -> optim.GradientTransformation:
+        """Global-norm clipping (``clip`` 0: the norm only recorded), then the optimizer.
+
+        The state has one shape whatever the resumable options (clip, decays, rate).
+        """
+        lr: Any = optim.constant_schedule(self.lr)
+        if self.lr_decay < 1.0:
+            lr = optim.exponential_decay(self.lr, rate=self.lr_decay, every=self.lr_decay_every)
+        opts: dict[str, Any] = {"l2": self.l2, "weight_decay": self.weight_decay}
+        if self.optimizer == "sgd":
+            opts["momentum"] = self.momentum
+        clip = optim.clip_by_global_norm(self.clip if self.clip > 0 else None)
+        return optim.checked(optim.chain(clip, optim.make(self.optimizer, lr, **opts)))
+
+    @classmethod
+    def from_stored(cls, stored: dict[str, Any], **overrides: Any) -> TrainConfig:
+        """A config as a checkpoint stored it, with ``overrides``; a format-1 run's
+        ``weight_decay`` for sgd, adagrad and rmsprop was an L2 penalty: it becomes ``l2``."""
+        stored = dict(stored)
+        if "l2" not in stored and stored.get("optimizer") != "adam":
+            stored["l2"], stored["weight_decay"] = stored.get("weight_decay", 0.0), 0.0
+        if stored.get("patience") is not None:
+            stored["patience"] = int(stored["patience"])
+        return cls(**{**stored, **overrides})
+
+
+def _real(name: str, value: Any, ok: Any, expected: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{name}: expected {expected}; got {value!r}")
+    if not (math.isfinite(value) and ok(value)):
+        raise ValueError(f"{name}: expected {expected}; got {value!r}")

@@ -1,0 +1,52 @@
+"""The training text on the device, served T characters of every stream per step."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..data import Streams
+
+__all__ = ["EpochFeed", "dropout_mask"]
+
+
+class EpochFeed:
+    """The B streams of one epoch as one time-major device array; chunk k's inputs
+    and targets are views of it. The ids are moved to the device once."""
+
+    def __init__(self, train_ids: np.ndarray, streams: Streams, backend: Any) -> None:
+        self.streams = streams
+        self._xp = backend.xp
+        self._ids = backend.asarray(train_ids)  # (N,) int64, moved once
+        self._epoch: Any = None  # (chunks*T + 1, B)
+
+    def begin_epoch(self, offset: int) -> None:
+        """Lay out the epoch whose streams start at ``offset``."""
+        xp, s = self._xp, self.streams
+        start, stop = s.epoch_slice(offset)
+        used = s.chunks * s.seq_len + 1
+        E = xp.reshape(self._ids[start:stop], (s.batch, s.stream_length))  # (B, L)
+        self._epoch = xp.permute_dims(E[:, :used], (1, 0))  # (chunks*T + 1, B)
+
+    def chunk(self, k: int) -> tuple[Any, Any]:
+        """Inputs and next-character targets of chunk k, each (T, B)."""
+        T = self.streams.seq_len
+        x = self._epoch[k * T : (k + 1) * T, ...]  # (T, B)
+        y = self._epoch[k * T + 1 : (k + 1) * T + 1, ...]  # (T, B)
+        return x, y
+
+
+def dropout_mask(
+    rng: np.random.Generator, shape: tuple[int, ...], p: float, *, backend: Any, dtype: str
+) -> Any:
+    """Inverted-dropout multipliers, 0 or 1/(1 - p), of ``shape`` (T, B, D), on the device.
+
+    Drawn on the host from ``rng`` (float32 uniforms, kept where >= p) and moved as
+    booleans, so the same generator state gives the same mask on every backend.
+    """
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"p: expected a dropout probability in [0, 1); got {p!r}")
+    keep = rng.random(shape, dtype=np.float32) >= p  # (T, B, D) bool, host
+    xp = backend.xp
+    return xp.astype(backend.asarray(keep), getattr(xp, dtype)) * (1.0 / (1.0 - p))

@@ -1,0 +1,306 @@
+"""The training loop: steps, logging, validation, samples and checkpoints.
+
+No step synchronises with the device: the loss and a non-finite record are kept on
+the device (:class:`bptt.train.step.Tally`) and read every ``log_every`` steps, so a
+NaN is still reported at the step it first appeared. Checkpoints are never written
+from non-finite parameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import backends
+from ..checkpoint import (
+    BEST,
+    LATEST,
+    Checkpoint,
+    CheckpointError,
+    check_writable,
+    run_from_checkpoint,
+    run_to_checkpoint,
+    save_checkpoint,
+)
+from ..data import Corpus, Streams
+from ..params import init_params
+from ..sample import sample
+from ..validation import evaluate, layout_validation
+from .config import RESUMABLE, TrainConfig
+from .feed import EpochFeed, dropout_mask
+from .state import RunState
+from .step import Tally, make_train_step
+
+__all__ = ["NonFiniteError", "Reporter", "TrainResult", "Trainer"]
+
+LN2 = math.log(2.0)
+
+
+class NonFiniteError(FloatingPointError):
+    """The loss or gradient became NaN or infinite; ``step`` is the first bad step."""
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class TrainResult:
+    """How a call to :meth:`Trainer.run` ended."""
+
+    step: int
+    reason: str  # "steps", "time", "early_stop" or "interrupted"
+    last_val: float | None  # bits per character
+    best_val: float | None
+    best_step: int | None
+    latest: Path | None  # checkpoint paths, None without a checkpoint directory
+    best: Path | None
+
+
+class Reporter:
+    """Progress callbacks; the default does nothing. The CLI's draws a tqdm bar."""
+
+    def on_log(self, step: int, bpc: float, chars_per_s: float) -> None:
+        """Every ``log_every`` steps: mean training bits/char since the last log."""
+
+    def on_eval(self, step: int, val_bpc: float, is_best: bool, text: str) -> None:
+        """After each validation, with a short sample."""
+
+    def on_step(self, step: int) -> None:
+        """After every step (host-only work: never read device data here)."""
+
+
+def _backend(backend: Any) -> backends.Backend:
+    return backend if isinstance(backend, backends.Backend) else backends.get_backend(backend)
+
+
+class Trainer:
+    """A training run on one device: the run state, its data and its checkpoints.
+
+    Build it with :meth:`create` (new parameters) or :meth:`resume` (from a
+    checkpoint), then call :meth:`run`.
+    """
+
+    def __init__(self, corpus: Corpus, config: TrainConfig, backend: Any, state: RunState,
+                 checkpoint_dir: str | Path | None = None) -> None:  # fmt: skip
+        be = _backend(backend)
+        corpus.check_fits(batch=config.batch, seq_len=config.seq_len)
+        if not be.supports(config.dtype):
+            raise ValueError(
+                f"dtype: {config.dtype} is not supported on {be.name} device {be.device!r}; "
+                "use 'float32'"
+            )
+        self.corpus, self.config, self.backend, self.state = corpus, config, be, state
+        self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
+        self.failed_step: int | None = None  # set when a non-finite loss is found
+        self.optimizer = config.make_optimizer()
+        self.train_step = make_train_step(self.optimizer)
+        with be.activate():  # CuPy: allocate on this run's GPU, not the current one
+            self.feed = EpochFeed(corpus.train, Streams(len(corpus.train), config.batch,
+                                                        config.seq_len), be)  # fmt: skip
+            self.val = layout_validation(corpus.val, streams=config.val_streams,
+                                         warmup=config.val_warmup, backend=be,
+                                         dtype=config.dtype)  # fmt: skip
+            if state.offset < 0:
+                self._begin_epoch()
+            else:
+                self.feed.begin_epoch(state.offset)
+
+    # ---- construction -------------------------------------------------------------------
+
+    @classmethod
+    def create(cls, corpus: Corpus, config: TrainConfig, *, backend: Any = None,
+               checkpoint_dir: str | Path | None = None) -> Trainer:  # fmt: skip
+        """A new run: parameters from ``config.seed`` (see :func:`bptt.init_params`)."""
+        be = _backend(backend)
+        M = len(corpus.vocab)
+        with be.activate():
+            params = init_params(M, config.hidden, M, dtype=config.dtype, seed=config.seed,
+                                 init=config.init, backend=be.name, device=be.device)  # fmt: skip
+            opt_state = config.make_optimizer().init(params)
+        rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
+        return cls(corpus, config, be, RunState(params, opt_state, rng), checkpoint_dir)
+
+    @classmethod
+    def resume(cls, ckpt: Checkpoint, corpus: Corpus, *, backend: Any = None,
+               checkpoint_dir: str | Path | None = None, **overrides: Any) -> Trainer:  # fmt: skip
+        """Continue the run saved in ``ckpt`` on ``backend``; ``overrides`` from RESUMABLE.
+
+        An overridden ``lr`` replaces the stored base rate from the resumed step on:
+        the optimizer's moments and counts are kept, a ``lr_decay`` schedule continues
+        from the global step, and later checkpoints store the new rate. This is how a
+        run that diverged (:class:`NonFiniteError`) continues from its last checkpoint.
+        """
+        if ckpt.vocab != corpus.vocab.chars:
+            raise CheckpointError(
+                f"checkpoint: its vocabulary ({len(ckpt.vocab)} characters) differs from "
+                f"that of {corpus.source} ({len(corpus.vocab)}); resume on the same text"
+            )
+        data = ckpt.config.get("data", {})
+        if data.get("sha256") not in (None, corpus.sha256):
+            raise CheckpointError(
+                f"checkpoint: it was trained on {data.get('source')!r}, whose contents differ "
+                f"from {corpus.source}; resume on the same text"
+            )
+        bad = [k for k in overrides if k not in RESUMABLE]
+        if bad:
+            raise ValueError(f"resume: {bad} cannot change when resuming; only {list(RESUMABLE)}")
+        config = TrainConfig.from_stored(ckpt.config["train"], **overrides)
+        ckpt.check_sizes(M=len(corpus.vocab), D=config.hidden)
+        be = _backend(backend)
+        if not be.supports(config.dtype):
+            raise ValueError(f"dtype: the checkpoint is {config.dtype}, which {be.name} lacks here")
+        with be.activate():
+            state = run_from_checkpoint(ckpt, optimizer=config.make_optimizer(), backend=be,
+                                        dtype=config.dtype)  # fmt: skip
+        return cls(corpus, config, be, state, checkpoint_dir)
+
+    # ---- the run state, by name ---------------------------------------------------------
+
+    params = property(lambda self: self.state.params)
+    opt_state = property(lambda self: self.state.opt_state)
+    hidden = property(lambda self: self.state.hidden)
+    step = property(lambda self: self.state.step)
+    history = property(lambda self: self.state.history)
+    best = property(lambda self: self.state.best)
+
+    # ---- one step -----------------------------------------------------------------------
+
+    def _begin_epoch(self) -> None:
+        """A new epoch: streams from a random offset in [0, T), the state reset to zero."""
+        c, s, xp = self.config, self.state, self.backend.xp
+        s.offset, s.chunk = int(s.rng.integers(0, c.seq_len)), 0
+        self.feed.begin_epoch(s.offset)
+        s.hidden = xp.zeros((c.batch, c.hidden), dtype=getattr(xp, c.dtype),
+                            device=self.backend.device)  # fmt: skip
+
+    def advance(self) -> tuple[Any, Any]:
+        """One update on the next chunk. Returns the loss and gradient norm (0-d, device)."""
+        c, s = self.config, self.state
+        x, y = self.feed.chunk(s.chunk)  # (T, B) inputs and next characters
+        drop = None
+        if c.dropout > 0:
+            shape = (c.seq_len, c.batch, c.hidden)
+            drop = dropout_mask(s.rng, shape, c.dropout, backend=self.backend, dtype=c.dtype)
+        out = self.train_step(s.params, s.opt_state, s.hidden, x, y, drop)
+        s.params, s.opt_state, s.hidden = out.params, out.opt_state, out.hidden
+        s.step, s.chunk = s.step + 1, s.chunk + 1
+        if s.chunk == self.feed.streams.chunks:
+            s.epoch += 1
+            self._begin_epoch()  # reset the state at the end of the data
+        return out.loss, out.norm
+
+    # ---- checkpoints --------------------------------------------------------------------
+
+    def checkpoint_bytes(self) -> int:
+        """About the size of one checkpoint file: parameters, optimizer state, hidden."""
+        import math as _m
+
+        itemsize = 8 if self.config.dtype == "float64" else 4
+        from ..optim import state_arrays
+
+        arrays = [*self.params.values(), *state_arrays(self.opt_state).values()]
+        n = sum(_m.prod(a.shape) for a in arrays) + self.config.batch * self.config.hidden
+        return itemsize * n + 65536  # + history and metadata
+
+    def checkpoint(self) -> Checkpoint:
+        """Host copy of the whole run state."""
+        be, corpus, M = self.backend, self.corpus, len(self.corpus.vocab)
+        c = self.config
+        config = {
+            "model": {"M": M, "D": c.hidden, "C": M, "dtype": c.dtype, "init": c.init},
+            "train": dataclasses.asdict(c),
+            "data": {"source": corpus.source, "sha256": corpus.sha256,
+                     "val_fraction": corpus.val_fraction, "n_train": len(corpus.train),
+                     "n_val": len(corpus.val)},
+            "backend": {"name": be.name, "device": str(be.device)},
+        }  # fmt: skip
+        return run_to_checkpoint(self.state, config=config, vocab=corpus.vocab.chars, backend=be)
+
+    def save(self, name: str = LATEST) -> Path | None:
+        """Write a checkpoint into the checkpoint directory (the caller checked the
+        parameters are finite)."""
+        if self.checkpoint_dir is None:
+            return None
+        if self.failed_step is not None:
+            raise NonFiniteError(f"step {self.step}: training diverged at step "
+                                 f"{self.failed_step}; no checkpoint written",
+                                 self.failed_step)  # fmt: skip
+        target = self.checkpoint_dir / name
+        try:
+            return save_checkpoint(target, self.checkpoint())
+        except OSError as e:  # e.g. the disk filled up during the run
+            kept = "is unchanged" if target.exists() else "was never written"
+            raise CheckpointError(
+                f"checkpoint: cannot write {str(target)!r} at step {self.step}: "
+                f"{e.strerror or e}; the previous {name} {kept}"
+            ) from None
+
+    # ---- validation ---------------------------------------------------------------------
+
+    def validate(self) -> float:
+        """Validation bits per character (no dropout), carrying state through the text."""
+        return evaluate(self.params, self.val)
+
+    def sample_text(self, length: int | None = None) -> str:
+        n = self.config.sample_length if length is None else length
+        prime = self.corpus.vocab.decode(self.corpus.val[:1])
+        seed = [self.config.seed, 2, self.step]  # apart from the training generator
+        return prime + sample(self.params, self.corpus.vocab, length=n, prime=prime, seed=seed)
+
+    # ---- the loop -----------------------------------------------------------------------
+
+    def run(self, *, steps: int | None = None, minutes: float | None = None,
+            reporter: Reporter | None = None,
+            should_stop: Callable[[], bool] | None = None) -> TrainResult:  # fmt: skip
+        """Train until global step ``steps``, ``minutes`` of wall time, early stopping or
+        ``should_stop()`` (a host flag, e.g. set by a SIGINT handler), whichever is first.
+
+        Raises :class:`NonFiniteError` naming the first step whose loss or gradient
+        norm was NaN or infinite; the last good checkpoint is left untouched.
+        """
+        from .run import run_loop
+
+        if steps is None and minutes is None:
+            raise ValueError("run: give steps or minutes (or both)")
+        if self.failed_step is not None:
+            raise NonFiniteError(f"training diverged at step {self.failed_step}", self.failed_step)
+        if self.checkpoint_dir is not None:  # a full disk is found now, not at the first save
+            check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
+        train = self.corpus.train
+        if train.min() < 0 or train.max() >= len(self.corpus.vocab):
+            raise ValueError("data: token ids out of range")  # once, on the host
+        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+        with errstate, self.backend.activate():  # CuPy: kernels run on this run's GPU
+            return run_loop(self, steps, minutes, reporter or Reporter(), should_stop)
+
+    def new_tally(self) -> Tally:
+        be = self.backend
+        return Tally.zero(be.xp, getattr(be.xp, self.config.dtype), be.device)
+
+    def diverged(self, step: int, what: str) -> str:
+        """The one-line NonFiniteError message: the step, the checkpoint kept, what to do."""
+        latest = None if self.checkpoint_dir is None else self.checkpoint_dir / LATEST
+        where = (
+            f"the last good checkpoint, {latest}, is untouched"
+            if latest is not None and latest.exists()
+            else "no checkpoint was written"
+        )
+        return (
+            f"training stopped: the {what} became NaN or infinite at step {step}; {where}. "
+            "Resume with a lower --lr or a smaller --clip."
+        )
+
+    def result(self, reason: str, last_val: float | None) -> TrainResult:
+        d, best = self.checkpoint_dir, self.best
+        return TrainResult(
+            self.step, reason, last_val, best["best_val"], best["best_step"],
+            None if d is None else d / LATEST,
+            None if d is None or best["best_step"] is None else d / BEST,
+        )  # fmt: skip

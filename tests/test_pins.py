@@ -1,0 +1,60 @@
+"""Bit pins (tests/pins/): the same seeds give the same bits on NumPy as the pinned code.
+
+``tests/pins/numpy_bits.json`` holds sha256 digests of exact results (see
+tests/pins/make_pins.py for how they were made and what they depend on). A case
+whose bits differ fails, unless it is listed in :data:`CHANGED_ON_PURPOSE` with the
+change that moved it; the pins are skipped on a machine whose NumPy, BLAS kernel,
+CPU features or Python differ from the pinned one (the bits depend on them).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "pins"))
+import make_pins
+
+PINS = json.loads((Path(__file__).parent / "pins" / "numpy_bits.json").read_text())
+
+# Cases whose arithmetic changed on purpose, and why; everything else must match.
+CHANGED_ON_PURPOSE = {
+    # optax grouping: lr_k (m / c1) / (sqrt(v / c2) + eps) instead of
+    # ((lr_k / c1) m) / (...): the last bit of some entries (about 1e-16 relative in
+    # float64); tests/test_checkpoint.py resumes that version's checkpoints to 1e-9
+    "optim/adam/": "Adam's step grouped as optax groups it (lr applied last)",
+    "optim/adam_exponential_decay/": "the same",
+    "optim/adagrad/": "lr applied last: lr (g / sqrt(G + eps)), not (lr g) / sqrt(G + eps)",
+    "optim/rmsprop/": "the same",
+    "train/adam": "Adam's step grouped as optax groups it",
+}
+
+
+def _changed(name: str) -> str | None:
+    return next((why for prefix, why in CHANGED_ON_PURPOSE.items() if name.startswith(prefix)),
+                None)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(PINS["cases"]))
+def test_same_bits_as_the_pinned_code(name: str) -> None:
+    differ = make_pins.comparable(PINS["environment"], make_pins.environment())
+    if differ:
+        pytest.skip(f"the pins were made where {differ} differ from here")
+    why = _changed(name)
+    if why is not None:
+        pytest.skip(f"changed on purpose: {why}")
+    case = PINS["cases"][name]
+    got = make_pins.run_case(case["kind"], case["recipe"])
+    assert got["digests"] == case["digests"]
+
+
+def test_the_check_can_fail() -> None:
+    """A digest that does not match is reported (so the pins are not vacuous)."""
+    name = "loss_and_grad/softmax_ids/float64"
+    case = PINS["cases"][name]
+    got = make_pins.run_case(case["kind"], case["recipe"])
+    tampered = {"cases": {name: {**case, "digests": {**case["digests"], "U": "0" * 64}}}}
+    assert make_pins.compare(tampered, {"cases": {name: got}}) == [f"{name}: U differs"]
