@@ -41,6 +41,11 @@ class Backend:
         """False when the library's arrays are immutable (JAX): update by building new ones."""
         return self.name not in IMMUTABLE
 
+    @property
+    def integer(self) -> Any:
+        """The default integer dtype on this device (int32 on JAX without x64)."""
+        return self.xp.__array_namespace_info__().default_dtypes(device=self.device)["integral"]
+
     def asarray(self, x: Any, *, dtype: Any = None) -> Any:
         """Host data (NumPy array, list, scalar) to an array on this backend's device.
 

@@ -1,48 +1,32 @@
-"""NumPy's ways of running one step, paired: one block, overlapped, batch split.
+"""NumPy's schedules of one step, paired: single, overlap, split and auto.
 
     python benchmarks/parallel.py --sizes S1,S2,S3 --dtypes float32,float64 --reps 9
 
-For each size, ``loss_and_grad`` (softmax head, token ids) runs under each mode in
-turn, in rounds (a pause, one untimed call, then the median of 3 timed calls per
-mode). Modes: ``off`` (one block), ``overlap`` (:mod:`bptt.overlap` forced),
-``split`` (:mod:`bptt.split` forced), ``auto`` (the library's choice). The table
-gives each mode's median over the rounds and the median over rounds of its time
-divided by the first mode's time in the same round, which cancels most of a shared
+For each size, ``loss_and_grad`` (softmax head, token ids) runs under each schedule
+in turn (``schedule=``, :mod:`bptt.schedules`), in rounds (a pause, one untimed call,
+then the median of 3 timed calls per schedule): ``single`` (one block),
+``overlap`` and ``split`` (forced: :mod:`bptt.numpy_exec`), ``auto`` (the library's
+choice). The table gives each schedule's layout (parts of the batch x blocks of
+steps), its median over the rounds and the median over rounds of its time divided
+by the first schedule's time in the same round, which cancels most of a shared
 machine's drift. ``--size B,T,D,C`` adds a size of your own.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
+from bench_cases import SIZES
 
 import bptt
-from bptt import _parallel, malloc
-from bptt.bench import SIZES
+from bptt import malloc, schedules
+from bptt.numpy_exec import policy
 
-MODES = {  # mode -> (BPTT_OVERLAP, BPTT_SPLIT)
-    "off": ("off", "off"),
-    "overlap": ("on", "off"),
-    "split": ("off", "on"),
-    "auto": (None, None),
-}
-
-
-@contextmanager
-def mode(name: str) -> Iterator[None]:
-    overlap, split = MODES[name]
-    _parallel.set_overlap(overlap)
-    _parallel.set_split(split)
-    try:
-        yield
-    finally:
-        _parallel.set_overlap(None)
-        _parallel.set_split(None)
+MODES = schedules.SCHEDULES  # ("auto", "single", "overlap", "split")
 
 
 def _time(fn, calls: int = 3) -> float:
@@ -62,23 +46,29 @@ def compare(
     rng = np.random.default_rng(0)
     params = bptt.init_params(C, D, C, dtype=dtype, backend="numpy")
     x, y = rng.integers(0, C, (T, B)), rng.integers(0, C, (T, B))
-    step = lambda: bptt.loss_and_grad(params, x, y, check_values=False)  # noqa: E731
+
+    def step(schedule: str) -> None:
+        bptt.loss_and_grad(params, x, y, check_values=False, schedule=schedule)
+
     times: dict[str, list[float]] = {m: [] for m in modes}
     for _ in range(reps):
         for name in modes:
-            with mode(name):
-                time.sleep(0.05)
-                times[name].append(_time(step))
+            time.sleep(0.05)
+            times[name].append(_time(functools.partial(step, name)))
     return times
 
 
 def layout(name: str, shape: tuple[int, int, int, int], dtype: str) -> str:
-    """How ``name`` runs a step of this shape: parts of the batch x blocks of steps."""
+    """How schedule ``name`` runs a step of this shape: parts of the batch x blocks of steps."""
     B, T, D, _ = shape
-    with mode(name):
-        parts = len(_parallel.batch_parts(np, B, D, 8 if dtype == "float64" else 4))
-        blocks = 1 if parts > 1 else len(_parallel.time_blocks(np, T, B, D))
-    return f"{parts}x{blocks}"
+    forced = name != "auto"
+    if not forced:
+        name = policy.choose(T, B, D, np.dtype(dtype).itemsize)
+    if name == "split":
+        return f"{len(policy.batch_parts(B, forced=forced))}x1"
+    if name == "overlap":
+        return f"1x{len(policy.time_blocks(T, forced=forced))}"
+    return "1x1"
 
 
 def main() -> None:
@@ -86,7 +76,7 @@ def main() -> None:
     parser.add_argument("--sizes", default="S1,S2,S3")
     parser.add_argument("--size", action="append", default=[], metavar="B,T,D,C")
     parser.add_argument("--dtypes", default="float32,float64")
-    parser.add_argument("--modes", default="off,overlap,split,auto")
+    parser.add_argument("--modes", default="single,overlap,split,auto")
     parser.add_argument("--reps", type=int, default=9)
     args = parser.parse_args()
     modes = args.modes.split(",")
@@ -95,7 +85,7 @@ def main() -> None:
             parser.error(f"unknown mode {name!r}; choose from {', '.join(MODES)}")
     shapes = {s: tuple(getattr(SIZES[s], k) for k in "BTDC") for s in args.sizes.split(",") if s}
     shapes.update({s: tuple(int(v) for v in s.split(",")) for s in args.size})
-    malloc.tune_malloc()  # as bptt bench and bptt train do
+    malloc.tune_malloc()  # as bench_step.py and bptt train do
     print(f"{'size':16} {'dtype':8} {'mode':7} {'layout':>6} {'ms':>9} {'vs ' + modes[0]:>8}")
     for dtype in args.dtypes.split(","):
         for size, shape in shapes.items():

@@ -107,7 +107,7 @@ class TwoProcesses:
         loss, grads, h_mine = _half(params, x[:, : B // 2], y[:, : B // 2], h[: B // 2])
         self.conn.recv()
         scale = np.float32(1 / (T * B))
-        grads = {k: (grads[k] + self.v[f"d{k}"]) * scale for k in KEYS}
+        grads = {k: (grads[k] + self.v[f"d{k}"]) * scale for k in params}  # params' order
         h_last = np.concatenate([h_mine, self.v["h"]])  # (B, D)
         return (loss + self.v["loss"]) / (T * B), grads, h_last
 
@@ -143,7 +143,8 @@ def run(shape: tuple[int, int, int, int], steps: int, rounds: int) -> dict[str, 
         times: dict[str, list[float]] = {m: [] for m in modes}
         for _ in range(rounds):
             for name, grad_fn in modes.items():
-                p, opt = dict(params), optim.adam(2e-3)
+                p = dict(params)
+                opt = optim.chain(optim.clip_by_global_norm(5.0), optim.adam(2e-3))
                 state, h = opt.init(p), np.zeros((B, D), np.float32)
                 time.sleep(0.05)
                 with threadpool_limits(1) if name == "processes" else nullcontext():
@@ -151,8 +152,8 @@ def run(shape: tuple[int, int, int, int], steps: int, rounds: int) -> dict[str, 
                     for i in range(steps + 1):  # the first step is not timed
                         start = time.perf_counter()
                         _, g, h = grad_fn(p, *data[i % len(data)], h)
-                        g, _ = optim.clip_by_global_norm(g, 5.0)
-                        p, state = opt.update(p, g, state)
+                        updates, state = opt.update(g, state, p)
+                        p = optim.apply_updates(p, updates)
                         took.append(time.perf_counter() - start)
                 times[name].append(statistics.median(took[1:]) * 1e3)
         return times

@@ -2,11 +2,11 @@
 
     python benchmarks/variant.py --sizes S1 --dtypes float32,float64 --rounds 15
 
-``bptt.loss_and_grad`` and :mod:`bptt._numpy_variant` (``out=``, kept buffers) on the
+``bptt.loss_and_grad`` and ``numpy_variant.py`` (``out=``, kept buffers) on the
 same problem, alternating in rounds: a pause, one untimed call, then ``--calls`` timed
 calls of one and then of the other. Prints each one's median time per call and the
 median over rounds of their ratio (array-API over NumPy-only), which cancels most of a
-shared machine's drift. glibc's malloc thresholds are raised first, as ``bptt bench``
+shared machine's drift. glibc's malloc thresholds are raised first, as ``bench_step.py``
 does (:mod:`bptt.malloc`).
 """
 
@@ -17,10 +17,11 @@ import statistics
 import time
 
 import numpy as np
+import numpy_variant
+from bench_cases import parse_size
 
 import bptt
-from bptt import _numpy_variant, malloc
-from bptt.bench import SIZES
+from bptt import malloc
 
 
 def _block(fn, calls: int) -> float:
@@ -33,12 +34,12 @@ def _block(fn, calls: int) -> float:
 
 
 def compare(size: str, dtype: str, rounds: int, calls: int) -> tuple[list[float], list[float]]:
-    s = SIZES[size]
+    _, s = parse_size(size)
     params = bptt.init_params(s.M, s.D, s.C, dtype=dtype, backend="numpy")
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, s.M, (s.T, s.B)), rng.integers(0, s.C, (s.T, s.B))
     generic = lambda: bptt.loss_and_grad(params, x, y, check_values=False)  # noqa: E731
-    variant = lambda: _numpy_variant.loss_and_grad(params, x, y)  # noqa: E731
+    variant = lambda: numpy_variant.loss_and_grad(params, x, y)  # noqa: E731
     ours, theirs = [], []
     for _ in range(rounds):
         ours.append(_block(generic, calls))
@@ -48,7 +49,7 @@ def compare(size: str, dtype: str, rounds: int, calls: int) -> tuple[list[float]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", default="S1")
+    parser.add_argument("--sizes", default="S1", help="S1,S2,S3 or BxTxDxMxC")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--calls", type=int, default=0, help="per block (0: about 0.5 s)")

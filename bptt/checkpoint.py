@@ -291,14 +291,21 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
 
 
 def run_to_checkpoint(run: Any, *, config: dict[str, Any], vocab: str, backend: Any) -> Checkpoint:
-    """Host copy of a :class:`bptt.train.state.RunState` (the device arrays in one
-    transfer per dtype)."""
+    """Host copy of a :class:`bptt.train.state.RunState`, parameter by parameter (the
+    device arrays in one transfer per dtype). Optimizer arrays laid out like the flat
+    parameters are stored per parameter too (``opt/1/1/mu/W``), so a checkpoint does
+    not depend on the layout."""
     from . import optim
 
-    device = {f"param/{k}": v for k, v in run.params.items()}
-    device.update({f"opt/{k}": v for k, v in optim.state_arrays(run.opt_state).items()})
-    device["hidden"] = run.hidden
-    host = dict(zip(device, backend.to_numpy_many(list(device.values())), strict=True))
+    xp, layout, carry = backend.xp, run.layout, run.carry
+    device = {f"param/{k}": v for k, v in layout.unflatten(carry.params, xp).items()}
+    for path, leaf in optim.state_arrays(carry.opt_state).items():
+        if tuple(leaf.shape) == (layout.size,):
+            device.update({f"opt/{path}/{k}": v for k, v in layout.unflatten(leaf, xp).items()})
+        else:
+            device[f"opt/{path}"] = leaf
+    device["hidden"] = carry.hidden
+    host = backend.to_numpy_many(device)
     return Checkpoint(
         params={k[len("param/") :]: v for k, v in host.items() if k.startswith("param/")},
         opt_state={k[len("opt/") :]: v for k, v in host.items() if k.startswith("opt/")},
@@ -317,58 +324,70 @@ def run_to_checkpoint(run: Any, *, config: dict[str, Any], vocab: str, backend: 
 _FORMAT_1_SLOTS = {"mu": ("m",), "nu": ("v",), "total": ("velocity", "sum_sq", "mean_sq")}
 
 
-def _format_1_array(ckpt: Checkpoint, path: str, template: Any) -> Any:
-    """The array a format-1 checkpoint holds for the state leaf at ``path``."""
+def _stored_array(ckpt: Checkpoint, path: str) -> Any:
+    """The array a checkpoint holds for the optimizer state leaf at ``path``
+    (format 1: found by its old slot name); KeyError if it holds none."""
+    if ckpt.format_version > 1:
+        return ckpt.opt_state[path]
     parts = path.split("/")
     if parts[-1] == "count":
         return ckpt.opt_state["step"]
     if parts[-1] == "norm":  # a clip's record of the last norm: not kept in format 1
         return np.zeros((), dtype=np.asarray(ckpt.params["U"]).dtype)
-    field_name, key = (parts[-2], parts[-1]) if len(parts) >= 2 else ("", "")
-    for slot in _FORMAT_1_SLOTS.get(field_name, ()):
-        if f"{slot}/{key}" in ckpt.opt_state:
-            return ckpt.opt_state[f"{slot}/{key}"]
+    if len(parts) >= 2:
+        for slot in _FORMAT_1_SLOTS.get(parts[-2], ()):
+            if f"{slot}/{parts[-1]}" in ckpt.opt_state:
+                return ckpt.opt_state[f"{slot}/{parts[-1]}"]
     raise KeyError(path)
+
+
+def _host_flat(arrays: Any, layout: Any) -> np.ndarray:
+    """Named host arrays joined in the layout's order (N,)."""
+    return np.concatenate([np.asarray(arrays(k)).reshape(-1) for k in layout.keys])
 
 
 def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype: str) -> Any:
     """The :class:`bptt.train.state.RunState` saved in ``ckpt``, on ``backend``.
 
-    ``optimizer`` gives the state's shape (its ``init``); every stored array is
-    checked against it. Raises :class:`CheckpointError` naming a missing or
-    misshapen array.
+    ``optimizer`` gives the state's shape (its ``init`` over the flat parameters);
+    every stored array is checked against it. Raises :class:`CheckpointError` naming
+    a missing or misshapen array.
     """
     from . import optim
+    from .flat import Layout
     from .train.state import HISTORY_KEYS, RunState
+    from .train.step import TrainCarry
 
-    params = {k: backend.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}
-    template = optimizer.init(params)
+    layout = Layout.of(ckpt.params)
+    flat = backend.asarray(_host_flat(ckpt.params.__getitem__, layout), dtype=dtype)  # (N,)
 
-    def load(path: str, stored: Any, like: Any) -> Any:
-        if ckpt.format_version == 1:
-            stored = _format_1_array(ckpt, path, like)
-        if tuple(np.shape(stored)) != tuple(like.shape):
+    def load(path: str, _: Any, like: Any) -> Any:
+        if tuple(like.shape) == (layout.size,):
+            stored = _host_flat(lambda k: _stored_array(ckpt, f"{path}/{k}"), layout)
+        else:
+            stored = np.asarray(_stored_array(ckpt, path))
+        if tuple(stored.shape) != tuple(like.shape):
             raise CheckpointError(
-                f"checkpoint: optimizer array {path!r} has shape {np.shape(stored)}, "
+                f"checkpoint: optimizer array {path!r} has shape {stored.shape}, "
                 f"expected {tuple(like.shape)}"
             )
-        return backend.asarray(np.asarray(stored), dtype=like.dtype)
+        return backend.asarray(stored, dtype=like.dtype)
 
     try:
-        source = ckpt.opt_state if ckpt.format_version > 1 else _Everything()
-        opt_state = optim.state_from_arrays(template, source, load)
+        opt_state = optim.state_from_arrays(optimizer.init(flat), _Everything(), load)
     except KeyError as e:
         raise CheckpointError(
             f"checkpoint: no optimizer array {e.args[0]!r}: it was written for another "
-            "optimizer or clip setting; resume with the original --optimizer and --clip"
+            "optimizer; resume with the original --optimizer"
         ) from None
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt.rng_state
+    hidden = backend.asarray(ckpt.hidden, dtype=dtype)
+    counter = backend.xp.full((), ckpt.step, device=backend.device)  # default integer dtype
     return RunState(
-        params=params,
-        opt_state=opt_state,
+        carry=TrainCarry(flat, opt_state, hidden, counter),
+        layout=layout,
         rng=rng,
-        hidden=None if ckpt.hidden is None else backend.asarray(ckpt.hidden, dtype=dtype),
         step=ckpt.step,
         epoch=int(ckpt.position["epoch"]),
         chunk=int(ckpt.position["chunk"]),
@@ -379,7 +398,7 @@ def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype
 
 
 class _Everything(dict):
-    """A mapping that has every key (format 1: ``load`` finds the array itself)."""
+    """A mapping that has every key (``load`` finds each array itself)."""
 
     def __getitem__(self, key: str) -> None:
         return None

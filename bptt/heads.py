@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from array_api_compat import device  # x.device, or None for a JAX tracer
+
 from .model import one_hot
 
 __all__ = ["HEADS", "loss_weights", "reduce", "sigmoid_bce", "softmax_cross_entropy"]
@@ -25,16 +27,14 @@ def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]
     T, B, C = logits.shape
     m = xp.max(logits, axis=-1, keepdims=True)  # (T, B, 1)
     shifted = logits - m  # (T, B, C), every entry <= 0
-    ids = xp.reshape(targets, (T * B,))  # (T*B,)
-    rows = xp.arange(T * B, dtype=xp.int64, device=ids.device)  # (T*B,)
-    flat_ids = rows * C + xp.astype(ids, xp.int64)  # index of g_t[y_t] in the flat logits
-    picked = xp.reshape(xp.take(xp.reshape(shifted, (T * B * C,)), flat_ids), (T, B))
+    y = xp.reshape(one_hot(xp.reshape(targets, (T * B,)), C, logits.dtype, xp), (T, B, C))
+    ones = xp.ones((C,), dtype=logits.dtype, device=device(logits))  # (C,)
+    picked = (shifted * y) @ ones  # g_t[y_t] - m_t, the one entry y_t selects  (T, B)
     e = xp.exp(shifted)  # (T, B, C), in (0, 1]
-    ones = xp.ones((C,), dtype=e.dtype, device=e.device)  # (C,)
     total = xp.reshape(e @ ones, (T, B, 1))  # sum over classes, as a GEMV: >= 1  (T, B, 1)
     loss = xp.log(total[..., 0]) - picked  # eq. (23) via log-sum-exp  (T, B)
     e /= total  # yhat_t, eq. (22)
-    e -= xp.reshape(one_hot(ids, C, logits.dtype, xp), (T, B, C))  # eq. (44)
+    e -= y  # eq. (44)
     return loss, e
 
 

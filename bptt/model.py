@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
+from array_api_compat import device  # x.device, or None for a JAX tracer (jit places it)
+
 __all__ = [
     "Cache",
     "backward",
@@ -49,8 +51,7 @@ class Cache(NamedTuple):
     """What the backward pass needs from the forward pass."""
 
     inputs: Any  # (T, B) token ids or (T, B, M) dense vectors
-    h0: Any  # (B, D), or None for zeros
-    states: Any  # (T, B, D): s_1 .. s_T
+    states: Any  # (T+1, B, D): s_0 (h0, or zeros) .. s_T
     dropout_mask: Any  # (T, B, D) multipliers on the states before V, or None
 
 
@@ -65,14 +66,14 @@ def one_hot(ids: Any, n: int, dtype: Any, xp: Any) -> Any:
     else every id compared with every class (a vocabulary larger than N).
     """
     if n <= ids.shape[0]:
-        return xp.take(xp.eye(n, dtype=dtype, device=ids.device), ids, axis=0)  # (N, n)
-    classes = xp.arange(n, device=ids.device)  # (n,)
+        return xp.take(xp.eye(n, dtype=dtype, device=device(ids)), ids, axis=0)  # (N, n)
+    classes = xp.arange(n, device=device(ids))  # (n,)
     return xp.astype(ids[:, None] == classes[None, :], dtype)  # (N, n)
 
 
 def column_sums(x: Any, xp: Any) -> Any:
-    """Sum over the rows of x (N, K): (K,), written as a vector-matrix product."""
-    return xp.ones((x.shape[0],), dtype=x.dtype, device=x.device) @ x  # (K,)
+    """Sum over the rows of x (N, K): (K,), one reduction."""
+    return xp.sum(x, axis=0)  # (K,)
 
 
 def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
@@ -98,13 +99,14 @@ def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
 
 
 def recurrence(W: Any, xu: Any, s: Any, xp: Any) -> Any:
-    """Eqs. (19)-(20) over n steps: the states (n, B, D), stacked once at the end.
+    """Eqs. (19)-(20) over n steps: the states s_0 .. s_n, (n+1, B, D), stacked once.
 
-    ``xu`` (n, B, D) holds U x_t + b; ``s`` (B, D) is the state before the first
-    step (None: zeros). Per step: one product, one sum, one tanh.
+    ``xu`` (n, B, D) holds U x_t + b; ``s`` (B, D) is s_0, the state before the first
+    step (None: zeros, and the first step skips its product). Per step: one product,
+    one sum, one tanh. s_0 leads the stack so that dW is one product (eq. B13).
     """
     WT = W.T  # (D, D), transposed once, not per step
-    states = []
+    states = [s if s is not None else xp.zeros_like(xu[0, ...])]  # s_0  (B, D)
     for t in range(xu.shape[0]):  # the only sequential part of the forward pass
         if s is None:
             z = xu[t, ...]  # (B, D): U x_1 + b
@@ -113,7 +115,7 @@ def recurrence(W: Any, xu: Any, s: Any, xp: Any) -> Any:
             z += xu[t, ...]  # + U x_t + b
         s = xp.tanh(z)  # (B, D), eq. (20)
         states.append(s)
-    return xp.stack(states)  # (n, B, D)
+    return xp.stack(states)  # (n+1, B, D)
 
 
 def output(params: Any, states: Any, dropout_mask: Any, xp: Any) -> tuple[Any, Any]:
@@ -134,10 +136,11 @@ def output(params: Any, states: Any, dropout_mask: Any, xp: Any) -> tuple[Any, A
 def forward(
     params: Any, inputs: Any, h0: Any, xp: Any, dropout_mask: Any = None
 ) -> tuple[Any, Any, Cache]:
-    """Hidden states (T, B, D), logits (T, B, C) and the cache for :func:`backward`."""
-    states = recurrence(params["W"], input_projection(params, inputs, xp), h0, xp)  # (T, B, D)
-    logits, _ = output(params, states, dropout_mask, xp)  # (T, B, C)
-    return states, logits, Cache(inputs, h0, states, dropout_mask)
+    """Hidden states s_1 .. s_T (T, B, D), logits (T, B, C) and the cache for
+    :func:`backward`."""
+    states = recurrence(params["W"], input_projection(params, inputs, xp), h0, xp)  # (T+1,..)
+    logits, _ = output(params, states[1:, ...], dropout_mask, xp)  # (T, B, C)
+    return states[1:, ...], logits, Cache(inputs, states, dropout_mask)
 
 
 def output_grads(params: Any, dlogits: Any, out_states: Any, xp: Any) -> dict[str, Any]:
@@ -166,56 +169,54 @@ def state_grads(params: Any, dlogits: Any, dropout_mask: Any, xp: Any) -> Any:
 def reverse_recurrence(W: Any, states: Any, dS: Any, dz: Any, xp: Any) -> Any:
     """The backward recurrence (eqs. 62, B12) over n steps, last step first: dz (n, B, D).
 
-    ``states`` (n, B, D) holds s_t, ``dS`` (n, B, D) the output gradients; ``dz``
-    (B, D) is dz of the step after these (None after step T). Stacked once.
+    ``states`` (n+1, B, D) holds s_0 .. s_n as :func:`recurrence` returns them (s_0
+    unused), ``dS`` (n, B, D) the output gradients; ``dz`` (B, D) is dz of the step
+    after these (None after step T). tanh' = 1 - s^2 for all n steps is one pass
+    first; then each step is one product, one sum and one product by tanh'.
     """
-    squares = states * states  # (n, B, D): s_t^2, for tanh' = 1 - s_t^2
-    dZ = [None] * states.shape[0]
-    for t in range(states.shape[0] - 1, -1, -1):
+    n = dS.shape[0]
+    s = states[1:, ...]  # (n, B, D)
+    tanh_prime = 1 - s * s  # (n, B, D), eq. (62)
+    dZ = [None] * n
+    for t in range(n - 1, -1, -1):
         if dz is None:  # step T: nothing flows back from the future
-            dz = dS[t, ...] * (1 - squares[t, ...])  # (B, D)
+            dz = dS[t, ...] * tanh_prime[t, ...]  # (B, D)
         else:
+            # dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2): the tanh' factor that eqs.
+            # (13)-(15) drop, inside the product that eq. (63) reorders
             g = dz @ W  # (B, D): W^T dz_{t+1} as row vectors, a fresh array
             g += dS[t, ...]  # + dS_t
-            dz = g - squares[t, ...] * g  # (B, D): times tanh', eq. (62)
+            dz = g * tanh_prime[t, ...]  # (B, D)
         dZ[t] = dz
     return xp.stack(dZ)  # (n, B, D)
 
 
-def weight_grads(params: Any, dZ: Any, cache: Cache, steps: range, xp: Any) -> dict[str, Any]:
-    """dW, db and dU over the given steps (eqs. 67, 69, 72, 73, B13).
+def weight_grads(params: Any, dZ: Any, states: Any, inputs: Any, xp: Any) -> dict[str, Any]:
+    """dW, db and dU over n steps (eqs. 67, 69, 72, 73, B13), one product each.
 
-    dW = sum_t dz_t s_{t-1}^T (s_0 = h0), dU = sum_t dz_t x_t^T, db = sum_t dz_t;
-    ``dZ`` (n, B, D) holds dz_t for ``steps``, the rest comes from ``cache``.
+    dW = sum_t dz_t s_{t-1}^T, dU = sum_t dz_t x_t^T, db = sum_t dz_t; ``dZ`` (n, B, D),
+    ``states`` (n+1, B, D) s_0 .. s_n of the same steps, ``inputs`` their x_t.
     """
-    S, inputs = cache.states, cache.inputs  # (T, B, D), (T, B[, M])
     n, B, D = dZ.shape
-    a, b = steps.start, steps.stop
-    first = 1 if a == 0 else 0  # step 1 pairs with s_0 = h0, not with a stored state
-    dW = xp.reshape(dZ[first:, ...], ((n - first) * B, D)).T @ xp.reshape(
-        S[a + first - 1 : b - 1, ...], ((n - first) * B, D)
-    )  # (D, D)
-    if a == 0 and cache.h0 is not None:
-        dW += dZ[0, ...].T @ cache.h0  # (D, D)
-    grads = {"W": dW}
     dZ2 = xp.reshape(dZ, (n * B, D))  # (n*B, D)
+    grads = {"W": dZ2.T @ xp.reshape(states[:-1, ...], (n * B, D))}  # (D, D)
     if params.get("b") is not None:
         grads["b"] = column_sums(dZ2, xp)  # (D,)
     if is_token_ids(inputs):
         M = params["U"].shape[1]
-        X = one_hot(xp.reshape(inputs[a:b, ...], (n * B,)), M, S.dtype, xp)  # (n*B, M)
+        X = one_hot(xp.reshape(inputs, (n * B,)), M, dZ.dtype, xp)  # (n*B, M)
     else:
-        X = xp.reshape(inputs[a:b, ...], (n * B, inputs.shape[2]))  # (n*B, M)
+        X = xp.reshape(inputs, (n * B, inputs.shape[2]))  # (n*B, M)
     grads["U"] = dZ2.T @ X  # (D, M)
     return grads
 
 
 def backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]:
     """Gradients of every parameter, given dL/dg (T, B, C); h0 is a constant."""
-    S, mask = cache.states, cache.dropout_mask  # (T, B, D), (T, B, D) or None
-    out_states = S if mask is None else S * mask  # what V saw  (T, B, D)
+    S, mask = cache.states, cache.dropout_mask  # (T+1, B, D), (T, B, D) or None
+    out_states = S[1:, ...] if mask is None else S[1:, ...] * mask  # what V saw
     grads = output_grads(params, dlogits, out_states, xp)  # dV, dc
     dS = state_grads(params, dlogits, mask, xp)  # (T, B, D)
     dZ = reverse_recurrence(params["W"], S, dS, None, xp)  # (T, B, D)
-    grads.update(weight_grads(params, dZ, cache, range(S.shape[0]), xp))  # dW, dU, db
+    grads.update(weight_grads(params, dZ, S, cache.inputs, xp))  # dW, dU, db
     return {key: grads[key] for key in params}  # same keys, same order as params

@@ -30,11 +30,13 @@ def sample_ids(
     temperature: float = 1.0,
     seed: Any = 0,
     h0: Any = None,
+    check_values: bool = True,
 ) -> np.ndarray:
     """``length`` ids (host, int64) following ``prime_ids`` (P,) ids on the device, P >= 1.
 
     Each step: probabilities softmax(g_t / temperature) (eq. 22), and the id
-    i = #{j : cdf_j < u * cdf_C} for a uniform u, clamped to C - 1.
+    i = #{j : cdf_j < u * cdf_C} for a uniform u, clamped to C - 1. ``check_values``
+    checks the prime's ids (one device read) before the loop, which makes none.
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"length: expected an integer >= 0; got {length!r}")
@@ -51,19 +53,24 @@ def sample_ids(
     dtype = params["U"].dtype
     with be.activate():  # CuPy: kernels run on the parameters' GPU
         u = be.asarray(np.random.default_rng(seed).random(length), dtype=dtype)  # (length,)
-        out = xp.zeros((length,), dtype=xp.int64, device=be.device)  # (length,)
-        states, logits = forward(params, xp.reshape(prime_ids, (P, 1)), h0=h0)  # (P, 1, D|C)
+        last = xp.asarray(C - 1, dtype=be.integer, device=be.device)  # (), made once
+        states, logits = forward(
+            params, xp.reshape(prime_ids, (P, 1)), h0=h0, check_values=check_values
+        )  # (P, 1, D|C)
         h, g = states[-1, ...], logits[-1, ...]  # (1, D), (1, C)
+        chosen = []  # (1,) ids on the device; never written in place (JAX arrays cannot be)
         for i in range(length):
             z = g / temperature  # (1, C)
             e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))  # (1, C)
             cdf = xp.cumulative_sum(e, axis=-1)  # (1, C), unnormalised
-            below = xp.astype(cdf < u[i] * cdf[:, -1:], xp.int64)  # (1, C)
-            idx = xp.minimum(xp.sum(below, axis=-1), xp.asarray(C - 1, device=be.device))  # (1,)
-            out[i] = idx[0]
+            below = xp.astype(cdf < u[i] * cdf[:, -1:], be.integer)  # (1, C)
+            idx = xp.minimum(xp.sum(below, axis=-1), last)  # (1,)
+            chosen.append(idx)
             states, logits = forward(params, xp.reshape(idx, (1, 1)), h0=h, check_values=False)
             h, g = states[-1, ...], logits[-1, ...]
-        return be.to_numpy(out)
+        if not chosen:
+            return np.zeros((0,), np.int64)
+        return be.to_numpy(xp.concat(chosen)).astype(np.int64)  # (length,): one read
 
 
 def sample(
@@ -88,5 +95,7 @@ def sample(
         prime = "\n" if "\n" in vocab.chars else vocab.chars[0]
     be = backends.backend_of(params["U"])
     ids = be.asarray(vocab.encode(prime, name="prime"))  # (P,)
-    out = sample_ids(params, ids, length=length, temperature=temperature, seed=seed)
+    out = sample_ids(
+        params, ids, length=length, temperature=temperature, seed=seed, check_values=False
+    )  # encode() checked the prime
     return vocab.decode(out)

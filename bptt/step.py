@@ -57,11 +57,11 @@ def loss_and_grad(
     W = params["W"]  # (D, D)
     states = model.recurrence(W, model.input_projection(params, inputs, xp), h0, xp)
     loss, grads, dS = head_and_output_grads(
-        params, states, targets, head=head, weights=weights, dropout_mask=dropout_mask, xp=xp
-    )
+        params, states[1:, ...], targets, head=head, weights=weights,
+        dropout_mask=dropout_mask, xp=xp,
+    )  # fmt: skip
     dZ = model.reverse_recurrence(W, states, dS, None, xp)  # (T, B, D)
-    cache = model.Cache(inputs, h0, states, dropout_mask)
-    grads.update(model.weight_grads(params, dZ, cache, range(states.shape[0]), xp))
+    grads.update(model.weight_grads(params, dZ, states, inputs, xp))  # dW, dU, db
     return loss, {key: grads[key] for key in params}, states[-1, ...]
 
 

@@ -20,8 +20,8 @@ import numpy as np
 import bptt
 from bptt import backends, optim
 from bptt.data import Streams, load_corpus
+from bptt.random import dropout_mask
 from bptt.sample import sample
-from bptt.train import dropout_mask
 from bptt.validation import evaluate, layout_validation
 
 
@@ -59,12 +59,13 @@ def main(argv: list[str] | None = None) -> float:
         params = bptt.init_params(M, D, M, seed=args.seed, backend=be.name, device=be.device)
         opt = optim.chain(optim.clip_by_global_norm(5.0), optim.adam(args.lr))
         state = opt.init(params)
-        rng = np.random.default_rng([args.seed, 1])  # epoch offsets and dropout masks
+        rng = np.random.default_rng([args.seed, 1])  # epoch offsets
 
         # 3. The loop: each step takes the next T characters of every stream and starts
         #    from the state the previous chunk ended with; reset at each new epoch.
         chunk, epoch_ids, h = streams.chunks, None, None
         loss_sum = xp.zeros((), dtype=xp.float32, device=be.device)
+        step_count = xp.zeros((), dtype=be.integer, device=be.device)
         t0 = time.perf_counter()
         for step in range(1, args.steps + 1):
             if chunk == streams.chunks:  # a new epoch: new offset, zero state
@@ -77,13 +78,22 @@ def main(argv: list[str] | None = None) -> float:
             y = epoch_ids[chunk * T + 1 : (chunk + 1) * T + 1, ...]  # (T, B), shifted by one
             keep = None
             if args.dropout > 0:
-                keep = dropout_mask(rng, (T, B, D), args.dropout, backend=be, dtype="float32")
+                keep = dropout_mask(
+                    args.seed,
+                    step_count,
+                    (T, B, D),
+                    args.dropout,
+                    xp=xp,
+                    device=be.device,
+                    dtype=xp.float32,
+                )  # on the device
             loss, grads, h = bptt.loss_and_grad(
                 params, x, y, h0=h, dropout_mask=keep, check_values=step == 1
             )
             updates, state = opt.update(grads, state, params)  # clip, then Adam
             params = optim.apply_updates(params, updates)
             loss_sum = loss_sum + loss  # stays on the device: no sync per step
+            step_count = step_count + 1  # the dropout stream's counter, on the device
             chunk += 1
             if step % args.eval_every == 0 or step == args.steps:
                 n = args.eval_every if step % args.eval_every == 0 else step % args.eval_every

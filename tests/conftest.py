@@ -8,6 +8,7 @@ with the detection reason, or fail under ``BPTT_REQUIRE_GPU=1``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from enum import Enum
 
@@ -26,12 +27,16 @@ class Backend(Enum):
     STRICT_DEVICE1 = ("array_api_strict", "device1")
     STRICT_NO_FLOAT64 = ("array_api_strict", "no_float64")
     TORCH = ("torch", "cpu")
+    JAX = ("jax", "cpu")  # with x64 on for the test (float64 available)
+    JAX_NO_X64 = ("jax", "cpu:no_x64")  # x64 off: float32 only, like no_float64
     CUPY = ("cupy", 0)
     TORCH_CUDA = ("torch", "cuda")
 
     @property
     def id(self) -> str:
         name, device = self.value
+        if self is Backend.JAX_NO_X64:
+            return "jax:no_x64"
         return name if device in (None, "cpu", 0) else f"{name}:{device}"
 
 
@@ -66,7 +71,27 @@ def load(b: Backend) -> backends.Backend:
     status = {s.name: s for s in backends.list_backends()}[name]
     if not status.usable:
         pytest.skip(f"{name} not installed: {status.reason}")
-    return backends.get_backend(name, device)
+    return backends.get_backend(name, "cpu" if b is Backend.JAX_NO_X64 else device)
+
+
+@contextlib.contextmanager
+def jax_x64(on: bool):
+    """JAX's x64 switch (process-wide) set for one test, then put back."""
+    import jax
+
+    old = jax.config.jax_enable_x64
+    jax.config.update("jax_enable_x64", on)
+    try:
+        yield
+    finally:
+        jax.config.update("jax_enable_x64", old)
+
+
+def _scoped(b: Backend):
+    if b not in (Backend.JAX, Backend.JAX_NO_X64):
+        return contextlib.nullcontext()
+    status = {s.name: s for s in backends.list_backends()}["jax"]
+    return jax_x64(b is Backend.JAX) if status.usable else contextlib.nullcontext()
 
 
 def _params(members):
@@ -77,15 +102,20 @@ def _params(members):
 
 
 @pytest.fixture(params=_params(Backend))
-def be(request: pytest.FixtureRequest) -> backends.Backend:
+def be(request: pytest.FixtureRequest):
     """Every backend and device, float32-only devices included."""
-    return load(request.param)
+    with _scoped(request.param):
+        yield load(request.param)
 
 
-@pytest.fixture(params=_params([b for b in Backend if b is not Backend.STRICT_NO_FLOAT64]))
-def be64(request: pytest.FixtureRequest) -> backends.Backend:
+FLOAT32_ONLY = (Backend.STRICT_NO_FLOAT64, Backend.JAX_NO_X64)
+
+
+@pytest.fixture(params=_params([b for b in Backend if b not in FLOAT32_ONLY]))
+def be64(request: pytest.FixtureRequest):
     """Every backend and device that has float64."""
-    return load(request.param)
+    with _scoped(request.param):
+        yield load(request.param)
 
 
 @pytest.fixture

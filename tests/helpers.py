@@ -71,7 +71,7 @@ def assert_close(
     actual: Any, desired: Any, be: backends.Backend, *, rtol: float, atol: float = 0.0
 ) -> None:
     """Same library, device and dtype as the backend's arrays, same shape, close values."""
-    assert type(actual).__module__.split(".")[0] == be.name, type(actual)
+    assert backends.library_name(actual) == be.name, type(actual)
     assert actual.device == be.device, (actual.device, be.device)
     host = be.to_numpy(actual)
     desired = np.asarray(desired)

@@ -183,6 +183,8 @@ def test_writeable_is_decided_by_the_library() -> None:
 
 
 def test_writeable_matches_what_the_arrays_allow(be) -> None:
+    if be.name == "jax":
+        pytest.skip("JAX arrays are immutable: see test_backends_jax.py")
     x = be.asarray(np.zeros(3, dtype=np.float32))
     assert be.writeable
     x[0] = 1.0  # no error: the library allows it

@@ -1,24 +1,52 @@
-"""Smoke runs of the benchmark at a tiny size, so that ``bptt bench`` cannot rot."""
+"""The benchmarks in ``benchmarks/`` at tiny sizes, and the ``bptt bench`` entry point.
+
+``benchmarks/`` is a folder of scripts, not part of the installed package: its
+modules are imported here by putting the folder on ``sys.path``, as running a
+script there does.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from bptt import _parallel, bench, cli
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import bench_cases  # noqa: E402
+import bench_report  # noqa: E402
+import bench_step  # noqa: E402
+import bench_timing  # noqa: E402
+import numpy_variant  # noqa: E402
+
+import bptt  # noqa: E402
+from bptt import cli  # noqa: E402
+from bptt.commands import bench as bench_command  # noqa: E402
+from bptt.numpy_exec import threads  # noqa: E402
 
 TINY = "4x3x8x5x5"
+FAST = ["--reps", "1", "--pause", "0", "--min-block", "0", "--gemm-n", "64", "--guard", "0"]
+ROW_KEYS = {
+    "size", "B", "T", "D", "M", "C", "dtype", "impl", "schedule", "ms_per_step", "iqr_pct",
+    "samples_ms", "vs_torch", "chars_per_s", "floor_fraction", "gemm_gflops",
+    "floor_fraction_same_time", "gemm_gflops_same_time", "peak_mib", "update_ms",
+    "first_call_ms", "calls_per_block", "retried_blocks", "contended_blocks",
+}  # fmt: skip
+JIT_TRACER_BUG = "has no attribute device"  # bptt's code reads x.device, which tracers lack
 
 
 def _script_rows(name: str, *args: str) -> tuple[str, list[list[str]]]:
     """Run benchmarks/NAME with ARGS; its output and the words of each line after the header."""
-    script = Path(__file__).resolve().parents[1] / "benchmarks" / name
     out = subprocess.run(
-        [sys.executable, str(script), *args],
+        [sys.executable, str(BENCH / name), *args],
         capture_output=True,
         text=True,
         check=True,
@@ -27,121 +55,265 @@ def _script_rows(name: str, *args: str) -> tuple[str, list[list[str]]]:
     return out, [line.split() for line in out.splitlines()[1:]]
 
 
-def test_run_benchmark_rows() -> None:
-    rows = bench.run_benchmark(
-        [TINY],
-        ["float32"],
-        [("numpy", None), ("array_api_strict", None)],
-        reps=2,
-        pause=0.0,
-        min_block=0.0,
-        gemm_n=64,
+# ---- the table ---------------------------------------------------------------------------
+
+
+def test_rows_and_columns_numpy_torch_and_jax() -> None:
+    rows = bench_step.run_benchmark(
+        [TINY], ["float32"], [("numpy", None)], reps=2, pause=0.0, min_block=0.0, gemm_n=64
     )
     impls = [r["impl"] for r in rows]
-    assert impls[:3] == ["bptt", "bptt[array_api_strict]", "numpy-only"]
-    assert "torch" in impls
-    jax = [r for r in rows if r["impl"] == "jax"]
-    assert not jax or "status" in jax[0] or jax[0]["ms_per_step"] > 0
-    for r in rows:
-        if "status" in r:
-            continue
-        assert r["ms_per_step"] > 0 and len(r["samples_ms"]) == 2
+    assert sorted(impls) == sorted(["bptt", "numpy-only", "torch", "jax", "bptt[jax.jit]"])
+    assert impls[:3] == ["bptt", "numpy-only", "torch"]  # the columns that always run
+    if importlib.util.find_spec("jax") is None:
+        assert {r["status"] for r in rows if "jax" in r["impl"]} == {"not installed"}
+    timed = [r for r in rows if "status" not in r]
+    flops = 6 * 3 * 4 * 8 * (8 + 5)
+    for r in timed:
+        assert set(r) == ROW_KEYS
+        assert r["ms_per_step"] > 0 and len(r["samples_ms"]) == 2 and r["first_call_ms"] > 0
         assert r["chars_per_s"] == pytest.approx(3 * 4 / (r["ms_per_step"] / 1e3))
-        assert r["vs_torch"] > 0
-        # the square matmul timed among the blocks: its rate gives the same-time floor
-        assert r["gemm_gflops_same_time"] > 0
-        flops = 6 * 3 * 4 * 8 * (8 + 5)
+        assert r["vs_torch"] > 0 and r["gemm_gflops_same_time"] > 0
         rate = r["gemm_gflops_same_time"] * 1e9
         assert r["floor_fraction_same_time"] == pytest.approx(
             flops / (r["ms_per_step"] / 1e3) / rate
         )
     assert "gemm" not in impls  # a reference, not a contender
     by_impl = {r["impl"]: r for r in rows}
+    assert by_impl["torch"]["vs_torch"] == 1.0
+    assert by_impl["bptt"]["schedule"] == "single"  # what auto picks at this size
     assert by_impl["bptt"]["peak_mib"] > 0 and by_impl["bptt"]["update_ms"] > 0
-    table = bench.format_table(rows)
-    assert table.splitlines()[0] == bench.HEADER and len(table.splitlines()) == len(rows) + 1
-    assert (
-        bench.format_markdown(
-            rows,
-            {"date": "d", "machine": "m", "blas": "b", "threads": "t", "command": "c", "reps": 2},
-        ).count("\n| ")
-        == len(rows) + 1
-    )
+    jit = by_impl["bptt[jax.jit]"]
+    assert "status" in jit or jit["schedule"] == "single"
+    assert not jit.get("status", "").startswith("failed") or JIT_TRACER_BUG in jit["status"]
+    table = bench_report.format_table(rows).splitlines()
+    assert table[0] == bench_report.HEADER and len(table) == len(rows) + 1
+    assert all(line.startswith(f"{TINY} float32  ") for line in table[1:])
+    meta = {**bench_report.environment(), "date": "d", "command": "c", "reps": 2}
+    markdown = bench_report.format_markdown(rows, meta).splitlines()
+    table_lines = [line for line in markdown if line.startswith("|")]
+    assert len(table_lines) == len(rows) + 2  # the column names, the rule, one per row
+    assert {line.count("|") for line in table_lines} == {bench_report.COLUMNS.count("|")}
 
 
-def test_cli_writes_json_and_markdown(tmp_path, capsys) -> None:
+def test_sizes() -> None:
+    assert bench_cases.SIZES["S3"].flops == 6 * 200 * 128 * 512 * (512 + 128)
+    assert bench_cases.parse_size("2x3x4x5x6") == ("2x3x4x5x6", bench_cases.Size(2, 3, 4, 5, 6))
+    with pytest.raises(ValueError, match="BxTxDxMxC"):
+        bench_cases.parse_size("S9")
+
+
+def test_numpy_variant_gives_bptts_numbers() -> None:
+    """The yardstick must do the same arithmetic as the step it is compared with."""
+    _, size = bench_cases.parse_size("5x4x8x6x7")
+    params = bptt.init_params(size.M, size.D, size.C, dtype="float64", seed=1, backend="numpy")
+    x, y = bench_cases.data(size, seed=1)
+    loss, grads, _ = bptt.loss_and_grad(params, x, y, schedule="single")
+    for _ in range(2):  # the second call reuses the kept buffers
+        theirs, their_grads = numpy_variant.loss_and_grad(params, x, y)
+        np.testing.assert_allclose(theirs, loss, rtol=1e-12)
+        for k in params:
+            np.testing.assert_allclose(their_grads[k], grads[k], rtol=1e-10, atol=1e-14)
+    numpy_variant.clear_buffers()
+
+
+# ---- timing ------------------------------------------------------------------------------
+
+
+def test_blocks_are_sized_after_two_warm_up_calls() -> None:
+    """A slow first call (JAX or CuPy compiling) must not size the timing blocks."""
+    calls = []
+
+    def step() -> None:
+        calls.append(1)
+        time.sleep(0.1 if len(calls) <= 2 else 0.001)  # two slow calls, as if compiling
+
+    case = bench_timing.Case("slow-start", step)
+    bench_timing.time_blocks([case], reps=1, pause=0.0, min_block=0.05)
+    # sized from a warm call (~1 ms): tens of calls per 50 ms block, not one
+    assert case.calls_per_block["step"] >= 10
+    assert len(calls) == bench_timing.WARMUP_CALLS + 1 + 1 + case.calls_per_block["step"]
+
+
+# ---- JAX ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_jax_contender_waits_for_its_result_and_leaves_x64_alone(dtype: str) -> None:
+    """JAX dispatches asynchronously: a timed call that returned before its result was
+    computed would time the dispatch alone. x64 is on inside the calls only."""
+    jax = pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    before = jax.config.jax_enable_x64
+    _, size = bench_cases.parse_size(TINY)
+    case = bench_cases.jax_case(size, dtype)
+    loss, _ = result = case.step()
+    leaves = jax.tree_util.tree_leaves(result)
+    assert leaves and all(leaf.is_ready() for leaf in leaves)
+    assert loss.dtype == np.dtype(dtype) and case.first_call_s > 0
+    assert jax.config.jax_enable_x64 == before
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_bptt_under_jax_jit_matches_numpy(dtype: str) -> None:
+    """The bptt[jax.jit] column: bptt's own code, traced and compiled by jax.jit."""
+    jax = pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    before = jax.config.jax_enable_x64
+    _, size = bench_cases.parse_size(TINY)
+    try:
+        case = bench_cases.jax_bptt_case(size, dtype)
+    except AttributeError as exc:
+        if JIT_TRACER_BUG not in str(exc):
+            raise
+        pytest.xfail(f"bptt's step cannot be traced by jax.jit yet: {exc}")
+    finally:
+        assert jax.config.jax_enable_x64 == before
+    loss, grads, _ = case.step()
+    assert case.first_call_s > 0 and case.schedule == "single"
+    params = bptt.init_params(size.M, size.D, size.C, dtype=dtype, seed=0, backend="numpy")
+    x, y = bench_cases.data(size, seed=0)
+    ref_loss, ref_grads, _ = bptt.loss_and_grad(params, x, y)
+    rtol = 1e-5 if dtype == "float32" else 1e-12
+    assert loss.dtype == np.dtype(dtype)
+    np.testing.assert_allclose(np.asarray(loss), ref_loss, rtol=rtol)
+    for k in params:
+        np.testing.assert_allclose(np.asarray(grads[k]), ref_grads[k], rtol=rtol, atol=rtol)
+
+
+# ---- torch on a GPU run without CUDA -----------------------------------------------------
+
+
+def test_torch_device_falls_back_to_the_cpu_without_cuda(monkeypatch) -> None:
+    """``--backend cupy`` with a torch that has no CUDA: the torch column runs on the CPU."""
+    torch = pytest.importorskip("torch")
+    resolve = bench_cases.resolve_torch_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for choice in ("auto", "cuda", "cuda:1"):
+        device, note = resolve(choice, True)
+        assert device == "cpu" and "runs on the CPU" in note, (choice, note)
+    assert resolve("auto", False) == ("cpu", None)
+    assert resolve("none", True) == (None, None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve("auto", True) == ("cuda", None)
+    assert resolve("cpu", True) == ("cpu", None)
+    monkeypatch.setitem(sys.modules, "torch", None)  # None makes the import fail
+    device, note = resolve("auto", True)
+    assert device is None and "not installed" in note
+
+
+def test_gpu_run_without_cuda_torch_says_so(monkeypatch, capsys) -> None:
+    """End to end, as if bptt ran on CuPy: no crash, a torch row, and a note."""
+    torch = pytest.importorskip("torch")
+    monkeypatch.setattr(bench_step, "_on_gpu", lambda be: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert bench_step.main(["--sizes", TINY, "--dtypes", "float32", "--no-jax", *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "# note: torch" in out and "cannot use 'cuda'" in out
+    assert any(line.split()[2] == "torch" for line in out.splitlines() if line.startswith(TINY))
+
+
+# ---- bench_step.py's command line --------------------------------------------------------
+
+
+def test_script_writes_json_and_markdown(tmp_path, capsys) -> None:
     out_json, out_md = tmp_path / "b.json", tmp_path / "b.md"
-    args = [
-        "bench",
-        "--sizes",
-        TINY,
-        "--dtypes",
-        "float64",
-        "--reps",
-        "1",
-        "--pause",
-        "0",
-        "--min-block",
-        "0",
-        "--no-jax",
-        "--json",
-        str(out_json),
-        "--markdown",
-        str(out_md),
-    ]
-    assert cli.main(args) == 0
+    args = ["--sizes", TINY, "--dtypes", "float64", "--no-jax", *FAST]
+    args += ["--json", str(out_json), "--markdown", str(out_md)]
+    assert bench_step.main(args) == 0
     record = json.loads(out_json.read_text())
-    assert {r["impl"] for r in record["rows"]} == {"bptt", "numpy-only", "torch"}
-    assert "| float64 |" in out_md.read_text()
-    assert "ms/step" in capsys.readouterr().out
+    assert [r["impl"] for r in record["rows"]] == ["bptt", "numpy-only", "torch"]
+    meta = record["meta"]
+    assert meta["bptt_schedule"] in bptt.schedules.SCHEDULES
+    assert meta["bptt_threads"] == threads.max_threads()
+    out = capsys.readouterr().out
+    assert f"bptt NumPy schedule: {meta['bptt_schedule']}" in out and "ms/step" in out
+    markdown = out_md.read_text()
+    assert "| float64 |" in markdown and "bptt's NumPy schedule" in markdown
     from bptt.malloc import tune_malloc
 
-    assert record["meta"]["malloc_tuned"] is tune_malloc()  # raised unless --default-malloc
-    assert cli.main([*args, "--default-malloc"]) == 0
+    assert meta["malloc_tuned"] is tune_malloc()  # raised unless --default-malloc
+    assert bench_step.main([*args, "--default-malloc"]) == 0
     assert json.loads(out_json.read_text())["meta"]["malloc_tuned"] is False
     assert "malloc: defaults" in out_md.read_text()
 
 
-def test_sizes() -> None:
-    assert bench.SIZES["S3"].flops == 6 * 200 * 128 * 512 * (512 + 128)
-    assert bench.parse_size("2x3x4x5x6") == ("2x3x4x5x6", bench.Size(2, 3, 4, 5, 6))
-    with pytest.raises(ValueError, match="BxTxDxMxC"):
-        bench.parse_size("S9")
+def test_script_on_a_foreign_device(capsys) -> None:
+    """bptt on the GPU stand-in (array_api_strict device1): nothing leaks to NumPy."""
+    argv = ["--sizes", TINY, "--dtypes", "float32", "--backend", "array_api_strict"]
+    argv += ["--device", "device1", "--torch-device", "none", "--no-jax", *FAST]
+    assert bench_step.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TINY)]
+    assert [row.split()[2] for row in rows] == ["bptt[array_api_strict:device1]"]
 
 
-@pytest.mark.parametrize(
-    "backend, device", [("array_api_strict", "device1"), ("torch", "cpu")], ids=["device1", "torch"]
-)
-def test_bench_command_on_a_foreign_device(capsys, backend: str, device: str) -> None:
-    """`bptt bench` end to end on the GPU stand-in and on torch: nothing leaks to NumPy."""
-    argv = ["bench", "--sizes", TINY, "--dtypes", "float32", "--backend", backend]
-    argv += ["--device", device, "--reps", "7", "--pause", "0", "--min-block", "0"]
-    argv += ["--guard", "0", "--torch-device", "none", "--no-jax"]
-    assert cli.main(argv) == 0
-    row = [line for line in capsys.readouterr().out.splitlines() if line.startswith(TINY)]
-    assert len(row) == 1 and f"bptt[{backend}" in row[0]
+@pytest.mark.parametrize("argv", [["--sizes", "S9"], ["--backend", "nope"], ["--schedule", "fast"]])
+def test_script_usage_errors_exit_2(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as info:
+        bench_step.main(argv)
+    assert info.value.code == 2 and "Traceback" not in capsys.readouterr().err
 
 
-def test_parallel_comparison_script() -> None:
-    """benchmarks/parallel.py prints one row per size and mode with its layout (parts x
-    blocks) and its ratio to the first mode; --size adds a shape of one's own."""
+# ---- the `bptt bench` entry point ---------------------------------------------------------
+
+
+def test_bench_modules_left_the_package() -> None:
+    for name in ("bptt.bench", "bptt._numpy_variant", "bptt._parallel"):
+        assert importlib.util.find_spec(name) is None, name
+
+
+def test_bptt_bench_finds_the_script_of_this_checkout(tmp_path) -> None:
+    assert bench_command.find_script() == BENCH / "bench_step.py"
+    (tmp_path / "bptt").mkdir()  # a package without a checkout around it
+    assert bench_command.find_script(tmp_path / "bptt") is None
+
+
+def test_bptt_bench_runs_the_script_with_its_arguments(capfd) -> None:
+    argv = ["bench", "--sizes", TINY, "--dtypes", "float32", "--torch-device", "none"]
+    assert cli.main([*argv, "--no-jax", *FAST]) == 0
+    out = capfd.readouterr().out
+    assert bench_report.HEADER in out and "bptt NumPy schedule:" in out
+    assert [line.split()[2] for line in out.splitlines() if line.startswith(TINY)] == [
+        "bptt",
+        "numpy-only",
+    ]
+    assert cli.main(["bench", "--help"]) == 0  # the script's own options
+    assert "--schedule" in capfd.readouterr().out
+    assert cli.main(["bench", "--sizes", "S9"]) == 2  # the script's usage error
+    assert "BxTxDxMxC" in capfd.readouterr().err
+
+
+def test_bptt_bench_without_a_checkout_exits_2(monkeypatch, capsys) -> None:
+    monkeypatch.setattr(bench_command, "find_script", lambda: None)
+    assert cli.main(["bench", "--sizes", "S1"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and len(captured.err.strip().splitlines()) == 1
+    assert "ships in the source repository" in captured.err
+
+
+# ---- the other benchmark scripts ---------------------------------------------------------
+
+
+def test_schedule_comparison_script() -> None:
+    """benchmarks/parallel.py prints one row per size and schedule with its layout (parts x
+    blocks) and its ratio to the first schedule; --size adds a shape of one's own."""
     out, rows = _script_rows(
-        "parallel.py", "--sizes", "S1", "--size", "4,6,8,5", "--dtypes", "float64", "--reps", "1"
-    )
+        "parallel.py", "--sizes", "", "--size", "4,25,8,5", "--size", "4,6,8,5",
+        "--dtypes", "float64", "--reps", "1",
+    )  # fmt: skip
+    modes = ("single", "overlap", "split", "auto")
     assert [(r[0], r[2]) for r in rows] == [
-        (size, mode) for size in ("S1", "4,6,8,5") for mode in ("off", "overlap", "split", "auto")
+        (size, mode) for size in ("4,25,8,5", "4,6,8,5") for mode in modes
     ], out
-    parts = max(2, _parallel.max_threads())
-    assert [r[3] for r in rows[:4]] == ["1x1", "1x10", f"{parts}x1", "1x1"], out  # S1: one block
-    assert [r[3] for r in rows[4:]] == ["1x1", "1x6", f"{min(parts, 4)}x1", "1x1"], out
-    assert all(float(r[5]) == 1.0 for r in rows if r[2] == "off"), out
+    parts = min(max(2, threads.max_threads()), 4)
+    assert [r[3] for r in rows[:4]] == ["1x1", "1x10", f"{parts}x1", "1x1"], out
+    assert [r[3] for r in rows[4:]] == ["1x1", "1x6", f"{parts}x1", "1x1"], out
+    assert all(float(r[5]) == 1.0 for r in rows if r[2] == "single"), out
     assert all(float(r[4]) > 0 for r in rows), out
 
 
 def test_variant_comparison_script() -> None:
     """benchmarks/variant.py prints one row per size and dtype: both times and a ratio."""
-    out, rows = _script_rows("variant.py", "--sizes", "S1", "--rounds", "2", "--calls", "2")
-    assert [r[:2] for r in rows] == [["S1", "float32"], ["S1", "float64"]], out
+    out, rows = _script_rows("variant.py", "--sizes", TINY, "--rounds", "2", "--calls", "2")
+    assert [r[:2] for r in rows] == [[TINY, "float32"], [TINY, "float64"]], out
     for _, _, ours, theirs, ratio in rows:
         assert float(ours) > 0 and float(theirs) > 0 and float(ratio) > 0, out
 
@@ -152,14 +324,3 @@ def test_two_process_comparison_script() -> None:
     out, rows = _script_rows("two_process.py", "--size", "5,4,8,6", "--steps", "2", "--rounds", "2")
     assert [r[0] for r in rows] == ["threads", "processes"], out
     assert float(rows[0][3]) == 1.0 and all(float(r[1]) > 0 for r in rows), out
-
-
-def test_jax_contender_waits_for_its_result() -> None:
-    """JAX dispatches asynchronously: a timed call that returned before its result
-    was computed would time the dispatch alone."""
-    jax = pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
-    _, size = bench.parse_size(TINY)
-    case = bench.jax_case(size, "float32")
-    result = case.step()
-    leaves = jax.tree_util.tree_leaves(result)
-    assert leaves and all(leaf.is_ready() for leaf in leaves)

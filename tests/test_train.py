@@ -49,7 +49,7 @@ def test_every_optimizer_on_every_backend(be, name: str, tmp_path) -> None:
     result = trainer.run(steps=7)
     assert result.step == 7 and result.reason == "steps"
     for key, value in trainer.params.items():
-        assert type(value).__module__.split(".")[0] == be.name, key
+        assert backends.library_name(value) == be.name, key
         assert value.device == be.device, key
     for path, value in bptt.optim.state_arrays(trainer.opt_state).items():
         assert value.device == be.device, path
@@ -104,9 +104,9 @@ def test_nan_stops_naming_the_first_bad_step(tmp_path, monkeypatch) -> None:
     original = trainer.train_step
 
     def poisoned(*args, **kwargs):
-        out = original(*args, **kwargs)
+        carry, loss, norm = original(*args, **kwargs)
         calls.append(1)
-        return out._replace(loss=out.loss * math.nan) if len(calls) == 2 else out  # step 7
+        return carry, (loss * math.nan if len(calls) == 2 else loss), norm  # step 7
 
     monkeypatch.setattr(trainer, "train_step", poisoned)
     with pytest.raises(train.NonFiniteError, match="NaN or infinite at step 7") as info:
@@ -172,20 +172,6 @@ def test_no_host_reads_inside_steps(monkeypatch) -> None:
     read_after = [k + 1 for k in np.nonzero(per_step)[0]]  # the step whose end made reads
     assert read_after == [4, 8, 12], (seen, read_after)
     assert set(per_step[per_step > 0].tolist()) == {1}  # one read per log
-
-
-def test_dropout_mask_is_the_same_on_every_backend(be) -> None:
-    dtype = "float64" if be.supports("float64") else "float32"
-    mask = train.dropout_mask(np.random.default_rng(7), (5, 4, 6), 0.25, backend=be, dtype=dtype)
-    assert mask.device == be.device
-    ref = train.dropout_mask(np.random.default_rng(7), (5, 4, 6), 0.25, backend=NUMPY, dtype=dtype)
-    host = be.to_numpy(mask)
-    np.testing.assert_array_equal(host, ref)
-    assert set(np.unique(host).tolist()) <= {0.0, np.float32(1 / 0.75).item(), 1 / 0.75}
-    big = train.dropout_mask(np.random.default_rng(0), (100, 100), 0.25, backend=NUMPY, dtype=dtype)
-    assert abs(np.mean(big == 0) - 0.25) < 0.02
-    with pytest.raises(ValueError, match="dropout probability"):
-        train.dropout_mask(np.random.default_rng(0), (2,), 1.0, backend=be, dtype=dtype)
 
 
 def test_validation_carries_state_through_the_text() -> None:

@@ -50,7 +50,7 @@ def loss_and_grad(
     xu = model.input_projection(params, inputs, xp)  # (T, B, D): U x_t + b
     W = params["W"]  # (D, D)
     rows = [slice(steps.start, steps.stop) for steps in blocks]
-    states: list[Any] = [None] * len(blocks)  # (n, B, D) per block: s_t
+    states: list[Any] = [None] * len(blocks)  # (n+1, B, D) per block: s_{a-1} .. s_{b-1}
     sums: list[dict[str, Any]] = [{} for _ in blocks]  # per block: loss, dV, dc, dW, db, dU
     dS: list[Any] = [None] * len(blocks)  # (n, B, D) per block
 
@@ -59,17 +59,17 @@ def loss_and_grad(
 
     def output_block(k: int) -> None:  # step.head_and_output_grads on block k
         sums[k]["loss"], grads, dS[k] = step.head_and_output_grads(
-            params, states[k], targets[rows[k], ...], head=head, xp=xp,
+            params, states[k][1:, ...], targets[rows[k], ...], head=head, xp=xp,
             weights=weights if isinstance(weights, float) else weights[rows[k], ...],
             dropout_mask=rows_of(dropout_mask, k),
         )  # fmt: skip
         sums[k].update(grads)
 
-    cache = model.Cache(inputs, h0, None, dropout_mask)  # states joined once known
     dZ: list[Any] = [None] * len(blocks)
 
     def weight_block(k: int) -> None:  # eqs. (67)-(73) on block k
-        sums[k].update(model.weight_grads(params, dZ[k], cache, blocks[k], xp))
+        grads = model.weight_grads(params, dZ[k], states[k], inputs[rows[k], ...], xp)
+        sums[k].update(grads)
 
     output_tasks: list[Future[Any]] = []  # output_block(k), submitted k = 0, 1, ...
     weight_tasks: list[Future[Any]] = []  # weight_block(k), submitted k = K-1, ..., 0
@@ -79,7 +79,6 @@ def loss_and_grad(
             states[k] = model.recurrence(W, xu[rows[k], ...], s, xp)  # eqs. (19)-(20)
             s = states[k][-1, ...]
             output_tasks.append(worker.submit(output_block, k))
-        cache = cache._replace(states=xp.concat(states, axis=0))  # (T, B, D)
         dz = None  # (B, D): dz of the step after the block
         for k in reversed(range(len(blocks))):
             _finish(output_tasks[k], output_block, k)  # block k's dS is ready

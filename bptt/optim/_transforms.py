@@ -55,8 +55,12 @@ class ScheduleState(NamedTuple):
 def global_norm(tree: Tree) -> Any:
     """sqrt(sum of squares of every entry of every leaf), a 0-d device array."""
     xp = namespace(tree, "grads")
-    leaves = tree.values() if isinstance(tree, dict) else [tree]
-    return xp.sqrt(sum(xp.sum(g * g) for g in leaves))
+    leaves = list(tree.values()) if isinstance(tree, dict) else [tree]
+    squares = [xp.vecdot(xp.reshape(g, (-1,)), xp.reshape(g, (-1,))) for g in leaves]  # ()
+    total = squares[0]
+    for more in squares[1:]:  # no "0 +": one flat leaf costs one product and one sqrt
+        total = total + more
+    return xp.sqrt(total)
 
 
 def last_norm(state: Any) -> Any:
@@ -167,9 +171,8 @@ def scale_by_adam(b1: float, b2: float, eps: float) -> GradientTransformation:
         k = state.count + 1  # (), device
         m = tree_map(lambda m, u: b1 * m + (1 - b1) * u, state.mu, updates)
         v = tree_map(lambda v, u: b2 * v + (1 - b2) * (u * u), state.nu, updates)
-        dtype = _first(m).dtype
-        c1 = xp.astype(1 - b1**k, dtype)  # bias corrections, on the device  ()
-        c2 = xp.astype(1 - b2**k, dtype)
+        k_ = xp.astype(k, _first(m).dtype)  # (), the count in the moments' dtype
+        c1, c2 = 1 - b1**k_, 1 - b2**k_  # bias corrections, on the device  ()
         step = tree_map(lambda m, v: (m / c1) / (xp.sqrt(v / c2) + eps), m, v)
         return step, MomentsState(k, m, v)
 

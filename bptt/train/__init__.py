@@ -21,10 +21,10 @@ from __future__ import annotations
 
 from ..validation import evaluate, layout_validation
 from .config import RESUMABLE, TrainConfig
-from .feed import EpochFeed, dropout_mask
+from .feed import EpochFeed
 from .loop import NonFiniteError, Reporter, Trainer, TrainResult
 from .state import HISTORY_KEYS, RunState
-from .step import StepResult, Tally, make_train_step
+from .step import Tally, TrainCarry, make_train_step
 
 __all__ = [
     "HISTORY_KEYS",
@@ -33,12 +33,11 @@ __all__ = [
     "NonFiniteError",
     "Reporter",
     "RunState",
-    "StepResult",
     "Tally",
+    "TrainCarry",
     "TrainConfig",
     "TrainResult",
     "Trainer",
-    "dropout_mask",
     "evaluate",
     "layout_validation",
     "make_train_step",

@@ -8,7 +8,7 @@ import numpy as np
 
 from ..data import Streams
 
-__all__ = ["EpochFeed", "dropout_mask"]
+__all__ = ["EpochFeed"]
 
 
 class EpochFeed:
@@ -35,18 +35,3 @@ class EpochFeed:
         x = self._epoch[k * T : (k + 1) * T, ...]  # (T, B)
         y = self._epoch[k * T + 1 : (k + 1) * T + 1, ...]  # (T, B)
         return x, y
-
-
-def dropout_mask(
-    rng: np.random.Generator, shape: tuple[int, ...], p: float, *, backend: Any, dtype: str
-) -> Any:
-    """Inverted-dropout multipliers, 0 or 1/(1 - p), of ``shape`` (T, B, D), on the device.
-
-    Drawn on the host from ``rng`` (float32 uniforms, kept where >= p) and moved as
-    booleans, so the same generator state gives the same mask on every backend.
-    """
-    if not 0.0 <= p < 1.0:
-        raise ValueError(f"p: expected a dropout probability in [0, 1); got {p!r}")
-    keep = rng.random(shape, dtype=np.float32) >= p  # (T, B, D) bool, host
-    xp = backend.xp
-    return xp.astype(backend.asarray(keep), getattr(xp, dtype)) * (1.0 / (1.0 - p))

@@ -29,13 +29,15 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data import Corpus, Streams
+from ..flat import Layout
 from ..params import init_params
 from ..sample import sample
 from ..validation import evaluate, layout_validation
+from .compiled import compile_step
 from .config import RESUMABLE, TrainConfig
-from .feed import EpochFeed, dropout_mask
+from .feed import EpochFeed
 from .state import RunState
-from .step import Tally, make_train_step
+from .step import Tally, TrainCarry, make_train_step
 
 __all__ = ["NonFiniteError", "Reporter", "TrainResult", "Trainer"]
 
@@ -87,8 +89,16 @@ class Trainer:
     checkpoint), then call :meth:`run`.
     """
 
-    def __init__(self, corpus: Corpus, config: TrainConfig, backend: Any, state: RunState,
-                 checkpoint_dir: str | Path | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        corpus: Corpus,
+        config: TrainConfig,
+        backend: Any,
+        state: RunState,
+        checkpoint_dir: str | Path | None = None,
+        *,
+        compile: str = "auto",
+    ) -> None:
         be = _backend(backend)
         corpus.check_fits(batch=config.batch, seq_len=config.seq_len)
         if not be.supports(config.dtype):
@@ -100,7 +110,9 @@ class Trainer:
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.failed_step: int | None = None  # set when a non-finite loss is found
         self.optimizer = config.make_optimizer()
-        self.train_step = make_train_step(self.optimizer)
+        step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
+                               seed=config.seed)  # fmt: skip
+        self.train_step = compile_step(step, be, compile)  # .mode, .compile_seconds
         with be.activate():  # CuPy: allocate on this run's GPU, not the current one
             self.feed = EpochFeed(corpus.train, Streams(len(corpus.train), config.batch,
                                                         config.seq_len), be)  # fmt: skip
@@ -115,21 +127,39 @@ class Trainer:
     # ---- construction -------------------------------------------------------------------
 
     @classmethod
-    def create(cls, corpus: Corpus, config: TrainConfig, *, backend: Any = None,
-               checkpoint_dir: str | Path | None = None) -> Trainer:  # fmt: skip
-        """A new run: parameters from ``config.seed`` (see :func:`bptt.init_params`)."""
-        be = _backend(backend)
-        M = len(corpus.vocab)
+    def create(
+        cls,
+        corpus: Corpus,
+        config: TrainConfig,
+        *,
+        backend: Any = None,
+        checkpoint_dir: str | Path | None = None,
+        compile: str = "auto",
+    ) -> Trainer:
+        """A new run: parameters from ``config.seed`` (see :func:`bptt.init_params`).
+
+        ``compile``: ``"auto"`` (``jax.jit`` on JAX, none elsewhere), ``"jit"``,
+        ``"cuda-graph"`` (CuPy or torch CUDA) or ``"none"``; see
+        :func:`bptt.train.compiled.compile_step`.
+        """
+        be, M, xp = _backend(backend), len(corpus.vocab), _backend(backend).xp
         with be.activate():
             params = init_params(M, config.hidden, M, dtype=config.dtype, seed=config.seed,
                                  init=config.init, backend=be.name, device=be.device)  # fmt: skip
-            opt_state = config.make_optimizer().init(params)
+            layout = Layout.of(params)
+            flat = layout.flatten(params, xp)  # (N,)
+            hidden = xp.zeros((config.batch, config.hidden), dtype=flat.dtype, device=be.device)
+            counter = xp.zeros((), dtype=be.integer, device=be.device)
+            opt_state = config.make_optimizer().init(flat)
         rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
-        return cls(corpus, config, be, RunState(params, opt_state, rng), checkpoint_dir)
+        carry = TrainCarry(flat, opt_state, hidden, counter)
+        return cls(corpus, config, be, RunState(carry, layout, rng), checkpoint_dir,
+                   compile=compile)  # fmt: skip
 
     @classmethod
     def resume(cls, ckpt: Checkpoint, corpus: Corpus, *, backend: Any = None,
-               checkpoint_dir: str | Path | None = None, **overrides: Any) -> Trainer:  # fmt: skip
+               checkpoint_dir: str | Path | None = None, compile: str = "auto",
+               **overrides: Any) -> Trainer:  # fmt: skip
         """Continue the run saved in ``ckpt`` on ``backend``; ``overrides`` from RESUMABLE.
 
         An overridden ``lr`` replaces the stored base rate from the resumed step on:
@@ -159,13 +189,17 @@ class Trainer:
         with be.activate():
             state = run_from_checkpoint(ckpt, optimizer=config.make_optimizer(), backend=be,
                                         dtype=config.dtype)  # fmt: skip
-        return cls(corpus, config, be, state, checkpoint_dir)
+        return cls(corpus, config, be, state, checkpoint_dir, compile=compile)
 
     # ---- the run state, by name ---------------------------------------------------------
 
-    params = property(lambda self: self.state.params)
-    opt_state = property(lambda self: self.state.opt_state)
-    hidden = property(lambda self: self.state.hidden)
+    @property
+    def params(self) -> dict[str, Any]:
+        """The named parameters, views of the flat vector the step updates."""
+        return self.state.layout.unflatten(self.state.carry.params, self.backend.xp)
+
+    opt_state = property(lambda self: self.state.carry.opt_state)
+    hidden = property(lambda self: self.state.carry.hidden)
     step = property(lambda self: self.state.step)
     history = property(lambda self: self.state.history)
     best = property(lambda self: self.state.best)
@@ -177,36 +211,31 @@ class Trainer:
         c, s, xp = self.config, self.state, self.backend.xp
         s.offset, s.chunk = int(s.rng.integers(0, c.seq_len)), 0
         self.feed.begin_epoch(s.offset)
-        s.hidden = xp.zeros((c.batch, c.hidden), dtype=getattr(xp, c.dtype),
-                            device=self.backend.device)  # fmt: skip
+        zeros = xp.zeros((c.batch, c.hidden), dtype=getattr(xp, c.dtype),
+                         device=self.backend.device)  # fmt: skip
+        s.carry = s.carry._replace(hidden=zeros)
 
     def advance(self) -> tuple[Any, Any]:
         """One update on the next chunk. Returns the loss and gradient norm (0-d, device)."""
-        c, s = self.config, self.state
+        s = self.state
         x, y = self.feed.chunk(s.chunk)  # (T, B) inputs and next characters
-        drop = None
-        if c.dropout > 0:
-            shape = (c.seq_len, c.batch, c.hidden)
-            drop = dropout_mask(s.rng, shape, c.dropout, backend=self.backend, dtype=c.dtype)
-        out = self.train_step(s.params, s.opt_state, s.hidden, x, y, drop)
-        s.params, s.opt_state, s.hidden = out.params, out.opt_state, out.hidden
+        s.carry, loss, norm = self.train_step(s.carry, x, y)
         s.step, s.chunk = s.step + 1, s.chunk + 1
         if s.chunk == self.feed.streams.chunks:
             s.epoch += 1
             self._begin_epoch()  # reset the state at the end of the data
-        return out.loss, out.norm
+        return loss, norm
 
     # ---- checkpoints --------------------------------------------------------------------
 
     def checkpoint_bytes(self) -> int:
         """About the size of one checkpoint file: parameters, optimizer state, hidden."""
-        import math as _m
-
-        itemsize = 8 if self.config.dtype == "float64" else 4
         from ..optim import state_arrays
 
-        arrays = [*self.params.values(), *state_arrays(self.opt_state).values()]
-        n = sum(_m.prod(a.shape) for a in arrays) + self.config.batch * self.config.hidden
+        itemsize = 8 if self.config.dtype == "float64" else 4
+        carry = self.state.carry
+        arrays = [carry.params, carry.hidden, *state_arrays(carry.opt_state).values()]
+        n = sum(math.prod(a.shape) for a in arrays)
         return itemsize * n + 65536  # + history and metadata
 
     def checkpoint(self) -> Checkpoint:

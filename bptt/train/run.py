@@ -19,10 +19,10 @@ LN2 = math.log(2.0)
 
 def _check_first_chunk(trainer: Any) -> None:
     """The value checks, once, where the run's data and parameters enter: one sync."""
-    s = trainer.state
-    x, y = trainer.feed.chunk(s.chunk)
-    xp, dims = check_call(s.params, x, targets=y, h0=s.hidden, need_targets=True)
-    check_values(s.params, x, targets=y, h0=s.hidden, dims=dims, xp=xp)
+    params, hidden = trainer.params, trainer.hidden
+    x, y = trainer.feed.chunk(trainer.state.chunk)
+    xp, dims = check_call(params, x, targets=y, h0=hidden, need_targets=True)
+    check_values(params, x, targets=y, h0=hidden, dims=dims, xp=xp)
 
 
 def run_loop(trainer: Any, steps: int | None, minutes: float | None, reporter: Any,
@@ -88,8 +88,7 @@ def _log(trainer: Any, tally: Any, since: int, t0: float, reporter: Any, error: 
 
 def _params_finite(trainer: Any) -> bool:
     xp, be = trainer.backend.xp, trainer.backend
-    flags = xp.stack([xp.all(xp.isfinite(p)) for p in trainer.params.values()])
-    return bool(be.to_numpy(xp.all(flags)))
+    return bool(be.to_numpy(xp.all(xp.isfinite(trainer.state.carry.params))))  # (N,): one read
 
 
 def _after_eval(trainer: Any, val_bpc: float, reporter: Any, error: type) -> bool:

@@ -7,6 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from ..flat import Layout
+from .step import TrainCarry
+
 __all__ = ["HISTORY_KEYS", "RunState"]
 
 HISTORY_KEYS = ("train_step", "train_bpc", "val_step", "val_bpc")
@@ -22,15 +25,15 @@ def _best() -> dict[str, Any]:
 
 @dataclass
 class RunState:
-    """A run's state: device arrays (parameters, optimizer state, carried hidden
-    state) and host bookkeeping (position in the data, generator, history, best).
-    :func:`bptt.checkpoint.run_to_checkpoint` and ``run_from_checkpoint`` convert it."""
+    """A run's state: the device side (:class:`TrainCarry`: flat parameters, optimizer
+    state, carried hidden state, step counter) and the host side (position in the
+    data, generator, history, best). :func:`bptt.checkpoint.run_to_checkpoint` and
+    ``run_from_checkpoint`` convert it, parameter by parameter."""
 
-    params: dict[str, Any]  # {"U": (D, M), "W": (D, D), "V": (C, D)[, "b", "c"]}
-    opt_state: Any  # the optimizer's state, as its init made it
-    rng: np.random.Generator  # host: epoch offsets and dropout masks
-    hidden: Any = None  # (B, D), carried from chunk to chunk
-    step: int = 0  # updates done
+    carry: TrainCarry
+    layout: Layout  # how carry.params holds the named parameters
+    rng: np.random.Generator  # host: epoch offsets
+    step: int = 0  # updates done (carry.step holds the same count on the device)
     epoch: int = 0
     chunk: int = 0  # the next chunk of the epoch
     offset: int = -1  # where the epoch's streams start; -1: no epoch begun

@@ -1,10 +1,12 @@
-"""The training step as one pure function: loss and gradients, clipping, update.
+"""The training step as one pure function: dropout, loss and gradients, clip, update.
 
-:func:`make_train_step` returns ``train_step(params, opt_state, hidden, inputs,
-targets, dropout_mask) -> StepResult``: no host sync, no value-dependent control
-flow, the same operations whatever the data. It is what ``jax.jit`` compiles and
-what a CUDA graph captures. :class:`Tally` is the loop's device-side record of the
-losses and of the first non-finite step, read once per log interval.
+``train_step(carry, inputs, targets) -> (carry, loss, norm)``, made by
+:func:`make_train_step`, is the step ``bptt train`` runs: the same array operations
+whatever the data (no value-dependent control flow), no host sync, no host-to-device
+copy (the dropout mask is drawn on the device from the seed and a device step
+counter), and the parameters as one flat vector so that the optimizer's cost does
+not grow with the number of parameter arrays. So it is what ``jax.jit`` compiles and
+what a CUDA graph captures (:mod:`bptt.train.compiled`).
 """
 
 from __future__ import annotations
@@ -12,42 +14,58 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .. import optim
+from .. import optim, random
 from ..api import loss_and_grad
+from ..backends import namespace_of
+from ..flat import Layout
 
-__all__ = ["StepResult", "Tally", "make_train_step"]
+__all__ = ["Tally", "TrainCarry", "make_train_step"]
 
 
-class StepResult(NamedTuple):
-    params: dict[str, Any]  # after the update
-    opt_state: Any
-    hidden: Any  # (B, D): the state to carry into the next chunk (no gradient across)
-    loss: Any  # 0-d: the chunk's mean loss, in nats per character
-    norm: Any  # 0-d: the global gradient norm before clipping
+class TrainCarry(NamedTuple):
+    """What a step hands to the next, all on the device."""
+
+    params: Any  # (N,) every parameter, laid out by a Layout
+    opt_state: Any  # the optimizer's state over that vector
+    hidden: Any  # (B, D): the state carried into the next chunk (no gradient across)
+    step: Any  # 0-d integer: updates done, the dropout stream's counter
 
 
 def make_train_step(
-    optimizer: optim.GradientTransformation, *, schedule: str | None = None
-) -> Callable[..., StepResult]:
-    """The step for ``optimizer`` (clipping included, if the optimizer clips)."""
+    optimizer: optim.GradientTransformation,
+    layout: Layout,
+    *,
+    dropout: float = 0.0,
+    seed: int = 0,
+    schedule: str | None = None,
+) -> Callable[[TrainCarry, Any, Any], tuple[TrainCarry, Any, Any]]:
+    """The step for ``optimizer`` over parameters laid out by ``layout``.
 
-    def train_step(
-        params: dict[str, Any],
-        opt_state: Any,
-        hidden: Any,
-        inputs: Any,
-        targets: Any,
-        dropout_mask: Any = None,
-    ) -> StepResult:
+    Returns ``train_step(carry, inputs, targets) -> (carry, loss, norm)``: ``loss``
+    the chunk's mean loss in nats per character, ``norm`` the gradient's global norm
+    before clipping (recorded by the optimizer's clip, or computed). With ``dropout``
+    > 0 the states before V are dropped with masks drawn from (``seed``, step).
+    """
+
+    def train_step(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[TrainCarry, Any, Any]:
+        xp, device = namespace_of({"carry.params": carry.params, "carry.hidden": carry.hidden})
+        params = layout.unflatten(carry.params, xp)  # views
+        mask = None
+        if dropout > 0:  # decided once: the same operations every step
+            shape = (*inputs.shape[:2], carry.hidden.shape[1])  # (T, B, D)
+            mask = random.dropout_mask(seed, carry.step, shape, dropout, xp=xp, device=device,
+                                       dtype=carry.params.dtype)  # fmt: skip
         loss, grads, h_last = loss_and_grad(
-            params, inputs, targets, h0=hidden, dropout_mask=dropout_mask,
+            params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
             check_values=False, schedule=schedule,
         )  # fmt: skip
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        norm = optim.last_norm(opt_state)  # recorded by the clip, if there is one
+        g = layout.flatten(grads, xp)  # (N,): one concat
+        updates, opt_state = optimizer.update(g, carry.opt_state, carry.params)
+        norm = optim.last_norm(opt_state)
         if norm is None:
-            norm = optim.global_norm(grads)
-        return StepResult(optim.apply_updates(params, updates), opt_state, h_last, loss, norm)
+            norm = optim.global_norm(g)
+        new = TrainCarry(carry.params + updates, opt_state, h_last, carry.step + 1)
+        return new, loss, norm
 
     return train_step
 

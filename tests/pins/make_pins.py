@@ -1,14 +1,14 @@
 """Bit pins: sha256 digests of bptt's exact NumPy results, so a refactor can prove it
 changed no bit.
 
-``numpy_bits.json`` beside this file was written from commit cb4b3de (the code
-before the schedules refactor) with::
+``numpy_bits.json`` beside this file was written from this round's code (the
+flat-parameter training step, the stacked recurrences) in the project's test
+environment with::
 
-    python -m venv /tmp/oldvenv && /tmp/oldvenv/bin/pip install -e '/work/old[test]' \
-        numpy==2.4.6 threadpoolctl==3.8.0 array-api-compat==1.16.0
-    /tmp/oldvenv/bin/python tests/pins/make_pins.py --out tests/pins/numpy_bits.json
+    python tests/pins/make_pins.py --out tests/pins/numpy_bits.json
 
-or, from any interpreter with NumPy, from a source tree that is not installed::
+(the first pins, from commit cb4b3de, proved the schedules refactor bit-exact;
+they are in git history at 97c4689), or from a source tree that is not installed::
 
     python tests/pins/make_pins.py --tree /work/old --out tests/pins/numpy_bits.json
 
