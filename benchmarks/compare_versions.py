@@ -9,7 +9,9 @@ Reported: the median time per call over ``--reps`` blocks for each tree, and the
 ratio new/old: the median of the paired ratios (block i of each) and their range.
 
 Timed (NumPy, token ids, softmax head, mean): ``loss_and_grad(params, x, y,
-check_values=False)``, and one update: loss_and_grad, clip_by_global_norm(5), Adam.
+check_values=False)``, and one update: loss_and_grad, clip_by_global_norm(5), Adam
+(where the tree has it, the training step ``bptt train`` runs, over one flat vector:
+``bptt.train.make_train_step``).
 
 Run: ``python benchmarks/compare_versions.py [--old PATH] [--new PATH] [--sizes S1,S2]``.
 """
@@ -92,9 +94,29 @@ def build(bptt: Any, size: str, dtype: str, what: str) -> Any:
     x, y = (rng.integers(0, M, size=(T, B), dtype=np.int64) for _ in range(2))
     if what == "loss_and_grad":
         return lambda: bptt.loss_and_grad(params, x, y, check_values=False)
+    train = getattr(bptt, "train", None)
+    if hasattr(train, "make_train_step"):  # the step `bptt train` runs: flat parameters
+        return _flat_train_step(bptt, params, x, y)
     init, update = training_update(bptt)
     state = init(params)
     return lambda: update(params, state, x, y)
+
+
+def _flat_train_step(bptt: Any, params: Any, x: Any, y: Any) -> Any:
+    """The training step over one flat parameter vector (clip 5, Adam 2e-3), as
+    ``bptt train`` runs it: :func:`bptt.train.make_train_step`."""
+    import numpy as np
+
+    from bptt.flat import Layout
+    from bptt.train import TrainCarry, TrainConfig, make_train_step
+
+    B, D = x.shape[1], params["W"].shape[0]
+    opt = TrainConfig(hidden=D, batch=B, seq_len=x.shape[0], clip=5.0, lr=2e-3).make_optimizer()
+    layout = Layout.of(params)
+    flat = layout.flatten(params, np)
+    carry = TrainCarry(flat, opt.init(flat), None, np.zeros((), np.int64))
+    step = make_train_step(opt, layout)
+    return lambda: step(carry, x, y)
 
 
 def worker(tree: str, block: float) -> None:

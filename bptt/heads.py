@@ -29,7 +29,7 @@ def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]
     shifted = logits - m  # (T, B, C), every entry <= 0
     y = xp.reshape(one_hot(xp.reshape(targets, (T * B,)), C, logits.dtype, xp), (T, B, C))
     ones = xp.ones((C,), dtype=logits.dtype, device=device(logits))  # (C,)
-    picked = (shifted * y) @ ones  # g_t[y_t] - m_t, the one entry y_t selects  (T, B)
+    picked = xp.vecdot(shifted, y)  # g_t[y_t] - m_t, the one entry y_t selects  (T, B)
     e = xp.exp(shifted)  # (T, B, C), in (0, 1]
     total = xp.reshape(e @ ones, (T, B, 1))  # sum over classes, as a GEMV: >= 1  (T, B, 1)
     loss = xp.log(total[..., 0]) - picked  # eq. (23) via log-sum-exp  (T, B)

@@ -86,9 +86,9 @@ def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
     D, M = U.shape
     if is_token_ids(inputs):
         T, B = inputs.shape
-        table = xp.reshape(xp.reshape(U.T, (M * D,)), (M, D))  # (M, D), row-major
+        table = U.T  # (M, D): row m is column m of U, a view
         if b is not None:
-            table = table + b  # (M, D)
+            table = table + b  # (M, D), a fresh row-major array
         xu = xp.take(table, xp.reshape(inputs, (T * B,)), axis=0)  # (T*B, D)
     else:
         T, B, _ = inputs.shape

@@ -52,15 +52,22 @@ def loss_and_grad(
     weights: Any,
     dropout_mask: Any,
     xp: Any,
+    recurrences: Any = model,
 ) -> tuple[Any, dict[str, Any], Any]:
-    """The whole step over all T steps: ``(loss, grads, h_last)``, grads keyed as params."""
+    """The whole step over all T steps: ``(loss, grads, h_last)``, grads keyed as params.
+
+    ``recurrences``: where ``recurrence`` and ``reverse_recurrence`` come from,
+    :mod:`bptt.model` or a library's version with the same contract and bits
+    (:mod:`bptt.numpy_exec.recurrences`, which writes each step into its result).
+    """
     W = params["W"]  # (D, D)
-    states = model.recurrence(W, model.input_projection(params, inputs, xp), h0, xp)
+    xu = model.input_projection(params, inputs, xp)  # (T, B, D)
+    states = recurrences.recurrence(W, xu, h0, xp)  # (T+1, B, D)
     loss, grads, dS = head_and_output_grads(
         params, states[1:, ...], targets, head=head, weights=weights,
         dropout_mask=dropout_mask, xp=xp,
     )  # fmt: skip
-    dZ = model.reverse_recurrence(W, states, dS, None, xp)  # (T, B, D)
+    dZ = recurrences.reverse_recurrence(W, states, dS, None, xp)  # (T, B, D)
     grads.update(model.weight_grads(params, dZ, states, inputs, xp))  # dW, dU, db
     return loss, {key: grads[key] for key in params}, states[-1, ...]
 

@@ -7,8 +7,8 @@ and is recorded by name and kind:
 
 - **kernels**: operations that launch device work (arithmetic, products,
   reductions, creation, copies, gathers);
-- **views**: basic indexing, ``reshape``, ``.T``/``.mT`` (no kernel on CuPy or torch
-  for the contiguous arrays the step uses);
+- **views**: basic indexing, ``reshape`` of a contiguous array, ``.T``/``.mT`` (no
+  kernel on CuPy or torch; a ``reshape`` that must copy counts as a kernel);
 - **metadata**: ``isdtype``, ``finfo``, ``iinfo``, ``__array_namespace_info__``;
 - **transfers**: ``asarray`` of host data (a host-to-device copy);
 - **syncs**: host conversions (``__bool__``, ``__float__``, ``__int__``,
@@ -74,7 +74,7 @@ class Namespace:
 
         def call(*args: Any, **kwargs: Any) -> Any:
             _refuse(name, args, kwargs)
-            self.ops[name] += 1
+            self.ops[_kind(name, args)] += 1
             if name in ("asarray", "from_dlpack") and args and not isinstance(args[0], Array):
                 self.transfers += 1  # host data (or a Python scalar) to the device
             return self.wrap(attr(*unwrap(args), **unwrap(kwargs)))
@@ -89,6 +89,15 @@ class Namespace:
                 self.dtypes.add(str(value.dtype).rsplit(".", 1)[-1])
             return Array(value, self)
         return value
+
+
+def _kind(name: str, args: tuple) -> str:
+    """``reshape`` of an array whose rows are not contiguous copies: a kernel."""
+    if name == "reshape" and args and isinstance(args[0], Array):
+        host = getattr(args[0]._x, "_array", None)  # array_api_strict's NumPy array
+        if host is not None and not host.flags.c_contiguous:
+            return "reshape-copy"
+    return name
 
 
 def _refuse(name: str, args: tuple, kwargs: dict) -> None:

@@ -173,7 +173,7 @@ def test_ctrl_c_saves_and_exits_130(text, tmp_path) -> None:
          "--checkpoint-dir", str(ckpt)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert "checkpoints:" in "".join(proc.stdout.readline() for _ in range(3))
+    assert "checkpoints:" in "".join(proc.stdout.readline() for _ in range(4))
     assert proc.stdout.readline().startswith("step 1: loss")  # training has begun
     os.kill(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -16,7 +16,13 @@ from torch_reference import assert_matches_torch
 
 import bptt
 from bptt import backends, heads, model, schedules, step
-from bptt.numpy_exec import policy, threads
+from bptt.numpy_exec import policy, recurrences, threads
+
+
+def _home(name: str):
+    """Where a NumPy schedule finds ``name``: the recurrences are NumPy's own."""
+    return recurrences if name in ("recurrence", "reverse_recurrence") else model
+
 
 NUMPY = backends.get_backend("numpy")
 THREADED = ("overlap", "split")
@@ -133,13 +139,13 @@ def test_overlap_worker_runs_the_products_with_one_blas_thread(monkeypatch) -> N
     _needs_threads()
     seen: list[tuple[str, str, list[int]]] = []
     for name in ("output_grads", "weight_grads", "recurrence", "reverse_recurrence"):
-        real = getattr(model, name)
+        real = getattr(_home(name), name)
 
         def spy(*args, _real=real, _name=name, **kwargs):
             seen.append((_name, threading.current_thread().name, _blas_threads()))
             return _real(*args, **kwargs)
 
-        monkeypatch.setattr(model, name, spy)
+        monkeypatch.setattr(_home(name), name, spy)
     prob = make_problem(NUMPY, np.random.default_rng(0), T=20, B=3, M=4, D=5, C=3)
     run_schedule(prob, "overlap")
     where = {name: {thread for n, thread, _ in seen if n == name} for name, _, _ in seen}
@@ -183,7 +189,7 @@ def test_overlap_result_does_not_depend_on_which_thread_ran_a_block(monkeypatch)
 
     monkeypatch.setattr(worker, "submit", submit)
     for name in ("recurrence", "reverse_recurrence"):
-        monkeypatch.setattr(model, name, slowed(getattr(model, name)))
+        monkeypatch.setattr(recurrences, name, slowed(getattr(recurrences, name)))
     loss1, grads1, _ = run_schedule(prob, "overlap")
     assert ran.count("output_block") >= 9  # the worker kept up with the forward pass
     assert 1 <= ran.count("weight_block") < 10  # and this thread took some over
@@ -199,7 +205,7 @@ def test_overlap_failure_reaches_the_caller_and_leaves_no_work(monkeypatch, erro
     raised here, the worker is left idle, and the next call gives the same bits."""
     prob = make_problem(NUMPY, np.random.default_rng(4), T=30, B=3, M=4, D=5, C=3)
     loss0, grads0, _ = run_schedule(prob, "overlap")
-    real, calls = getattr(model, where), []
+    real, calls = getattr(_home(where), where), []
 
     def failing(*args, **kwargs):
         calls.append(1)
@@ -207,11 +213,11 @@ def test_overlap_failure_reaches_the_caller_and_leaves_no_work(monkeypatch, erro
             raise error
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model, where, failing)
+    monkeypatch.setattr(_home(where), where, failing)
     with pytest.raises(type(error)):
         run_schedule(prob, "overlap")
     assert threads.ordered_worker().submit(lambda: 1).result(timeout=5) == 1
-    monkeypatch.setattr(model, where, real)
+    monkeypatch.setattr(_home(where), where, real)
     loss1, grads1, _ = run_schedule(prob, "overlap")
     assert float(loss1) == float(loss0)
     for key in grads0:
@@ -223,14 +229,14 @@ def test_split_parts_run_on_two_threads_with_one_blas_thread(monkeypatch) -> Non
 
     _needs_threads()
     seen: list[tuple[str, list[int]]] = []
-    real = model.recurrence
+    real = recurrences.recurrence
 
     def spy(*args, **kwargs):
         seen.append((threading.current_thread().name, _blas_threads()))
         time.sleep(0.05)  # both parts are under way at once
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model, "recurrence", spy)
+    monkeypatch.setattr(recurrences, "recurrence", spy)
     monkeypatch.setattr(policy, "MIN_BLAS_WORK", 0)  # only the split may limit BLAS
     prob = make_problem(NUMPY, np.random.default_rng(0), T=5, B=6, M=4, D=5, C=3)
     run_schedule(prob, "split")
@@ -374,3 +380,37 @@ def test_one_hot_and_column_sums(be, n: int) -> None:
     sums = model.column_sums(be.asarray(x, dtype=dtype), be.xp)
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == "float32" else dict(rtol=1e-14, atol=1e-14)
     np.testing.assert_allclose(be.to_numpy(sums), x.sum(axis=0), **tol)
+
+
+@pytest.mark.parametrize("carried", [False, True], ids=["from-zero", "carried"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_numpy_recurrences_give_the_bits_of_the_pure_ones(carried: bool, dtype: str) -> None:
+    """bptt.numpy_exec.recurrences (each step written into the result) against
+    bptt.model's (steps stacked once): the same bits, forward and backward."""
+    xp = backends.get_backend("numpy").xp
+    rng = np.random.default_rng(5)
+    T, B, D = 7, 3, 6
+    W = rng.standard_normal((D, D)).astype(dtype) / 3
+    xu = rng.standard_normal((T, B, D)).astype(dtype)
+    s0 = rng.uniform(-0.9, 0.9, (B, D)).astype(dtype) if carried else None
+    dS = rng.standard_normal((T, B, D)).astype(dtype)
+    dz = rng.standard_normal((B, D)).astype(dtype) if carried else None
+    states = model.recurrence(W, xu, s0, xp)
+    np.testing.assert_array_equal(recurrences.recurrence(W, xu, s0, xp), states)
+    np.testing.assert_array_equal(
+        recurrences.reverse_recurrence(W, states, dS, dz, xp),
+        model.reverse_recurrence(W, states, dS, dz, xp),
+    )
+
+
+def test_every_numpy_schedule_uses_the_numpy_recurrences(monkeypatch) -> None:
+    calls = []
+    original = recurrences.recurrence
+    monkeypatch.setattr(recurrences, "recurrence", lambda *a: calls.append(1) or original(*a))
+    params = bptt.init_params(5, 8, 5, dtype="float64", seed=0)
+    rng = np.random.default_rng(0)
+    x, y = rng.integers(0, 5, (12, 4)), rng.integers(0, 5, (12, 4))
+    for name in ("single", "overlap", "split"):
+        calls.clear()
+        bptt.loss_and_grad(params, x, y, schedule=name)
+        assert calls, name

@@ -228,6 +228,10 @@ def test_the_proxy_counts_transfers_and_kernels(pbe: ProxyBackend) -> None:
     b = xp.reshape(a * 2.0 + 1.0, (2, 1))
     assert pbe.ns.transfers == 1 and pbe.ns.kernels() == 3 and pbe.ns.views() == 1
     assert isinstance(b, Array)
+    m = pbe.asarray(np.ones((2, 3)))
+    pbe.ns.clear()
+    xp.reshape(m.T, (6,))  # .T is a view; reshaping the transposed array copies
+    assert pbe.ns.views() == 1 and pbe.ns.kernels() == 1
 
 
 def test_arrays_stay_on_the_parameters_device() -> None:

@@ -56,7 +56,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser, *, default: str = "au
     parser.add_argument(
         "--backend",
         default=default,
-        help=f"numpy, cupy, torch, array_api_strict or auto (a usable GPU, else numpy); "
+        help=f"numpy, cupy, torch, jax, array_api_strict or auto (a usable GPU, else numpy); "
         f"default {default}",
     )
     parser.add_argument(

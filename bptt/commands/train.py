@@ -86,6 +86,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--plot", metavar="FILE.png", help="write training/validation curves")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     run.add_argument(
+        "--compile", choices=("auto", "none", "jit", "cuda-graph"), default="auto",
+        help="how the training step runs: auto (jax.jit on --backend jax, eager elsewhere), "
+        "none, jit (JAX only) or cuda-graph (CuPy or torch on CUDA: captured once, replayed "
+        "each step)",
+    )  # fmt: skip
+    run.add_argument(
+        "--cuda-graph", action="store_const", const="cuda-graph", dest="compile",
+        help="the same as --compile cuda-graph",
+    )  # fmt: skip
+    run.add_argument(
         "--tune-malloc", action="store_true",
         help="raise glibc's malloc thresholds for this process, so that a NumPy step reuses "
         "the memory the last one freed (bptt.malloc; see the README for its measured effect)",
@@ -98,8 +108,8 @@ MODEL_OPTIONS = ("hidden", "dtype", "init", "seq_len", "batch", "seed", "optimiz
 class _Progress:
     """tqdm bar with loss, bits/char and chars/s; plain lines when tqdm is missing."""
 
-    def __init__(self, total: int | None, initial: int, plain: bool) -> None:
-        self.bar = None
+    def __init__(self, total: int | None, initial: int, plain: bool, step: Any = None) -> None:
+        self.bar, self.step = None, step  # step: the CompiledStep, whose compile time is told once
         if not plain:
             try:
                 from tqdm import tqdm
@@ -117,6 +127,10 @@ class _Progress:
     def on_step(self, step: int) -> None:
         if self.bar is not None:
             self.bar.update(1)
+        seconds = getattr(self.step, "compile_seconds", None)
+        if seconds is not None:
+            self.write(f"step {step}: the step compiled in {seconds:.2f} s ({self.step.mode})")
+            self.step = None
 
     def on_log(self, step: int, bpc: float, chars_per_s: float) -> None:
         import math
@@ -176,7 +190,8 @@ def _build(args: argparse.Namespace) -> tuple[Any, str]:
             corpus=args.corpus or "topics",
             val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
         )
-        return Trainer.create(corpus, TrainConfig(**options), backend=be), ""
+        config = TrainConfig(**options)
+        return Trainer.create(corpus, config, backend=be, compile=args.compile), ""
     path = resolve_path(args.resume)
     ckpt = load_checkpoint(path)
     corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
@@ -188,7 +203,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, str]:
         flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
         raise ValueError(f"{flags}: cannot change when resuming (the checkpoint has {stored})")
     overrides = {k: v for k, v in options.items() if k not in MODEL_OPTIONS}
-    trainer = Trainer.resume(ckpt, corpus, backend=be, **overrides)
+    trainer = Trainer.resume(ckpt, corpus, backend=be, compile=args.compile, **overrides)
     trainer.checkpoint_dir = path.parent
     old_lr = stored.get("lr")
     note = f"; lr {trainer.config.lr:g} (was {old_lr:g})" if old_lr != trainer.config.lr else ""
@@ -237,6 +252,7 @@ def run(args: argparse.Namespace) -> int:
         f"  backend {be.name} on {be.device}, {c.dtype}, D={c.hidden} B={c.batch} T={c.seq_len},"
         f" {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
         f"weight decay {c.weight_decay:g}, l2 {c.l2:g}, seed {c.seed}\n"
+        f"  step: {trainer.train_step.description}\n"
         f"  checkpoints: {trainer.checkpoint_dir}"
         + (f" (resuming at step {trainer.step}{note})" if trainer.step else ""),
         flush=True,
@@ -248,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         signal.signal(signum, signal.default_int_handler)  # a second one stops at once
 
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
-    progress = _Progress(steps, trainer.step, args.no_progress)
+    progress = _Progress(steps, trainer.step, args.no_progress, trainer.train_step)
     resume_hint = f"resume with  bptt train --resume {trainer.checkpoint_dir}"
     t0 = time.perf_counter()
     try:

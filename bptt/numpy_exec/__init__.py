@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import step
-from . import batch_split, overlap, policy, threads
+from . import batch_split, overlap, policy, recurrences, threads
 
 __all__ = ["SCHEDULES", "schedule"]
 
@@ -47,12 +47,12 @@ def schedule(name: str, T: int, B: int, D: int, *, forced: bool) -> Callable[...
         return functools.partial(batch_split.loss_and_grad, parts=parts, run=threads.run_parts)
     if B * D * D < policy.MIN_BLAS_WORK:
         return _single_on_one_blas_thread
-    return step.loss_and_grad
+    return functools.partial(step.loss_and_grad, recurrences=recurrences)
 
 
 def _single_on_one_blas_thread(*args: Any, **kwargs: Any) -> Any:
     with threads.one_blas_thread():
-        return step.loss_and_grad(*args, **kwargs)
+        return step.loss_and_grad(*args, recurrences=recurrences, **kwargs)
 
 
 def _overlapped(*args: Any, worker: Any, **kwargs: Any) -> Any:

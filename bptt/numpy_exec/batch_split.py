@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import step
+from . import recurrences
 
 __all__ = ["loss_and_grad"]
 
@@ -51,7 +52,7 @@ def loss_and_grad(
         return step.loss_and_grad(
             params, cut(inputs), cut(targets), h0=None if h0 is None else h0[rows, ...],
             head=head, weights=weights if isinstance(weights, float) else cut(weights),
-            dropout_mask=cut(dropout_mask), xp=xp,
+            dropout_mask=cut(dropout_mask), xp=xp, recurrences=recurrences,
         )  # fmt: skip
 
     results = run(part_step, parts)

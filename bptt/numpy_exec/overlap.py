@@ -24,6 +24,7 @@ from concurrent.futures import Future
 from typing import Any
 
 from .. import model, step
+from . import recurrences
 from .threads import cancel_and_wait
 
 __all__ = ["loss_and_grad"]
@@ -76,13 +77,13 @@ def loss_and_grad(
     try:
         s = h0  # (B, D) or None
         for k in range(len(blocks)):
-            states[k] = model.recurrence(W, xu[rows[k], ...], s, xp)  # eqs. (19)-(20)
+            states[k] = recurrences.recurrence(W, xu[rows[k], ...], s, xp)  # eqs. (19)-(20)
             s = states[k][-1, ...]
             output_tasks.append(worker.submit(output_block, k))
         dz = None  # (B, D): dz of the step after the block
         for k in reversed(range(len(blocks))):
             _finish(output_tasks[k], output_block, k)  # block k's dS is ready
-            dZ[k] = model.reverse_recurrence(W, states[k], dS[k], dz, xp)  # eq. (62)
+            dZ[k] = recurrences.reverse_recurrence(W, states[k], dS[k], dz, xp)  # eq. (62)
             dz = dZ[k][0, ...]
             weight_tasks.append(worker.submit(weight_block, k))
         for k, task in enumerate(reversed(weight_tasks)):  # the last submitted (k = 0) first

@@ -56,7 +56,9 @@ def global_norm(tree: Tree) -> Any:
     """sqrt(sum of squares of every entry of every leaf), a 0-d device array."""
     xp = namespace(tree, "grads")
     leaves = list(tree.values()) if isinstance(tree, dict) else [tree]
-    squares = [xp.vecdot(xp.reshape(g, (-1,)), xp.reshape(g, (-1,))) for g in leaves]  # ()
+    # sum(g * g), not a dot product: NumPy's dot wakes BLAS threads, which then spin
+    # beside the next step's threads (40 ms a step at S2 float64, benchmarks/NOTES.md)
+    squares = [xp.sum(g * g) for g in leaves]  # ()
     total = squares[0]
     for more in squares[1:]:  # no "0 +": one flat leaf costs one product and one sqrt
         total = total + more

@@ -101,11 +101,7 @@ class Trainer:
     ) -> None:
         be = _backend(backend)
         corpus.check_fits(batch=config.batch, seq_len=config.seq_len)
-        if not be.supports(config.dtype):
-            raise ValueError(
-                f"dtype: {config.dtype} is not supported on {be.name} device {be.device!r}; "
-                "use 'float32'"
-            )
+        be.require_dtype(config.dtype)  # names the fix (float32, or JAX's x64 switch)
         self.corpus, self.config, self.backend, self.state = corpus, config, be, state
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.failed_step: int | None = None  # set when a non-finite loss is found

@@ -1,0 +1,87 @@
+"""The layering of docs/architecture.md, held by reading each module's imports.
+
+- The math (model, heads, step, flat) imports no execution policy, no training,
+  no command line and no backend selection: only array-API helpers and each
+  other. The numerics beside it (random, finite_diff) may also ask the device
+  layer (backends) which library an array belongs to.
+- Nothing under bptt/ imports torch, jax or cupy at module level; only backends/
+  (lazily) and the compiled-step module (inside the functions that need them).
+- No module calls a private name of another bptt module.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "bptt"
+MATH = ("model", "heads", "step", "flat")  # pure: array-API helpers and each other only
+NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
+POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
+                    "backends", "optim", "checkpoint", "data", "validation", "sample")  # fmt: skip
+LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
+
+
+def _imports(path: Path, *, top_level_only: bool, root: Path = ROOT) -> list[tuple[str, list[str]]]:
+    """(module, names) for each import; relative imports resolved inside bptt."""
+    tree = ast.parse(path.read_text())
+    nodes = tree.body if top_level_only else list(ast.walk(tree))
+    found = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found += [(alias.name, []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names = [alias.name for alias in node.names]
+            if node.level:
+                package = path.relative_to(root).with_suffix("").parts[: -node.level]
+                module = ".".join((*package, node.module or ""))
+                found.append((module.rstrip("."), names))
+            else:
+                found.append((node.module or "", names))
+    return found
+
+
+def _bptt_modules(module: str, names: list[str]) -> set[str]:
+    """The bptt modules an import reaches: ``bptt.x`` and ``from bptt import x``."""
+    parts = module.split(".")
+    if parts[0] != "bptt":
+        return set()
+    if len(parts) > 1:
+        return {parts[1]}
+    return set(names)
+
+
+@pytest.mark.parametrize("name", MATH + NUMERICS)
+def test_the_math_imports_no_policy(name: str) -> None:
+    reached = set()
+    for module, names in _imports(PACKAGE / f"{name}.py", top_level_only=False):
+        reached |= _bptt_modules(module, names)
+        assert module.split(".")[0] not in LIBRARIES, (name, module)
+    allowed = {"backends"} if name in NUMERICS else set()
+    assert not reached & (set(POLICY_AND_ABOVE) - allowed), (name, reached)
+
+
+def test_no_array_library_imported_at_module_level() -> None:
+    for path in PACKAGE.rglob("*.py"):
+        for module, _ in _imports(path, top_level_only=True):
+            assert module.split(".")[0] not in LIBRARIES, (path, module)
+
+
+def test_no_private_names_of_other_modules() -> None:
+    """``from .x import _y`` or ``x._y(...)`` across modules is a seam that leaks."""
+    for path in PACKAGE.rglob("*.py"):
+        for module, names in _imports(path, top_level_only=False):
+            if module.startswith("bptt") or module.startswith("."):
+                private = [n for n in names if n.startswith("_") and not n.startswith("__")]
+                assert not private, (path, module, private)
+
+
+def test_the_check_can_fail(tmp_path: Path) -> None:
+    bad = tmp_path / "bptt" / "model.py"
+    bad.parent.mkdir()
+    bad.write_text("from .numpy_exec import policy\nimport torch\n")
+    (policy, names), (library, _) = _imports(bad, top_level_only=False, root=tmp_path)
+    assert _bptt_modules(policy, names) == {"numpy_exec"} and library == "torch"
