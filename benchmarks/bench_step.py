@@ -220,6 +220,17 @@ def _on_gpu(be: backends.Backend) -> bool:
     return be.name == "jax" and getattr(be.device, "platform", "cpu") == "gpu"
 
 
+def _op_counts(sizes: list[str]) -> str:
+    """The training step's kernels per step at each size's T (benchmarks/op_count.py)."""
+    import op_count
+
+    counts = []
+    for s in sizes:
+        T = parse_size(s)[1].T
+        counts.append(f"{s} (T={T}) {op_count.count(T)['kernels']}")
+    return "training step kernels (counting proxy, 6 T + 60): " + ", ".join(counts)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -236,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     torch_device, note = resolve_torch_device(args.torch_device, _on_gpu(first))
     meta = environment()
     meta["notes"] += [note] if note else []
+    meta["notes"].append(_op_counts(sizes))
     if torch_device is not None:
         import torch
 

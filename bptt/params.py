@@ -67,10 +67,7 @@ def init_params(
         raise ValueError(f"init: expected one of {list(INITS)}; got {init!r}")
     dtype = dtype_name(dtype)
     be = backends.get_backend(backend, device)
-    if not be.supports(dtype):
-        raise ValueError(
-            f"dtype: {dtype} is not supported on {be.name} device {be.device!r}; use 'float32'"
-        )
+    be.require_dtype(dtype)  # names the fix: float32, or JAX's x64 switch
 
     M, D, C = int(input_size), int(hidden_size), int(output_size)
     rng = np.random.default_rng(seed)

@@ -241,9 +241,9 @@ def dropout_mask(
     high = x > threshold  # (m,) bool: H leaves the high 16 bits as they are here
     x ^= x << 16  # high 16 bits: those of x ^ (x >> 16), the low half of the word
     low = words.wrap(x) > threshold  # (m,) bool
-    keep = xp.stack([high, low], axis=-1)  # (m, 2): elements 2j and 2j + 1
+    kept = xp.stack([high, low], axis=-1)  # (m, 2): elements 2j and 2j + 1
     if n % 2:
-        keep = xp.reshape(keep, (2 * m,))[:n]  # (n,)
-    mask = xp.astype(xp.reshape(keep, shape), dtype)  # (*shape), a new array
+        kept = xp.reshape(kept, (2 * m,))[:n]  # (n,)
+    mask = xp.astype(xp.reshape(kept, shape), dtype)  # (*shape), a new array
     mask *= 1.0 / (1.0 - p)
     return mask

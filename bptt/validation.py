@@ -69,7 +69,7 @@ def evaluate(params: dict[str, Any], val: ValData, *, chunk: int = 256) -> float
 
     One host read at the end. ``chunk`` bounds memory: (chunk, S, D) states at a time.
     """
-    xp = backends.backend_of(params["U"]).xp
+    xp, _ = backends.namespace_of({"params['U']": params["U"]})
     L = val.inputs.shape[0]
     total = xp.zeros((), dtype=params["U"].dtype, device=params["U"].device)
     h = None

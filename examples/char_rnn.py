@@ -76,9 +76,9 @@ def main(argv: list[str] | None = None) -> float:
                 chunk, h = 0, xp.zeros((B, D), dtype=xp.float32, device=be.device)
             x = epoch_ids[chunk * T : (chunk + 1) * T, ...]  # (T, B)
             y = epoch_ids[chunk * T + 1 : (chunk + 1) * T + 1, ...]  # (T, B), shifted by one
-            keep = None
+            mask = None
             if args.dropout > 0:
-                keep = dropout_mask(
+                mask = dropout_mask(
                     args.seed,
                     step_count,
                     (T, B, D),
@@ -88,7 +88,7 @@ def main(argv: list[str] | None = None) -> float:
                     dtype=xp.float32,
                 )  # on the device
             loss, grads, h = bptt.loss_and_grad(
-                params, x, y, h0=h, dropout_mask=keep, check_values=step == 1
+                params, x, y, h0=h, dropout_mask=mask, check_values=step == 1
             )
             updates, state = opt.update(grads, state, params)  # clip, then Adam
             params = optim.apply_updates(params, updates)

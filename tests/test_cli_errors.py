@@ -175,7 +175,7 @@ BACKEND_ERRORS = [
     (["train", "--backend", "nope"], "backend: expected one of"),
     (["train", "--backend", "array_api_strict", "--device", "device7"], "device"),
     (["train", "--dtype", "float64", *NO_FLOAT64], "dtype: float64 is not supported"),
-    (["diagnose", "--init", "--dtype", "float64", *NO_FLOAT64], "use --dtype float32"),
+    (["diagnose", "--init", "--dtype", "float64", *NO_FLOAT64], "float64 is not supported on"),
     (["gradcheck", *NO_FLOAT64], "gradcheck needs float64"),
     (["sample", "x.npz", "--backend", "torch", "--device", "tpu:9"], "device: not a torch device"),
 ]

@@ -1,7 +1,7 @@
 """The training step, validation and sampling never synchronise with the device, move
 no host data per step, and cost a fixed budget of kernels.
 
-No GPU here, so this is proved on the counting proxy (tests/proxy.py) over
+No GPU here, so this is proved on the counting proxy (benchmarks/proxy.py) over
 array_api_strict's ``device1``: a host conversion raises HostSync, an operation
 that synchronises on CuPy or torch CUDA (mask indexing, ``nonzero``, ``clip``
 through compat, one-argument ``where``, ``unique_*``) raises SyncProne, and every
@@ -17,11 +17,15 @@ Dropout adds a constant (the device generator), whatever T.
 from __future__ import annotations
 
 import contextlib
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from proxy import Array, HostSync, Namespace, SyncProne
 
 import bptt

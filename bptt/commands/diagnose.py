@@ -191,11 +191,10 @@ def run(args: argparse.Namespace) -> int:
         be = backends.get_backend(args.backend, args.device)
     except backends.BackendError as e:
         args._parser.error(str(e))
-    if not be.supports(args.dtype):
-        args._parser.error(
-            f"dtype: {args.dtype} is not supported on {be.name} device {be.device!r}; "
-            "use --dtype float32"
-        )
+    try:
+        be.require_dtype(args.dtype, "--dtype")
+    except ValueError as e:
+        args._parser.error(str(e))
     try:
         return _run(args)
     except (CheckpointError, DataError, ValueError) as e:

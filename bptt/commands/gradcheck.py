@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> int:
     except backends.BackendError as e:
         parser.error(str(e))
     if not be.supports("float64"):
-        parser.error(f"gradcheck needs float64, which {be.name} device {be.device!r} lacks")
+        x64 = " (JAX: set JAX_ENABLE_X64=1)" if be.name == "jax" else ""
+        parser.error(f"gradcheck needs float64, which {be.name} device {be.device!r} lacks{x64}")
     M, D, C, T, B = args.inputs, args.hidden, args.outputs, args.seq_len, args.batch
     rng = np.random.default_rng(args.seed)
     params = init_params(
