@@ -31,6 +31,7 @@ def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]
     ones = xp.ones((C,), dtype=logits.dtype, device=device(logits))  # (C,)
     picked = xp.vecdot(shifted, y)  # g_t[y_t] - m_t, the one entry y_t selects  (T, B)
     e = xp.exp(shifted)  # (T, B, C), in (0, 1]
+    del shifted  # let it go: one (T, B, C) array fewer at the peak
     total = xp.reshape(e @ ones, (T, B, 1))  # sum over classes, as a GEMV: >= 1  (T, B, 1)
     loss = xp.log(total[..., 0]) - picked  # eq. (23) via log-sum-exp  (T, B)
     e /= total  # yhat_t, eq. (22)

@@ -36,6 +36,7 @@ def head_and_output_grads(
     """
     logits, out_states = model.output(params, states, dropout_mask, xp)  # (n, B, C)
     terms, dlogits = HEADS[head](logits, targets, xp)  # (n, B), (n, B, C)
+    del logits  # (n, B, C), not needed again
     loss, dlogits = reduce(terms, dlogits, weights, xp)  # eq. (B8)
     grads = model.output_grads(params, dlogits, out_states, xp)  # dV, dc
     dS = model.state_grads(params, dlogits, dropout_mask, xp)  # (n, B, D)
@@ -61,13 +62,15 @@ def loss_and_grad(
     (:mod:`bptt.numpy_exec.recurrences`, which writes each step into its result).
     """
     W = params["W"]  # (D, D)
-    xu = model.input_projection(params, inputs, xp)  # (T, B, D)
+    xu = model.input_projection(params, inputs, xp)  # (T, B, D): U x_t + b
     states = recurrences.recurrence(W, xu, h0, xp)  # (T+1, B, D)
+    del xu  # each (T, B, D) array is let go once used: a lower peak, fewer fresh pages
     loss, grads, dS = head_and_output_grads(
         params, states[1:, ...], targets, head=head, weights=weights,
         dropout_mask=dropout_mask, xp=xp,
     )  # fmt: skip
     dZ = recurrences.reverse_recurrence(W, states, dS, None, xp)  # (T, B, D)
+    del dS
     grads.update(model.weight_grads(params, dZ, states, inputs, xp))  # dW, dU, db
     return loss, {key: grads[key] for key in params}, states[-1, ...]
 

@@ -9,6 +9,8 @@ NumPy; the real capture is a ``gpu`` test.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 from conftest import Backend, jax_x64, load
@@ -221,6 +223,37 @@ def test_cuda_graph_step_equals_eager(which: Backend) -> None:
     graphed = _run(be, "cuda-graph", 12, dropout=0.2, dtype="float32")
     assert graphed.train_step.mode == "cuda-graph" and graphed.train_step.compile_seconds > 0
     _assert_same_run(eager, graphed, rtol=1e-5)
+
+
+@contextlib.contextmanager
+def _no_device_sync(which: Backend):
+    """Raise on any device synchronisation: CuPy's and torch's own detectors."""
+    if which is Backend.CUPY:
+        import cupyx
+
+        with cupyx.allow_synchronize(False):
+            yield
+        return
+    import torch
+
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        yield
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("which", [Backend.CUPY, Backend.TORCH_CUDA], ids=lambda b: b.id)
+def test_gpu_training_steps_never_synchronise(which: Backend) -> None:
+    """The eager step on a real GPU, dropout on: the libraries' own sync detectors
+    stay silent for steps after the first (which compiles CuPy's kernels)."""
+    be = load(which)
+    trainer = _run(be, "none", 1, dropout=0.2, dtype="float32")
+    with _no_device_sync(which):
+        for _ in range(5):
+            trainer.advance()
+    be.synchronize()
 
 
 @pytest.mark.gpu

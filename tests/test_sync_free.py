@@ -254,3 +254,12 @@ def test_arrays_stay_on_the_parameters_device() -> None:
     assert np.isfinite(evaluate(params, val))
     out = sample_ids(params, be.asarray(np.asarray([0, 1])), length=5, seed=0)
     assert out.shape == (5,)
+
+
+def test_bptt_info_states_the_budget_this_file_holds(capsys: pytest.CaptureFixture[str]) -> None:
+    from bptt import cli
+
+    assert cli.main(["info"]) == 0
+    line = [s for s in capsys.readouterr().out.splitlines() if s.startswith("training step:")]
+    assert f"{KERNELS_PER_STEP} T + {KERNELS_FIXED} " in line[0]
+    assert f"{KERNELS_PER_STEP * 100 + KERNELS_FIXED} at T = 100" in line[0]

@@ -71,6 +71,7 @@ def loss_and_grad(
     def weight_block(k: int) -> None:  # eqs. (67)-(73) on block k
         grads = model.weight_grads(params, dZ[k], states[k], inputs[rows[k], ...], xp)
         sums[k].update(grads)
+        dZ[k] = states[k] = None  # let each block's arrays go once used: a lower peak
 
     output_tasks: list[Future[Any]] = []  # output_block(k), submitted k = 0, 1, ...
     weight_tasks: list[Future[Any]] = []  # weight_block(k), submitted k = K-1, ..., 0
@@ -80,11 +81,12 @@ def loss_and_grad(
             states[k] = recurrences.recurrence(W, xu[rows[k], ...], s, xp)  # eqs. (19)-(20)
             s = states[k][-1, ...]
             output_tasks.append(worker.submit(output_block, k))
+        xu = None  # every block's U x_t + b is in its states now
         dz = None  # (B, D): dz of the step after the block
         for k in reversed(range(len(blocks))):
             _finish(output_tasks[k], output_block, k)  # block k's dS is ready
             dZ[k] = recurrences.reverse_recurrence(W, states[k], dS[k], dz, xp)  # eq. (62)
-            dz = dZ[k][0, ...]
+            dS[k], dz = None, dZ[k][0, ...]
             weight_tasks.append(worker.submit(weight_block, k))
         for k, task in enumerate(reversed(weight_tasks)):  # the last submitted (k = 0) first
             _finish(task, weight_block, k)
