@@ -18,7 +18,7 @@ from train_helpers import small_config, small_corpus
 
 from bptt import backends
 from bptt.train import Trainer, TrainResult, make_train_step
-from bptt.train.compiled import _GraphStep, compile_step
+from bptt.train.compiled import _GraphStep, _map_leaves, compile_step
 
 NUMPY = backends.get_backend("numpy")
 
@@ -171,10 +171,7 @@ class ReplayGraphs:
         return contextlib.nullcontext()
 
     def clone(self, tree):
-        if isinstance(tree, tuple):
-            items = [self.clone(t) for t in tree]
-            return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
-        return None if tree is None else np.array(tree, copy=True)
+        return _map_leaves(lambda a: np.array(a, copy=True), tree)
 
     def copy(self, dst, src) -> None:
         np.copyto(dst, src)

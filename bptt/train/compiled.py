@@ -104,6 +104,15 @@ def _leaves(tree: Any) -> list[Any]:
     return [] if tree is None else [tree]
 
 
+def _map_leaves(fn: Callable[[Any], Any], tree: Any) -> Any:
+    """``tree`` (nested tuples and NamedTuples of arrays, or None) with ``fn`` applied
+    to each array."""
+    if isinstance(tree, tuple):
+        items = [_map_leaves(fn, t) for t in tree]
+        return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
+    return None if tree is None else fn(tree)
+
+
 class _GraphStep:
     """Capture ``step`` once on static buffers; every later call copies the inputs in
     (device to device, skipped when the caller passes the buffers back) and replays.
@@ -168,10 +177,7 @@ class _CupyGraphs:
         return stack
 
     def clone(self, tree: Any) -> Any:
-        if isinstance(tree, tuple):
-            items = [self.clone(t) for t in tree]
-            return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
-        return None if tree is None else tree.copy()
+        return _map_leaves(lambda a: a.copy(), tree)
 
     def copy(self, dst: Any, src: Any) -> None:
         self.cupy.copyto(dst, src)
@@ -208,10 +214,7 @@ class _TorchGraphs:
         return self.torch.cuda.stream(self.stream)
 
     def clone(self, tree: Any) -> Any:
-        if isinstance(tree, tuple):
-            items = [self.clone(t) for t in tree]
-            return type(tree)(*items) if hasattr(tree, "_fields") else tuple(items)
-        return None if tree is None else tree.clone()
+        return _map_leaves(lambda a: a.clone(), tree)
 
     def copy(self, dst: Any, src: Any) -> None:
         dst.copy_(src)
