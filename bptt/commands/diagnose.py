@@ -9,8 +9,8 @@ the batch is B windows of held-out text (next-character targets): ``--text``, or
 the built-in corpus the checkpoint was trained on; for a file-trained checkpoint
 without ``--text``, and for ``--init``, random token ids and targets. ``--plot``
 draws the lag curve on a log scale and the t-by-k heat map, one heat map per
-spectral radius. matplotlib is imported only when plotting
-(``pip install 'bptt[plot]'``).
+spectral radius (:func:`bptt.plot.plot_gradient_flow`). matplotlib is imported only
+when plotting (``pip install 'bptt[plot]'``).
 """
 
 from __future__ import annotations
@@ -133,55 +133,6 @@ def _summary(result: dict) -> str:
     return "\n".join(lines)
 
 
-def plot(results: list[dict], path: str, *, title: str) -> None:
-    """Lag curves (log scale) in the first panel, one t-by-k heat map per result."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import numpy as np
-
-    n = len(results)
-    fig, axes = plt.subplots(1, n + 1, figsize=(4.6 + 3.6 * n, 3.9), layout="constrained")
-    ax = axes[0]
-    logs, seen = [], []
-    for i, result in enumerate(results):
-        lag = result["lag_mean"]
-        lags = np.arange(len(lag))
-        color = f"C{i}"
-        ax.semilogy(lags, lag, color=color, lw=2, label=result["label"])
-        seen.append(lag[np.isfinite(lag) & (lag > 0)])
-        guide = lag[0] * result["radius"] ** lags.astype(float)
-        ax.semilogy(lags, guide, color=color, lw=1, ls=":")
-        norms = result["norms"]
-        lower = np.tril(np.ones_like(norms, dtype=bool))
-        with np.errstate(divide="ignore"):
-            logs.append(np.where(lower & (norms > 0), np.log10(norms), np.nan))
-    ax.set_xlabel("lag t - k")
-    ax.set_ylabel("mean ||dL_t / ds_k||")
-    ax.set_title("gradient reaching k steps back\n(dotted: rho^lag from lag 0)", fontsize=10)
-    data = np.concatenate(seen)
-    if data.size:  # the guides may run far off: keep the measured curves in view
-        ax.set_ylim(data.min() / 10, data.max() * 1e3)
-    ax.legend(fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
-    finite = np.concatenate([x[np.isfinite(x)] for x in logs])
-    vmin, vmax = (float(finite.min()), float(finite.max())) if finite.size else (-1.0, 0.0)
-    for ax, result, img in zip(axes[1:], results, logs, strict=True):
-        T = img.shape[0]
-        shown = ax.imshow(
-            img, origin="upper", cmap="viridis", vmin=vmin, vmax=vmax,
-            extent=(0.5, T + 0.5, T + 0.5, 0.5), interpolation="nearest",
-        )  # fmt: skip
-        ax.set_xlabel("k (state)")
-        ax.set_ylabel("t (loss step)")
-        ax.set_title(f"log10 ||dL_t / ds_k||, {result['label']}", fontsize=10)
-    fig.colorbar(shown, ax=list(axes[1:]), shrink=0.9, label="log10 norm")
-    fig.suptitle(title, fontsize=11)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def run(args: argparse.Namespace) -> int:
     from .. import backends
     from ..checkpoint import CheckpointError
@@ -232,6 +183,8 @@ def _run(args: argparse.Namespace) -> int:
     for result in results:
         print(_summary(result))
     if args.plot:
-        plot(results, args.plot, title=title)
+        from ..plot import plot_gradient_flow
+
+        plot_gradient_flow(results, args.plot, title=title)
         print(f"wrote {args.plot}")
     return 0
