@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from conftest import jax_x64
 from train_helpers import SMALL_TEXT
 
 from bptt import cli
@@ -26,12 +28,15 @@ def text(tmp_path):
 BACKENDS = {
     "strict-device1": ["--backend", "array_api_strict", "--device", "device1"],
     "torch": ["--backend", "torch"],
+    "jax": ["--backend", "jax"],  # the step under jax.jit (float32: x64 is off here)
 }
 
 
 @pytest.mark.parametrize("backend", list(BACKENDS))
 @pytest.mark.parametrize("optimizer", ["sgd", "adagrad", "rmsprop", "adam"])
 def test_train_resume_sample_on_a_device(text, tmp_path, capsys, backend, optimizer) -> None:
+    if backend == "jax":
+        pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
     ckpt = tmp_path / "run"
     args = ["train", "--text", text, *TINY, *BACKENDS[backend], "--optimizer", optimizer,
             "--checkpoint-dir", str(ckpt), "--dropout", "0.1", "--clip", "1"]  # fmt: skip
@@ -121,9 +126,18 @@ def test_text_too_short_and_wrong_size_resume(text, tmp_path, capsys) -> None:
     assert "hidden size (D) 12, but 20 was asked" in capsys.readouterr().err
 
 
+def _needs(backend: str) -> contextlib.AbstractContextManager:
+    """JAX: skipped without it; gradcheck needs its x64 switch on (float64)."""
+    if backend != "jax":
+        return contextlib.nullcontext()
+    pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    return jax_x64(True)
+
+
 @pytest.mark.parametrize("backend", list(BACKENDS))
 def test_gradcheck_command(backend, capsys) -> None:
-    assert cli.main(["gradcheck", *BACKENDS[backend], "--h0"]) == 0
+    with _needs(backend):
+        assert cli.main(["gradcheck", *BACKENDS[backend], "--h0"]) == 0
     out = capsys.readouterr().out
     assert "worst relative error" in out and "(ok," in out
     assert cli.main(["gradcheck", "--head", "sigmoid", "--dense", "--tol", "1e-30"]) == 1
