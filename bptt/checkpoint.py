@@ -383,7 +383,7 @@ def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt.rng_state
     hidden = backend.asarray(ckpt.hidden, dtype=dtype)
-    counter = backend.xp.full((), ckpt.step, device=backend.device)  # default integer dtype
+    counter = backend.xp.full((), ckpt.step, dtype=backend.integer, device=backend.device)
     return RunState(
         carry=TrainCarry(flat, opt_state, hidden, counter),
         layout=layout,

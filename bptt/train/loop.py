@@ -138,17 +138,17 @@ class Trainer:
         ``"cuda-graph"`` (CuPy or torch CUDA) or ``"none"``; see
         :func:`bptt.train.compiled.compile_step`.
         """
-        be, M, xp = _backend(backend), len(corpus.vocab), _backend(backend).xp
+        be, M = _backend(backend), len(corpus.vocab)
+        xp = be.xp
         with be.activate():
             params = init_params(M, config.hidden, M, dtype=config.dtype, seed=config.seed,
                                  init=config.init, backend=be.name, device=be.device)  # fmt: skip
             layout = Layout.of(params)
             flat = layout.flatten(params, xp)  # (N,)
-            hidden = xp.zeros((config.batch, config.hidden), dtype=flat.dtype, device=be.device)
             counter = xp.zeros((), dtype=be.integer, device=be.device)
             opt_state = config.make_optimizer().init(flat)
         rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
-        carry = TrainCarry(flat, opt_state, hidden, counter)
+        carry = TrainCarry(flat, opt_state, None, counter)  # hidden: set by the first epoch
         return cls(corpus, config, be, RunState(carry, layout, rng), checkpoint_dir,
                    compile=compile)  # fmt: skip
 
