@@ -46,9 +46,14 @@ def test_same_bits_as_the_pinned_code(name: str) -> None:
 
 
 def test_the_check_can_fail() -> None:
-    """A digest that does not match is reported (so the pins are not vacuous)."""
+    """A digest that does not match is reported (so the pins are not vacuous).
+
+    Compared with this machine's own digests, tampered in one entry, so that the
+    check runs (and can fail) wherever the pinned environment differs from this one.
+    """
     name = "loss_and_grad/softmax_ids/float64"
     case = PINS["cases"][name]
     got = make_pins.run_case(case["kind"], case["recipe"])
-    tampered = {"cases": {name: {**case, "digests": {**case["digests"], "U": "0" * 64}}}}
+    assert make_pins.compare({"cases": {name: got}}, {"cases": {name: got}}) == []
+    tampered = {"cases": {name: {**got, "digests": {**got["digests"], "U": "0" * 64}}}}
     assert make_pins.compare(tampered, {"cases": {name: got}}) == [f"{name}: U differs"]
