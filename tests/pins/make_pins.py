@@ -1,7 +1,8 @@
 """Bit pins: sha256 digests of bptt's exact NumPy results, so a refactor can prove it
 changed no bit.
 
-``numpy_bits.json`` beside this file was written from this round's code (the
+``numpy_bits.json`` (an AVX-512 machine) and ``numpy_bits_avx2.json`` (this
+project's AVX2 machine, where CI runs) beside this file were written from this round's code (the
 flat-parameter training step, the stacked recurrences) in the project's test
 environment with::
 
