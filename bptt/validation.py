@@ -28,10 +28,11 @@ LN2 = math.log(2.0)
 class ValData:
     """The validation text laid out as S streams with warm-up, on the device."""
 
-    inputs: Any  # (L, S) int64
-    targets: Any  # (L, S) int64
+    inputs: Any  # (L, S) ids, compact (the text's ids dtype)
+    targets: Any  # (L, S) ids, compact
     weight: Any  # (L, S) float, 1 where a target is scored (each exactly once)
     count: int  # scored characters: len(val) - 1
+    index: Any = None  # the dtype each block's ids are cast to (None: used as they are)
 
 
 def layout_validation(
@@ -53,15 +54,16 @@ def layout_validation(
         start = max(0, first - 1 - warmup)  # first input
         pieces.append((start, first, stop))
     L = max(stop - 1 - start for start, _, stop in pieces)
-    x = np.zeros((L, S), np.int64)
-    y = np.zeros((L, S), np.int64)
+    x = np.zeros((L, S), ids.dtype)
+    y = np.zeros((L, S), ids.dtype)
     w = np.zeros((L, S), dtype)
     for b, (start, first, stop) in enumerate(pieces):
         length = stop - 1 - start
         x[:length, b] = ids[start : stop - 1]
         y[:length, b] = ids[start + 1 : stop]
         w[first - 1 - start : length, b] = 1.0
-    return ValData(backend.asarray(x), backend.asarray(y), backend.asarray(w, dtype=dtype), n)
+    inputs, targets = backend.asarray(x), backend.asarray(y)
+    return ValData(inputs, targets, backend.asarray(w, dtype=dtype), n, backend.integer)
 
 
 def evaluate(params: dict[str, Any], val: ValData, *, chunk: int = 256) -> float:
@@ -73,11 +75,12 @@ def evaluate(params: dict[str, Any], val: ValData, *, chunk: int = 256) -> float
     L = val.inputs.shape[0]
     total = xp.zeros((), dtype=params["U"].dtype, device=params["U"].device)
     h = None
+    cast = (lambda ids: ids) if val.index is None else (lambda ids: xp.astype(ids, val.index))
     for t0 in range(0, L, chunk):
         t1 = min(t0 + chunk, L)
-        x = val.inputs[t0:t1, ...]  # (t, S)
+        x = cast(val.inputs[t0:t1, ...])  # (t, S)
         states, logits = forward(params, x, h0=h, check_values=False)  # (t, S, D), (t, S, C)
-        terms, _ = softmax_cross_entropy(logits, val.targets[t0:t1, ...], xp)  # (t, S)
+        terms, _ = softmax_cross_entropy(logits, cast(val.targets[t0:t1, ...]), xp)  # (t, S)
         total = total + xp.sum(terms * val.weight[t0:t1, ...])  # eq. (23), summed
         h = states[-1, ...]  # (S, D)
     nats = float(backends.backend_of(total).to_numpy(total))

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> float:
         corpus.check_fits(batch=B, seq_len=T)
         M = len(corpus.vocab)
         streams = Streams(len(corpus.train), B, T)
-        ids = be.asarray(corpus.train)  # (N,) moved to the device once
+        ids = be.asarray(corpus.train, dtype=be.integer)  # (N,) moved to the device once
         val = layout_validation(corpus.val, streams=16, warmup=100, backend=be, dtype="float32")
         print(
             f"{corpus.source}: {len(corpus.train):,} chars, {M} symbols; {be.name} on {be.device}"

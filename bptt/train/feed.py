@@ -13,12 +13,15 @@ __all__ = ["EpochFeed"]
 
 class EpochFeed:
     """The B streams of one epoch as one time-major device array; chunk k's inputs
-    and targets are views of it. The ids are moved to the device once."""
+    and targets are views of one (T + 1, B) window of it, cast to the device's
+    index dtype. The ids are moved to the device once, in their compact dtype
+    (uint8 for up to 256 symbols: the text costs a byte per character there)."""
 
     def __init__(self, train_ids: np.ndarray, streams: Streams, backend: Any) -> None:
         self.streams = streams
         self._xp = backend.xp
-        self._ids = backend.asarray(train_ids)  # (N,) int64, moved once
+        self._ids = backend.asarray(train_ids)  # (N,) compact ids, moved once
+        self._index = backend.integer  # what the step's ids are (int64; int32 on JAX w/o x64)
         self._epoch: Any = None  # (chunks*T + 1, B)
 
     def begin_epoch(self, offset: int) -> None:
@@ -32,6 +35,5 @@ class EpochFeed:
     def chunk(self, k: int) -> tuple[Any, Any]:
         """Inputs and next-character targets of chunk k, each (T, B)."""
         T = self.streams.seq_len
-        x = self._epoch[k * T : (k + 1) * T, ...]  # (T, B)
-        y = self._epoch[k * T + 1 : (k + 1) * T + 1, ...]  # (T, B)
-        return x, y
+        window = self._xp.astype(self._epoch[k * T : (k + 1) * T + 1, ...], self._index)
+        return window[:-1, ...], window[1:, ...]  # (T, B) inputs, (T, B) next characters
