@@ -20,15 +20,18 @@ from __future__ import annotations
 
 import errno
 import json
+import math
 import os
 import tempfile
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from . import limits
+from .checkpoint_read import Archive, ArchiveError
+from .checkpoint_schema import SchemaError, check_meta, expected_members
 
 __all__ = [
     "FORMAT_VERSION",
@@ -184,6 +187,23 @@ def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     return out
 
 
+def _check_writable_contents(ckpt: Checkpoint, arrays: dict[str, np.ndarray], target: Path) -> None:
+    """CheckpointError unless :func:`load_checkpoint` would accept what is about to be
+    written (its configuration and the names and shapes of its members): a checkpoint
+    that cannot be read back is never written."""
+    meta = {"step": ckpt.step, "config": ckpt.config, "position": ckpt.position,
+            "rng_state": ckpt.rng_state, "best": ckpt.best}  # fmt: skip
+    try:
+        config, train = check_meta(json.loads(json.dumps(meta)), FORMAT_VERSION)
+        names = {k for k in arrays if k not in ("format_version", "vocab", "meta")}
+        members = expected_members(config, train, FORMAT_VERSION, names | {"meta"})
+        for name, (shape, _) in members.items():
+            if shape is not None and tuple(arrays[name].shape) != shape:
+                raise SchemaError(name, f"shape {arrays[name].shape}, expected {shape}")
+    except (SchemaError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint: refusing to write {str(target)!r}: {e}") from None
+
+
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     """Write ``ckpt`` to ``path`` atomically (temporary file, fsync, rename).
 
@@ -191,8 +211,9 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     ``path`` keeps its previous contents; the OSError propagates.
     """
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     arrays = _arrays(ckpt)
+    _check_writable_contents(ckpt, arrays, target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.{os.getpid()}."  # the pid: see remove_stale_temporaries
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
     try:
@@ -217,74 +238,125 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     return target
 
 
-def _open(path: Path) -> dict[str, np.ndarray]:
-    if not path.exists():
-        raise CheckpointError(f"checkpoint: no such file: {str(path)!r}")
-    with open(path, "rb") as f:
-        head = f.read(4)
-    if head != b"PK\x03\x04":
-        raise CheckpointError(
-            f"checkpoint: {str(path)!r} is not a bptt checkpoint (not an .npz archive)"
-        )
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return {name: z[name] for name in z.files}
-    except (zipfile.BadZipFile, EOFError) as e:
-        if "CRC" in str(e) or "Bad magic" in str(e):
-            raise CheckpointError(
-                f"checkpoint: {str(path)!r} is corrupt ({e}); use another checkpoint"
-            ) from None
-        raise CheckpointError(
-            f"checkpoint: {str(path)!r} is truncated (an incomplete .npz archive: {e}); "
-            "it was probably cut off while being copied; use another checkpoint"
-        ) from None
-    except (ValueError, OSError, zlib.error) as e:
-        raise CheckpointError(f"checkpoint: {str(path)!r} is corrupt ({e})") from None
+META_MAX_BYTES = 16 << 20  # the JSON document: configuration, positions, generator state
 
 
-def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
-    """Read a checkpoint file (or a directory's ``latest.npz``) as host data."""
-    p = resolve_path(path)
-    z = _open(p)
-    if "format_version" not in z or "meta" not in z:
-        raise CheckpointError(
-            f"checkpoint: {str(p)!r} is not a bptt checkpoint (no format_version)"
-        )
-    version = int(z["format_version"])
+def _float_kind(dtype: np.dtype) -> bool:
+    return dtype.kind == "f" and dtype.itemsize in (4, 8)
+
+
+def _read_arrays(z: Any, members: dict, dtype: str, step: int) -> dict[str, np.ndarray]:
+    """Every expected member, each read only after its header matched, then its values
+    checked: finite; sums of squares >= 0; counts whole numbers in [0, step]; the carried
+    hidden state (tanh) in [-1, 1]; histories 1-d."""
+    out = {}
+    for name, (shape, kind) in members.items():
+        if kind == "history":
+            array = z.read(name, None, lambda d: d == np.float64, "float64",
+                           max_bytes=8 * (step + 2))  # fmt: skip
+            if array.ndim != 1:
+                raise SchemaError(name, f"expected a 1-d array; got shape {array.shape}")
+        elif kind == "count":
+            array = z.read(name, shape, _float_kind, "float32 or float64")
+        else:
+            array = z.read(name, shape, lambda d: d == np.dtype(dtype), f"{dtype} (config.model)")
+        if not np.all(np.isfinite(array)):
+            raise SchemaError(name, "contains NaN or infinite values")
+        if kind == "opt+" and np.any(array < 0):
+            raise SchemaError(name, "a sum of squares with negative entries")
+        if kind == "count" and not (array == np.round(array) and 0 <= array <= step):
+            raise SchemaError(name, f"an update count must be a whole number in [0, {step}]; "
+                              f"got {float(array)}")  # fmt: skip
+        if kind == "hidden" and np.any(np.abs(array) > 1):
+            raise SchemaError(name, "a tanh state must lie in [-1, 1]")
+        out[name] = array
+    for a, b in (("train_step", "train_bpc"), ("val_step", "val_bpc")):
+        ka, kb = f"history/{a}", f"history/{b}"
+        if ka in out and kb in out and out[ka].shape != out[kb].shape:
+            raise SchemaError(kb, f"{out[kb].shape[0]} entries for {out[ka].shape[0]} steps")
+    return out
+
+
+def _vocabulary(z: Any, M: int) -> str:
+    """The stored vocabulary: M distinct characters in sorted order (ids index it)."""
+    vocab = str(z.read("vocab", (), lambda d: d.kind == "U", "text", max_bytes=4 * M))
+    if len(vocab) != M:
+        raise SchemaError("vocab", f"{len(vocab)} characters for config.model.M = {M}")
+    points = np.frombuffer(vocab.encode("utf-32-le"), dtype=np.uint32)
+    if np.any(points[1:] <= points[:-1]):
+        raise SchemaError("vocab", "the characters must be distinct and sorted (ids index them)")
+    return vocab
+
+
+def _load(z: Any, p: Path) -> Checkpoint:
+    if "format_version" not in z.names or "meta" not in z.names:
+        raise CheckpointError(f"checkpoint: {str(p)!r} is not a bptt checkpoint (no format_version)")
+    version = int(z.read("format_version", (), lambda d: d.kind in "iu", "an integer"))
     if version > FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint: {str(p)!r} has format version {version}, written by a newer bptt; "
             f"this bptt reads versions up to {FORMAT_VERSION}: upgrade bptt to load it"
         )
+    if version < 1:
+        raise SchemaError("format_version", f"expected 1 to {FORMAT_VERSION}; got {version}")
+    text = str(z.read("meta", (), lambda d: d.kind == "U", "text", max_bytes=META_MAX_BYTES))
     try:
-        meta = json.loads(str(z["meta"]))
-        params = {k.split("/", 1)[1]: v for k, v in z.items() if k.startswith("param/")}
-        opt_state = {k[len("opt/") :]: v for k, v in z.items() if k.startswith("opt/")}
-        if version == 1:  # {"step": int} in the metadata, slots as opt/m/U, ...
-            opt_state["step"] = np.asarray(meta["opt_scalars"]["step"], dtype=np.float64)
-        history = {k.split("/", 1)[1]: v for k, v in z.items() if k.startswith("history/")}
-        ckpt = Checkpoint(
-            params=params,
-            opt_state=opt_state,
-            vocab=str(z["vocab"]),
-            step=int(meta["step"]),
-            config=meta["config"],
-            hidden=z.get("hidden"),
-            position=meta["position"],
-            rng_state=meta["rng_state"],
-            history=history,
-            best=meta["best"],
-            format_version=version,
-        )
-        sizes = ckpt.sizes
-    except (KeyError, ValueError, TypeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"checkpoint: {str(p)!r} is corrupt (bad contents: {e})") from None
-    if ckpt.vocab and sizes["M"] != len(ckpt.vocab):
-        raise CheckpointError(
-            f"checkpoint: {str(p)!r} is corrupt: U has {sizes['M']} columns for a "
-            f"vocabulary of {len(ckpt.vocab)}"
-        )
-    return ckpt
+        meta = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise SchemaError("meta", f"not a JSON document ({e})") from None
+    config, train = check_meta(meta, version)
+    members = expected_members(config, train, version, set(z.names))
+    itemsize = np.dtype(train.dtype).itemsize
+    nbytes = sum(math.prod(shape) * itemsize for shape, _ in members.values() if shape)
+    try:
+        limits.require_memory(nbytes, f"its arrays (D = {config['model']['D']})")
+    except limits.TooLargeError as e:
+        raise SchemaError("config.model", str(e)) from None
+    vocab = _vocabulary(z, config["model"]["M"])
+    arrays = _read_arrays(z, members, train.dtype, meta["step"])
+    opt_state = {k[len("opt/") :]: v for k, v in arrays.items() if k.startswith("opt/")}
+    if version == 1:  # {"step": int} in the metadata, slots as opt/m/U, ...
+        opt_state["step"] = np.asarray(meta["opt_scalars"]["step"], dtype=np.float64)
+    return Checkpoint(
+        params={k[len("param/") :]: v for k, v in arrays.items() if k.startswith("param/")},
+        opt_state=opt_state,
+        vocab=vocab,
+        step=meta["step"],
+        config=config,
+        hidden=arrays["hidden"],
+        position=meta["position"],
+        rng_state=meta["rng_state"],
+        history={k[len("history/") :]: v for k, v in arrays.items() if k.startswith("history/")},
+        best=meta["best"],
+        format_version=version,
+    )
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file (or a directory's ``latest.npz``) as host data.
+
+    Only a regular file is read, and only the members the format defines for the
+    stored configuration (:mod:`bptt.checkpoint_schema`), each after its header
+    showed the shape and dtype that configuration implies; every value is then
+    checked. Anything else is a :class:`CheckpointError` naming the file and the
+    field, before a large or unexpected member is read.
+    """
+    p = resolve_path(path)
+    name = repr(str(p))
+    try:
+        with Archive(p) as z:
+            return _load(z, p)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint: no such file: {name}") from None
+    except ArchiveError as e:
+        where = f"{name}: {e.field}:" if e.field else name
+        raise CheckpointError(f"checkpoint: {where} {e}") from None
+    except SchemaError as e:
+        raise CheckpointError(f"checkpoint: {name}: {e}") from None
+    except limits.NotRegularFileError as e:
+        raise CheckpointError(str(e)) from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint: cannot read {name}: {e.strerror or e}") from None
 
 
 # ---- a run's state and back --------------------------------------------------------

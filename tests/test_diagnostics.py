@@ -11,9 +11,9 @@ import torch.nn.functional as F
 from helpers import NUMPY_BACKEND, assert_close, make_problem
 
 import bptt
-from bptt import cli
-from bptt.checkpoint import Checkpoint, save_checkpoint
+from bptt import cli, data
 from bptt.diagnostics import gradient_flow, spectral_stats, state_gradient_sweep
+from bptt.train import TrainConfig, Trainer
 
 
 def torch_state_gradient_norms(host: dict[str, Any]) -> np.ndarray:
@@ -190,16 +190,22 @@ def test_diagnose_init_plots(tmp_path, capsys) -> None:
     assert "rho(W) = 0.5," in text and "rho(W) = 2," in text
 
 
-def _checkpoint(tmp_path, vocab: str, config: dict) -> tuple[str, dict]:
-    params = {k: np.asarray(v) for k, v in bptt.init_params(len(vocab), 7, len(vocab)).items()}
-    ckpt = Checkpoint(params=params, opt_state={"step": 3}, vocab=vocab, step=3, config=config)
-    return str(save_checkpoint(tmp_path / "latest.npz", ckpt)), params
+def _checkpoint(tmp_path, text: str) -> tuple[str, dict]:
+    """A 3-step run on ``text`` (a file in tmp_path), saved as tmp_path/latest.npz."""
+    path = tmp_path / "text.txt"
+    path.write_text(text)
+    corpus = data.load_corpus(text=path)
+    config = TrainConfig(hidden=7, batch=2, seq_len=5, eval_every=3, sample_length=2,
+                         val_streams=2)  # fmt: skip
+    trainer = Trainer.create(corpus, config, checkpoint_dir=tmp_path)
+    trainer.run(steps=3)
+    params = {k: np.asarray(v) for k, v in trainer.params.items()}
+    return str(tmp_path / "latest.npz"), params
 
 
 def test_diagnose_checkpoint_on_its_text(tmp_path, capsys) -> None:
+    path, params = _checkpoint(tmp_path, "abcab cba " * 40)
     text = tmp_path / "text.txt"
-    text.write_text("abcab cba " * 40)
-    path, params = _checkpoint(tmp_path, "".join(sorted(set(text.read_text()))), {})
     argv = ["diagnose", path, "--text", str(text), "--seq-len", "5", "--batch", "2"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
@@ -208,7 +214,7 @@ def test_diagnose_checkpoint_on_its_text(tmp_path, capsys) -> None:
 
 
 def test_diagnose_checkpoint_without_text_uses_random_ids(tmp_path, capsys) -> None:
-    _checkpoint(tmp_path, "xyz", {"data": {"source": "some/file.txt"}})  # a directory works too
+    _checkpoint(tmp_path, "xyz zy" * 60)  # trained on a file: no built-in text to draw from
     assert cli.main(["diagnose", str(tmp_path), "--seq-len", "4", "--spectral-radius", "1.5"]) == 0
     out = capsys.readouterr().out
     assert "random token ids" in out and "rho(W) = 1.5," in out
