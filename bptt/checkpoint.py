@@ -38,7 +38,10 @@ __all__ = [
     "Checkpoint",
     "CheckpointError",
     "check_writable",
+    "directory_error",
     "load_checkpoint",
+    "peek_meta",
+    "process_alive",
     "remove_stale_temporaries",
     "resolve_path",
     "run_from_checkpoint",
@@ -103,15 +106,28 @@ def resolve_path(path: str | os.PathLike, *, which: str = LATEST) -> Path:
     return p / which if p.is_dir() else p
 
 
-def _write_error(action: str, path: Path, e: OSError) -> str:
-    """``checkpoint-dir: cannot write ...`` with a hint for a full disk."""
+def directory_error(action: str, path: Path, e: OSError) -> str:
+    """``checkpoint-dir: cannot write to ...`` saying what the system's error means here:
+    a full disk, a path through a file, a directory that takes no files (/proc)."""
     reason = e.strerror or str(e)
     if e.errno in (errno.ENOSPC, errno.EDQUOT):
         reason += " (the disk is full or over quota: free space or use another --checkpoint-dir)"
+    elif e.errno == errno.ENOTDIR:
+        blocker = next((a for a in (path, *path.parents) if a.exists() and not a.is_dir()), None)
+        if blocker is not None:
+            reason = f"{str(blocker)!r} is not a directory"
+    elif e.errno == errno.ENOENT and path.is_dir():
+        reason = ("the directory exists but takes no new files (a virtual filesystem such as "
+                  f"/proc or /sys?); the system said: {reason}")  # fmt: skip
+    elif e.errno in (errno.EROFS,):
+        reason += " (a read-only filesystem)"
     return f"checkpoint-dir: cannot {action} {str(path)!r}: {reason}"
 
 
-def _pid_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (POSIX; elsewhere True: it cannot be tested safely)."""
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -134,7 +150,7 @@ def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
     for f in Path(directory).glob(".*.tmp"):
         parts = f.name.split(".")
         ours = f.name.startswith(".probe.") or ".npz." in f.name
-        if ours and len(parts) >= 5 and parts[-3].isdigit() and not _pid_alive(int(parts[-3])):
+        if ours and len(parts) >= 5 and parts[-3].isdigit() and not process_alive(int(parts[-3])):
             f.unlink(missing_ok=True)
             removed.append(f)
     return removed
@@ -161,7 +177,7 @@ def check_writable(directory: str | os.PathLike, *, nbytes: int = 4096) -> Path:
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        raise CheckpointError(_write_error("write to", d, e)) from None
+        raise CheckpointError(directory_error("write to", d, e)) from None
     return d
 
 
@@ -290,7 +306,9 @@ def _vocabulary(z: Any, M: int) -> str:
 
 def _load(z: Any, p: Path) -> Checkpoint:
     if "format_version" not in z.names or "meta" not in z.names:
-        raise CheckpointError(f"checkpoint: {str(p)!r} is not a bptt checkpoint (no format_version)")
+        raise CheckpointError(
+            f"checkpoint: {str(p)!r} is not a bptt checkpoint (no format_version)"
+        )
     version = int(z.read("format_version", (), lambda d: d.kind in "iu", "an integer"))
     if version > FORMAT_VERSION:
         raise CheckpointError(
@@ -330,6 +348,20 @@ def _load(z: Any, p: Path) -> Checkpoint:
         best=meta["best"],
         format_version=version,
     )
+
+
+def peek_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The JSON document of a checkpoint (its step, configuration, best record) without
+    reading its arrays; None if it is not a readable checkpoint."""
+    try:
+        with Archive(Path(path)) as z:
+            if int(z.read("format_version", (), lambda d: d.kind in "iu", "an integer")) < 1:
+                return None
+            text = z.read("meta", (), lambda d: d.kind == "U", "text", max_bytes=META_MAX_BYTES)
+            meta = json.loads(str(text))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return meta if isinstance(meta, dict) else None
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:

@@ -106,9 +106,14 @@ class Archive:
         self._opened.__exit__(None, None, None)
 
     def read(
-        self, name: str, shape: tuple[int, ...] | None, ok_dtype: Callable[[np.dtype], bool],
-        expected: str, *, max_bytes: int | None = None,
-    ) -> np.ndarray:  # fmt: skip
+        self,
+        name: str,
+        shape: tuple[int, ...] | None,
+        ok_dtype: Callable[[np.dtype], bool],
+        expected: str,
+        *,
+        max_bytes: int | None = None,
+    ) -> np.ndarray:
         """Member ``name`` as an array, after its header shows ``shape`` (None: any
         shape) and a dtype with ``ok_dtype`` (``expected`` says which, in words), and
         a size of at most ``max_bytes``; ArchiveError naming what differs otherwise."""
@@ -119,9 +124,13 @@ class Archive:
             raise
 
     def _read(
-        self, name: str, shape: tuple[int, ...] | None, ok_dtype: Callable[[np.dtype], bool],
-        expected: str, max_bytes: int | None,
-    ) -> np.ndarray:  # fmt: skip
+        self,
+        name: str,
+        shape: tuple[int, ...] | None,
+        ok_dtype: Callable[[np.dtype], bool],
+        expected: str,
+        max_bytes: int | None,
+    ) -> np.ndarray:
         info = self.names.get(name)
         if info is None:
             raise ArchiveError("missing from the file", "missing")
@@ -129,8 +138,10 @@ class Archive:
             with self._zip.open(info) as stream:
                 counting = _Counting(stream)
                 version = np.lib.format.read_magic(counting)
-                header = {(1, 0): np.lib.format.read_array_header_1_0,
-                          (2, 0): np.lib.format.read_array_header_2_0}.get(version)  # fmt: skip
+                header = {
+                    (1, 0): np.lib.format.read_array_header_1_0,
+                    (2, 0): np.lib.format.read_array_header_2_0,
+                }.get(version)
                 if header is None:
                     raise ArchiveError(f"an .npy header of unknown version {version}", "corrupt")
                 stored_shape, fortran, dtype = header(counting, max_header_size=MAX_HEADER)
@@ -144,8 +155,9 @@ class Archive:
                 if info.file_size != counting.count + nbytes:
                     raise ArchiveError(
                         f"declares {nbytes} bytes of data but the archive holds "
-                        f"{info.file_size - counting.count}", "corrupt",
-                    )  # fmt: skip
+                        f"{info.file_size - counting.count}",
+                        "corrupt",
+                    )
                 buffer = bytearray(nbytes)
                 view, got = memoryview(buffer), 0
                 while got < nbytes:
@@ -168,9 +180,12 @@ class Archive:
 
 
 def _check_header(
-    stored: tuple[int, ...], dtype: np.dtype, shape: tuple[int, ...] | None,
-    ok_dtype: Callable[[np.dtype], bool], expected: str,
-) -> None:  # fmt: skip
+    stored: tuple[int, ...],
+    dtype: np.dtype,
+    shape: tuple[int, ...] | None,
+    ok_dtype: Callable[[np.dtype], bool],
+    expected: str,
+) -> None:
     if dtype.hasobject or not ok_dtype(dtype):
         raise ArchiveError(f"expected {expected}; the file declares dtype {dtype}")
     if shape is not None and tuple(stored) != tuple(shape):

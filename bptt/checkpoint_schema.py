@@ -35,12 +35,19 @@ __all__ = [
 
 HISTORY = ("train_step", "train_bpc", "val_step", "val_bpc")
 BIASES = ("b", "c")  # the parameters a model may be stored without (both or neither)
-META_KEYS = {1: {"step", "config", "position", "rng_state", "best", "opt_scalars", "opt_slots"},
-             2: {"step", "config", "position", "rng_state", "best"}}  # fmt: skip
+META_KEYS = {
+    1: {"step", "config", "position", "rng_state", "best", "opt_scalars", "opt_slots"},
+    2: {"step", "config", "position", "rng_state", "best"},
+}
 # Format 1 named an optimizer's per-parameter arrays by slot (opt/m/U): the slot of each
 # field of the state (format 2's names), by optimizer.
-FORMAT_1_SLOTS = {("adam", "mu"): "m", ("adam", "nu"): "v", ("sgd", "total"): "velocity",
-                  ("adagrad", "total"): "sum_sq", ("rmsprop", "total"): "mean_sq"}  # fmt: skip
+FORMAT_1_SLOTS = {
+    ("adam", "mu"): "m",
+    ("adam", "nu"): "v",
+    ("sgd", "total"): "velocity",
+    ("adagrad", "total"): "sum_sq",
+    ("rmsprop", "total"): "mean_sq",
+}
 NONNEGATIVE = {("adam", "nu"), ("adagrad", "total"), ("rmsprop", "total")}  # sums of squares
 
 
@@ -65,23 +72,50 @@ MODEL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "D": (lambda v: _int(v, 1), "a positive integer"),
     "C": (lambda v: _int(v, 1), "a positive integer"),
     "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
-    "init": (lambda v: v in ("uniform", "xavier", "orthogonal"), "'uniform', 'xavier' or 'orthogonal'"),
-}  # fmt: skip
+    "init": (
+        lambda v: v in ("uniform", "xavier", "orthogonal"),
+        "'uniform', 'xavier' or 'orthogonal'",
+    ),
+}
 DATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "source": (lambda v: isinstance(v, str), "a string"),
-    "sha256": (lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None,
-               "64 hexadecimal digits"),
+    "sha256": (
+        lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v) is not None,
+        "64 hexadecimal digits",
+    ),
     "val_fraction": (lambda v: _real(v) and 0 < v < 1, "a number in (0, 1)"),
     "n_train": (_int, "an integer >= 0"),
     "n_val": (_int, "an integer >= 0"),
-}  # fmt: skip
-BACKEND_FIELDS = {"name": (lambda v: isinstance(v, str), "a string"),
-                  "device": (lambda v: isinstance(v, str), "a string")}  # fmt: skip
+}
+BACKEND_FIELDS = {
+    "name": (lambda v: isinstance(v, str), "a string"),
+    "device": (lambda v: isinstance(v, str), "a string"),
+}
 # The training options each format version always stored (later options have defaults).
-TRAIN_KEYS = {1: ("hidden", "seq_len", "batch", "optimizer", "lr", "momentum", "clip",
-                  "weight_decay", "dropout", "lr_decay", "lr_decay_every", "dtype", "init", "seed",
-                  "log_every", "eval_every", "patience", "sample_length", "val_streams",
-                  "val_warmup")}  # fmt: skip
+TRAIN_KEYS = {
+    1: (
+        "hidden",
+        "seq_len",
+        "batch",
+        "optimizer",
+        "lr",
+        "momentum",
+        "clip",
+        "weight_decay",
+        "dropout",
+        "lr_decay",
+        "lr_decay_every",
+        "dtype",
+        "init",
+        "seed",
+        "log_every",
+        "eval_every",
+        "patience",
+        "sample_length",
+        "val_streams",
+        "val_warmup",
+    )
+}
 TRAIN_KEYS[2] = (*TRAIN_KEYS[1], "l2")
 
 
@@ -92,8 +126,12 @@ def parameter_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     return {"U": (D, M), "W": (D, D), "V": (C, D), "b": (D,), "c": (C,)}
 
 
-def _fields(section: Any, name: str, fields: Mapping[str, tuple[Callable, str]],
-            required: tuple[str, ...] | None = None) -> None:  # fmt: skip
+def _fields(
+    section: Any,
+    name: str,
+    fields: Mapping[str, tuple[Callable, str]],
+    required: tuple[str, ...] | None = None,
+) -> None:
     if not isinstance(section, dict):
         raise SchemaError(name, f"expected a JSON object; got {type(section).__name__}")
     missing = [k for k in (fields if required is None else required) if k not in section]
@@ -130,10 +168,14 @@ def check_meta(meta: Any, version: int) -> tuple[dict[str, Any], Any]:
     keys = META_KEYS.get(version, META_KEYS[max(META_KEYS)])
     missing, extra = sorted(keys - set(meta)), sorted(set(meta) - keys)
     if missing or extra:
-        raise SchemaError("meta", f"missing key(s) {missing}" if missing else f"unknown key(s) {extra}")
+        raise SchemaError(
+            "meta", f"missing key(s) {missing}" if missing else f"unknown key(s) {extra}"
+        )
     config = meta["config"]
     sections = ("model", "train", "data", "backend")
-    _fields(config, "config", {k: (lambda v: isinstance(v, dict), "a JSON object") for k in sections})
+    _fields(
+        config, "config", {k: (lambda v: isinstance(v, dict), "a JSON object") for k in sections}
+    )
     _fields(config["model"], "config.model", MODEL_FIELDS)
     _fields(config["data"], "config.data", DATA_FIELDS)
     _fields(config["backend"], "config.backend", BACKEND_FIELDS)
@@ -141,38 +183,56 @@ def check_meta(meta: Any, version: int) -> tuple[dict[str, Any], Any]:
     model = config["model"]
     for key, mine in (("hidden", "D"), ("dtype", "dtype"), ("init", "init")):
         if getattr(train, key) != model[mine]:
-            raise SchemaError(f"config.train.{key}", f"{getattr(train, key)!r} differs from "
-                              f"config.model.{mine} {model[mine]!r}")  # fmt: skip
+            raise SchemaError(
+                f"config.train.{key}",
+                f"{getattr(train, key)!r} differs from config.model.{mine} {model[mine]!r}",
+            )
     step = meta["step"]
     if not _int(step):
         raise SchemaError("meta.step", f"expected an integer >= 0; got {step!r}")
     _check_position(meta["position"], train, config["data"]["n_train"])
     _check_best(meta["best"], step)
     _check_rng(meta["rng_state"])
-    if version == 1 and not (isinstance(meta["opt_scalars"], dict)
-                             and _int(meta["opt_scalars"].get("step"))):  # fmt: skip
-        raise SchemaError("meta.opt_scalars", f"expected {{'step': int}}; got {meta['opt_scalars']!r}")
+    if version == 1 and not (
+        isinstance(meta["opt_scalars"], dict) and _int(meta["opt_scalars"].get("step"))
+    ):
+        raise SchemaError(
+            "meta.opt_scalars", f"expected {{'step': int}}; got {meta['opt_scalars']!r}"
+        )
     return config, train
 
 
 def _check_position(position: Any, train: Any, n_train: int) -> None:
     from .data import Streams
 
-    _fields(position, "meta.position", {k: (_int, "an integer >= 0") for k in ("epoch", "chunk", "offset")})
+    _fields(
+        position,
+        "meta.position",
+        {k: (_int, "an integer >= 0") for k in ("epoch", "chunk", "offset")},
+    )
     chunks = Streams(n_train, train.batch, train.seq_len).chunks
     if chunks < 1:
-        raise SchemaError("config.data.n_train", f"{n_train} characters make no chunk of "
-                          f"--batch {train.batch} and --seq-len {train.seq_len}")  # fmt: skip
+        raise SchemaError(
+            "config.data.n_train",
+            f"{n_train} characters make no chunk of "
+            f"--batch {train.batch} and --seq-len {train.seq_len}",
+        )
     for key, bound in (("chunk", chunks), ("offset", train.seq_len)):
         if position[key] >= bound:
-            raise SchemaError(f"meta.position.{key}", f"{position[key]} is out of range: "
-                              f"expected [0, {bound})")  # fmt: skip
+            raise SchemaError(
+                f"meta.position.{key}", f"{position[key]} is out of range: expected [0, {bound})"
+            )
 
 
 def _check_best(best: Any, step: int) -> None:
-    fields = {"best_val": (lambda v: v is None or _real(v), "a finite number or null"),
-              "best_step": (lambda v: v is None or (_int(v) and v <= step), f"null or a step in [0, {step}]"),
-              "evals_since": (_int, "an integer >= 0")}  # fmt: skip
+    fields = {
+        "best_val": (lambda v: v is None or _real(v), "a finite number or null"),
+        "best_step": (
+            lambda v: v is None or (_int(v) and v <= step),
+            f"null or a step in [0, {step}]",
+        ),
+        "evals_since": (_int, "an integer >= 0"),
+    }
     _fields(best, "meta.best", fields)
     if (best["best_val"] is None) != (best["best_step"] is None):
         raise SchemaError("meta.best", "best_val and best_step must both be set or both null")
@@ -195,8 +255,9 @@ def _optimizer_leaves(train: Any) -> dict[str, bool]:
     return {path: tuple(leaf.shape) == (3,) for path, leaf in optim.state_arrays(state).items()}
 
 
-def expected_members(config: Mapping[str, Any], train: Any, version: int,
-                     names: set[str]) -> dict[str, tuple[tuple[int, ...] | None, str]]:  # fmt: skip
+def expected_members(
+    config: Mapping[str, Any], train: Any, version: int, names: set[str]
+) -> dict[str, tuple[tuple[int, ...] | None, str]]:
     """{member: (shape or None, kind)} of a checkpoint of ``config``, for the stored
     ``names``; kind is "param", "opt", "opt+" (>= 0), "count", "hidden" or "history".
     Raises SchemaError for a member the format does not define or a missing one."""
@@ -204,7 +265,8 @@ def expected_members(config: Mapping[str, Any], train: Any, version: int,
     if not any(f"param/{b}" in names for b in BIASES):
         shapes = {k: v for k, v in shapes.items() if k not in BIASES}
     out: dict[str, tuple[tuple[int, ...] | None, str]] = {
-        f"param/{k}": (shape, "param") for k, shape in shapes.items()}  # fmt: skip
+        f"param/{k}": (shape, "param") for k, shape in shapes.items()
+    }
     out["hidden"] = ((train.batch, config["model"]["D"]), "hidden")
     for path, per_param in _optimizer_leaves(train).items():
         field = path.rsplit("/", 1)[-1]
@@ -221,8 +283,11 @@ def expected_members(config: Mapping[str, Any], train: Any, version: int,
     fixed = {"format_version", "vocab", "meta"}
     unknown = sorted(names - set(out) - fixed)
     if unknown:
-        raise SchemaError(unknown[0], "not a member of a bptt checkpoint of this configuration"
-                          + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""))  # fmt: skip
+        raise SchemaError(
+            unknown[0],
+            "not a member of a bptt checkpoint of this configuration"
+            + (f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""),
+        )
     missing = [k for k in out if k not in names]
     if missing:
         raise SchemaError(missing[0], "missing from the file")

@@ -126,7 +126,9 @@ def _text_blocks(path: str | os.PathLike, max_bytes: int | None) -> Iterator[tup
     except FileNotFoundError:
         raise DataError(f"text: no such file: {str(p)!r}") from None
     except limits.NotRegularFileError as e:
-        raise DataError(str(e).replace("; only", "; expected a UTF-8 text file (only") + ")") from None
+        raise DataError(
+            str(e).replace("; only", "; expected a UTF-8 text file (only") + ")"
+        ) from None
     except limits.TooLargeError as e:
         raise DataError(str(e)) from None
     except OSError as e:

@@ -76,9 +76,13 @@ def parse_size(text: str) -> int:
 
 
 def _kind(mode: int) -> str:
-    for test, name in ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
-                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
-                       (stat.S_ISSOCK, "a socket")):  # fmt: skip
+    for test, name in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a FIFO (named pipe)"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
         if test(mode):
             return name
     return "not a regular file"
@@ -147,9 +151,13 @@ def _host_available() -> int | None:
                 found.append(int(line.split()[1]) * 1024)
     except (OSError, ValueError, IndexError):
         pass
-    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes",
-                          "/sys/fs/cgroup/memory/memory.usage_in_bytes")):  # fmt: skip
+    for limit, usage in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        (
+            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
+            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
+        ),
+    ):
         cap, used = _read_int(limit), _read_int(usage)
         if cap is not None and used is not None and cap < 1 << 60:
             found.append(max(cap - used, 0))
@@ -211,8 +219,11 @@ def require_memory(nbytes: float, what: str, *, backend: Any = None, fix: str = 
     available = available_memory(backend)
     if available is None or nbytes <= available:
         return
-    where = "on this machine" if backend is None or _device_available(backend) is None else (
-        f"on {backend.name} device {backend.device}")  # fmt: skip
+    where = (
+        "on this machine"
+        if backend is None or _device_available(backend) is None
+        else (f"on {backend.name} device {backend.device}")
+    )
     raise TooLargeError(
         f"{what} would need at least {format_size(nbytes)} of memory, more than the "
         f"{format_size(available)} available {where}" + (f"; {fix}" if fix else "")

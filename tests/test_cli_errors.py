@@ -29,6 +29,7 @@ BAD_VALUES = {
     _args.probability: ["-0.1", "1", "1.5"],
     _args.fraction: ["0", "1"],
     _args.factor: ["0", "1.5", "-1"],
+    _args.size: ["0", "-1", "2X", "big", "nan"],
 }
 
 

@@ -246,7 +246,7 @@ def test_disk_filling_up_later_keeps_the_previous_checkpoint(
     run = tmp_path / "run"
     common = ["train", "--text", text, *TINY, "--backend", "numpy", "--dtype", "float64"]
     assert cli.main([*common, "--steps", "5", "--checkpoint-dir", str(run)]) == 0
-    before = (run / LATEST).read_bytes()
+    before = {name: (run / name).read_bytes() for name in (LATEST, BEST)}
     capsys.readouterr()
 
     def full(f, **arrays) -> None:  # half a file, then no space
@@ -257,9 +257,10 @@ def test_disk_filling_up_later_keeps_the_previous_checkpoint(
     assert cli.main([*common, "--resume", str(run), "--steps", "10"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "Traceback" not in err, err
-    assert f"checkpoint: cannot write {str(run / LATEST)!r} at step 10" in err
-    assert "No space left on device; the previous latest.npz is unchanged" in err
-    assert (run / LATEST).read_bytes() == before and _temporaries(run) == set()
+    name = BEST if "best.npz" in err else LATEST  # a new best is written first
+    assert f"checkpoint: cannot write {str(run / name)!r} at step 10" in err
+    assert f"No space left on device; the previous {name} is unchanged" in err
+    assert {n: (run / n).read_bytes() for n in before} == before and _temporaries(run) == set()
     monkeypatch.undo()  # space freed: resume from the intact checkpoint
     assert cli.main([*common, "--resume", str(run), "--steps", "10"]) == 0
     assert load_checkpoint(run).step == 10
@@ -277,7 +278,7 @@ def test_divergence_names_the_step_and_a_lower_lr_resumes(text, tmp_path, capsys
     assert err.count("\n") == 1 and "Traceback" not in err, err
     found = __import__("re").search(r"became NaN or infinite at step (\d+);", err)
     assert found and 5 < int(found[1]) <= 40, err
-    assert f"the last good checkpoint, {run / LATEST}, is untouched" in err
+    assert "this run wrote no checkpoint; the one it resumed from (step 5) is untouched" in err
     assert "Resume with a lower --lr" in err
     assert (run / LATEST).read_bytes() == good
     assert cli.main([*common, "--resume", str(run), "--steps", "15", "--lr", "1e-3"]) == 0

@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Any
 
 from ._args import (
+    FIGURE_SUFFIXES,
     add_backend_arguments,
+    check_output_path,
     factor,
     fraction,
     nonneg_float,
@@ -18,9 +20,11 @@ from ._args import (
     positive_float,
     positive_int,
     probability,
+    size,
 )
 
 HELP = "train a character-level RNN (built-in text by default), with checkpoints"
+DEFAULT_MAX_TEXT_BYTES = 1 << 30  # bptt.limits.DEFAULT_MAX_TEXT_BYTES (not imported: --help)
 
 DEFAULT_STEPS = 4000
 
@@ -39,6 +43,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument(
         "--val-fraction", type=fraction, help="held-out tail for validation (default 0.1)"
     )
+    data.add_argument(
+        "--max-text-size", type=size, metavar="SIZE", default=DEFAULT_MAX_TEXT_BYTES,
+        help="refuse a --text larger than this (default 1G; e.g. 4G): only regular files "
+        "are read, and their size is checked before reading",
+    )  # fmt: skip
     model = parser.add_argument_group("model (fixed once a run starts)")
     model.add_argument("--hidden", type=positive_int, help="hidden units D (default 256)")
     model.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
@@ -81,8 +90,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--log-every", type=positive_int, help="read the loss every N steps (20)")
     run.add_argument("--patience", type=positive_int, help="early stop after N evals w/o a best")
     run.add_argument("--sample-length", type=positive_int, help="sample shown per eval (200)")
-    run.add_argument("--checkpoint-dir", metavar="DIR", help="default checkpoints/<date-time>")
-    run.add_argument("--resume", metavar="CKPT", help="a checkpoint file or directory")
+    run.add_argument(
+        "--checkpoint-dir", metavar="DIR",
+        help="default: a new checkpoints/<date-time>. A directory that holds a run is refused "
+        "(continue it with --resume DIR) unless --overwrite",
+    )  # fmt: skip
+    run.add_argument(
+        "--resume", metavar="CKPT",
+        help="a checkpoint file or run directory. A run's latest.npz (or its directory) "
+        "continues in that directory; any other checkpoint (best.npz, a copy) continues in a "
+        "new one, so that no step of the run is lost",
+    )  # fmt: skip
+    run.add_argument(
+        "--overwrite", action="store_true",
+        help="let a new run (or a resumed best.npz) replace the run in --checkpoint-dir",
+    )  # fmt: skip
     run.add_argument("--plot", metavar="FILE.png", help="write training/validation curves")
     run.add_argument("--no-progress", action="store_true", help="log lines instead of a bar")
     run.add_argument(
@@ -161,7 +183,8 @@ def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def _data_options(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str, Any]:
     """The text to resume on: as given, else the one the checkpoint was trained on."""
     source = stored.get("source", "corpus:topics")
-    options: dict[str, Any] = {"val_fraction": stored.get("val_fraction", 0.1)}
+    options: dict[str, Any] = {"val_fraction": stored.get("val_fraction", 0.1),
+                               "max_bytes": args.max_text_size}  # fmt: skip
     if args.val_fraction is not None:
         options["val_fraction"] = args.val_fraction
     if args.text is not None:
@@ -175,8 +198,9 @@ def _data_options(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str,
     return options
 
 
-def _build(args: argparse.Namespace) -> tuple[Any, str]:
-    """The trainer, and a note on what a resume changed (the learning rate) or ""."""
+def _build(args: argparse.Namespace) -> tuple[Any, str, Path | None]:
+    """The trainer, a note on what a resume changed (the learning rate) or "", and the
+    checkpoint file resumed from (None for a new run)."""
     from .. import backends
     from ..checkpoint import load_checkpoint, resolve_path
     from ..data import load_corpus
@@ -189,9 +213,10 @@ def _build(args: argparse.Namespace) -> tuple[Any, str]:
             text=args.text,
             corpus=args.corpus or "topics",
             val_fraction=0.1 if args.val_fraction is None else args.val_fraction,
+            max_bytes=args.max_text_size,
         )
         config = TrainConfig(**options)
-        return Trainer.create(corpus, config, backend=be, compile=args.compile), ""
+        return Trainer.create(corpus, config, backend=be, compile=args.compile), "", None
     path = resolve_path(args.resume)
     ckpt = load_checkpoint(path)
     corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
@@ -204,10 +229,96 @@ def _build(args: argparse.Namespace) -> tuple[Any, str]:
         raise ValueError(f"{flags}: cannot change when resuming (the checkpoint has {stored})")
     overrides = {k: v for k, v in options.items() if k not in MODEL_OPTIONS}
     trainer = Trainer.resume(ckpt, corpus, backend=be, compile=args.compile, **overrides)
-    trainer.checkpoint_dir = path.parent
     old_lr = stored.get("lr")
     note = f"; lr {trainer.config.lr:g} (was {old_lr:g})" if old_lr != trainer.config.lr else ""
-    return trainer, note
+    return trainer, note, path
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    import os
+
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return a.resolve() == b.resolve()
+
+
+def _directory(args: argparse.Namespace, resumed: Path | None, step: int) -> tuple[Path, bool]:
+    """(where this run writes, whether it continues the run resumed there). A run's
+    latest.npz continues in its directory; any other checkpoint (best.npz, a copy) in a
+    new one, or in --checkpoint-dir."""
+    from ..checkpoint import LATEST
+    from ..rundir import new_run_directory
+
+    if resumed is not None:
+        home = resumed.parent
+        target = home if args.checkpoint_dir is None else Path(args.checkpoint_dir)
+        same = _same_directory(target, home) if target.exists() else False
+        if same and resumed.name == LATEST:
+            return target, True
+        if same and not args.overwrite:
+            raise ValueError(
+                f"--resume {resumed}: continuing it in {home} would replace that run's "
+                f"latest.npz, and with it the steps after step {step}: leave out "
+                "--checkpoint-dir to continue in a new directory, or add --overwrite"
+            )
+        if args.checkpoint_dir is None:
+            return new_run_directory(), False
+        return target, False
+    if args.checkpoint_dir is None:
+        return new_run_directory(), False
+    return Path(args.checkpoint_dir), False
+
+
+def _claim(args: argparse.Namespace, trainer: Any, resumed: Path | None) -> list[str]:
+    """Lock the run directory, refuse one that holds another run (unless --overwrite),
+    prove the room for checkpoints, then make latest.npz and best.npz agree. Notes.
+    On failure the lock goes, and a directory this run made and left empty too."""
+    from ..rundir import LOCK_NAME
+
+    directory, in_place = _directory(args, resumed, trainer.step)
+    trainer.checkpoint_dir = directory
+    trainer.lock_directory()
+    try:
+        return _settle(args, trainer, resumed, directory, in_place)
+    except BaseException:
+        trainer.unlock_directory()
+        if not any(p.name != LOCK_NAME for p in directory.iterdir()):  # nothing of a run
+            (directory / LOCK_NAME).unlink(missing_ok=True)
+            directory.rmdir() if args.checkpoint_dir is None else None
+        raise
+
+
+def _settle(args: argparse.Namespace, trainer: Any, resumed: Path | None, directory: Path,
+            in_place: bool) -> list[str]:  # fmt: skip
+    from ..checkpoint import BEST, LATEST, check_writable
+    from ..rundir import carry_best, held_run, reconcile_best
+
+    held = None if in_place else held_run(directory)
+    if held is not None and not args.overwrite:
+        raise ValueError(
+            f"--checkpoint-dir {directory}: it already holds a run ({held}); continue that "
+            f"run with  bptt train --resume {directory}  , or train in a new directory "
+            "(another --checkpoint-dir, or none for a new checkpoints/<date-time>); "
+            "--overwrite replaces it"
+        )
+    check_writable(directory, nbytes=2 * trainer.checkpoint_bytes())  # at start
+    notes = []
+    if held is not None:  # --overwrite: the old run's files go, after every check passed
+        keep = resumed if resumed is not None and resumed.name == BEST else None
+        for name in (LATEST, BEST):
+            if keep is None or not _same_directory(directory / name, keep):
+                (directory / name).unlink(missing_ok=True)
+        notes.append(f"replaced the run in {directory} ({held}): --overwrite")
+    if resumed is not None:
+        best = trainer.state.best
+        note = (reconcile_best(best, directory) if in_place or held is not None
+                else carry_best(best, resumed, trainer.step, directory))  # fmt: skip
+        if not in_place:
+            notes.append(f"continuing {resumed} (step {trainer.step}) in {directory}; "
+                         f"{resumed.parent} is left as it is")  # fmt: skip
+        notes += [note] if note else []
+    return notes
 
 
 # Signals that stop training cleanly: finish the step, validate, save, exit 128 + signal.
@@ -218,33 +329,46 @@ STOP_SIGNALS = tuple(
 
 def run(args: argparse.Namespace) -> int:
     from .. import backends
-    from ..checkpoint import CheckpointError, check_writable
+    from ..checkpoint import CheckpointError
     from ..data import DataError
+
+    parser = args._parser
+    trainer = None
+    try:
+        check_output_path(args.plot, "--plot", suffixes=FIGURE_SUFFIXES)  # before any work
+        if args.plot is not None:
+            import importlib.util
+
+            if importlib.util.find_spec("matplotlib") is None:
+                raise ValueError("--plot needs matplotlib: pip install 'bptt[plot]'")
+        trainer, note, resumed = _build(args)
+        if args.steps is not None and args.steps <= trainer.step:
+            raise ValueError(f"--steps {args.steps}: the checkpoint is already at step "
+                             f"{trainer.step}")  # fmt: skip
+        notes = _claim(args, trainer, resumed)
+    except (DataError, CheckpointError, backends.BackendError, ValueError) as e:
+        if trainer is not None:
+            trainer.unlock_directory()
+        parser.error(str(e))
+    try:
+        return _train(args, trainer, note, notes)
+    finally:
+        trainer.unlock_directory()
+
+
+def _train(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) -> int:
+    """The run, with its directory locked: banner, signals, the loop, the last lines."""
+    from ..checkpoint import CheckpointError
     from ..train import NonFiniteError
 
     parser = args._parser
-    try:
-        trainer, note = _build(args)
-        if args.checkpoint_dir is not None:
-            trainer.checkpoint_dir = Path(args.checkpoint_dir)
-        elif trainer.checkpoint_dir is None:
-            trainer.checkpoint_dir = Path("checkpoints") / time.strftime("%Y%m%d-%H%M%S")
-        check_writable(trainer.checkpoint_dir, nbytes=2 * trainer.checkpoint_bytes())  # at start
-    except (DataError, CheckpointError, backends.BackendError, ValueError) as e:
-        parser.error(str(e))
-    if args.plot is not None:
-        try:
-            import matplotlib  # noqa: F401
-        except ImportError:
-            parser.error("--plot needs matplotlib: pip install 'bptt[plot]'")
-
     if args.tune_malloc:  # reuse what a step frees (bptt.malloc); before the first step
         from ..malloc import tune_malloc
 
         tune_malloc()
     c, be = trainer.config, trainer.backend
     steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
-    if steps is not None and steps <= trainer.step:
+    if steps is not None and steps <= trainer.step:  # the default 4000 on a longer run
         parser.error(f"--steps {steps}: the checkpoint is already at step {trainer.step}")
     print(
         f"bptt train: {trainer.corpus.source} ({len(trainer.corpus.train):,} train / "
@@ -254,7 +378,8 @@ def run(args: argparse.Namespace) -> int:
         f"weight decay {c.weight_decay:g}, l2 {c.l2:g}, seed {c.seed}\n"
         f"  step: {trainer.train_step.description}\n"
         f"  checkpoints: {trainer.checkpoint_dir}"
-        + (f" (resuming at step {trainer.step}{note})" if trainer.step else ""),
+        + (f" (resuming at step {trainer.step}{note})" if trainer.step else "")
+        + "".join(f"\n  note: {n}" for n in notes),
         flush=True,
     )
     stop: list[int] = []

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import optim
-from ..params import dtype_name
+from ..params import INITS, dtype_name
 
 __all__ = ["RESUMABLE", "TrainConfig"]
 
@@ -24,9 +24,7 @@ RESUMABLE = (
     "eval_every",
     "patience",
     "sample_length",
-    "val_streams",
-    "val_warmup",
-)
+)  # val_streams and val_warmup are fixed: they define the validation "best" is judged on
 
 
 @dataclass
@@ -73,6 +71,16 @@ class TrainConfig:
         _real("lr_decay", self.lr_decay, lambda v: 0 < v <= 1, "a factor in (0, 1]")
         _real("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
         _real("clip", self.clip, lambda v: v >= 0, "a number >= 0 (0: no clipping)")
+        for name in ("sample_length", "val_streams"):
+            if not _whole(getattr(self, name), 1):
+                raise ValueError(
+                    f"{name}: expected a positive integer; got {getattr(self, name)!r}"
+                )
+        for name in ("val_warmup", "seed"):
+            if not _whole(getattr(self, name), 0):
+                raise ValueError(f"{name}: expected an integer >= 0; got {getattr(self, name)!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init: expected one of {list(INITS)}; got {self.init!r}")
         if self.optimizer not in optim.OPTIMIZERS:
             raise ValueError(
                 f"optimizer: expected one of {list(optim.OPTIMIZERS)}; got {self.optimizer!r}"
@@ -82,6 +90,16 @@ class TrainConfig:
             or self.patience < 1
         ):  # fmt: skip
             raise ValueError(f"patience: expected a positive integer; got {self.patience!r}")
+
+    def memory_bytes(self, M: int, C: int) -> int:
+        """A lower bound of the memory one training step holds at once, in bytes: the
+        parameters, their gradient, the optimizer's moments, one chunk's states (T+1, B, D)
+        and its logits and probabilities (T, B, C)."""
+        D, T, B = self.hidden, self.seq_len, self.batch
+        n = D * M + D * D + C * D + D + C  # parameters
+        slots = {"adam": 2, "rmsprop": 1, "adagrad": 1}.get(self.optimizer, int(self.momentum > 0))
+        itemsize = 8 if self.dtype == "float64" else 4
+        return itemsize * ((2 + slots) * n + (T + 1) * B * D + 2 * T * B * C)
 
     def make_optimizer(self) -> optim.GradientTransformation:
         """Global-norm clipping (``clip`` 0: the norm only recorded), then the optimizer.
@@ -107,6 +125,10 @@ class TrainConfig:
         if stored.get("patience") is not None:
             stored["patience"] = int(stored["patience"])
         return cls(**{**stored, **overrides})
+
+
+def _whole(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
 
 
 def _real(name: str, value: Any, ok: Any, expected: str) -> None:

@@ -30,7 +30,9 @@ from ..checkpoint import (
 )
 from ..data import Corpus, Streams
 from ..flat import Layout
+from ..limits import require_memory
 from ..params import init_params
+from ..rundir import RunLock
 from ..sample import sample
 from ..validation import evaluate, layout_validation
 from .compiled import compile_step
@@ -82,6 +84,14 @@ def _backend(backend: Any) -> backends.Backend:
     return backend if isinstance(backend, backends.Backend) else backends.get_backend(backend)
 
 
+def _require_memory(config: TrainConfig, M: int, be: backends.Backend) -> None:
+    """TooLargeError (a ValueError) before allocating a model that cannot fit."""
+    require_memory(config.memory_bytes(M, M), f"a model of --hidden {config.hidden} "
+                   f"(M = C = {M}, --batch {config.batch}, --seq-len {config.seq_len}, "
+                   f"{config.dtype})", backend=be,
+                   fix="use a smaller --hidden, --batch or --seq-len")  # fmt: skip
+
+
 class Trainer:
     """A training run on one device: the run state, its data and its checkpoints.
 
@@ -105,6 +115,9 @@ class Trainer:
         self.corpus, self.config, self.backend, self.state = corpus, config, be, state
         self.checkpoint_dir = None if checkpoint_dir is None else Path(checkpoint_dir)
         self.failed_step: int | None = None  # set when a non-finite loss is found
+        self.written: dict[str, int] = {}  # checkpoint name -> the step this run saved in it
+        self.lock: RunLock | None = None  # held while the run writes its directory
+        self.resumed_at: int | None = None  # the step of the checkpoint a resume started from
         self.optimizer = config.make_optimizer()
         step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
                                seed=config.seed)  # fmt: skip
@@ -139,6 +152,7 @@ class Trainer:
         :func:`bptt.train.compiled.compile_step`.
         """
         be, M = _backend(backend), len(corpus.vocab)
+        _require_memory(config, M, be)
         xp = be.xp
         with be.activate():
             params = init_params(M, config.hidden, M, dtype=config.dtype, seed=config.seed,
@@ -174,18 +188,29 @@ class Trainer:
                 f"checkpoint: it was trained on {data.get('source')!r}, whose contents differ "
                 f"from {corpus.source}; resume on the same text"
             )
-        bad = [k for k in overrides if k not in RESUMABLE]
+        fraction = data.get("val_fraction", corpus.val_fraction)
+        if fraction != corpus.val_fraction:
+            raise ValueError(
+                f"--val-fraction {corpus.val_fraction:g}: the run validates on its last "
+                f"{fraction:g}; another split would change the training text and compare the "
+                "best across two validation sets: resume with the stored fraction"
+            )
+        stored = ckpt.config["train"]
+        bad = [k for k, v in overrides.items() if k not in RESUMABLE and stored.get(k) != v]
         if bad:
             raise ValueError(f"resume: {bad} cannot change when resuming; only {list(RESUMABLE)}")
-        config = TrainConfig.from_stored(ckpt.config["train"], **overrides)
+        config = TrainConfig.from_stored(stored, **overrides)
         ckpt.check_sizes(M=len(corpus.vocab), D=config.hidden)
         be = _backend(backend)
+        _require_memory(config, len(corpus.vocab), be)
         if not be.supports(config.dtype):
             raise ValueError(f"dtype: the checkpoint is {config.dtype}, which {be.name} lacks here")
         with be.activate():
             state = run_from_checkpoint(ckpt, optimizer=config.make_optimizer(), backend=be,
                                         dtype=config.dtype)  # fmt: skip
-        return cls(corpus, config, be, state, checkpoint_dir, compile=compile)
+        trainer = cls(corpus, config, be, state, checkpoint_dir, compile=compile)
+        trainer.resumed_at = ckpt.step
+        return trainer
 
     # ---- the run state, by name ---------------------------------------------------------
 
@@ -259,13 +284,15 @@ class Trainer:
                                  self.failed_step)  # fmt: skip
         target = self.checkpoint_dir / name
         try:
-            return save_checkpoint(target, self.checkpoint())
+            saved = save_checkpoint(target, self.checkpoint())
         except OSError as e:  # e.g. the disk filled up during the run
             kept = "is unchanged" if target.exists() else "was never written"
             raise CheckpointError(
                 f"checkpoint: cannot write {str(target)!r} at step {self.step}: "
                 f"{e.strerror or e}; the previous {name} {kept}"
             ) from None
+        self.written[name] = self.step
+        return saved
 
     # ---- validation ---------------------------------------------------------------------
 
@@ -296,14 +323,33 @@ class Trainer:
             raise ValueError("run: give steps or minutes (or both)")
         if self.failed_step is not None:
             raise NonFiniteError(f"training diverged at step {self.failed_step}", self.failed_step)
-        if self.checkpoint_dir is not None:  # a full disk is found now, not at the first save
-            check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
         train = self.corpus.train
         if train.min() < 0 or train.max() >= len(self.corpus.vocab):
             raise ValueError("data: token ids out of range")  # once, on the host
-        errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
-        with errstate, self.backend.activate():  # CuPy: kernels run on this run's GPU
-            return run_loop(self, steps, minutes, reporter or Reporter(), should_stop)
+        locked = self.lock is None and self.checkpoint_dir is not None
+        if locked:
+            self.lock_directory()
+        try:
+            if self.checkpoint_dir is not None:  # a full disk is found now, not at the first save
+                check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
+            errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
+            with errstate, self.backend.activate():  # CuPy: kernels run on this run's GPU
+                return run_loop(self, steps, minutes, reporter or Reporter(), should_stop)
+        finally:
+            if locked:
+                self.unlock_directory()
+
+    def lock_directory(self) -> None:
+        """Take the checkpoint directory's exclusive lock (:class:`bptt.rundir.RunLock`)
+        until :meth:`unlock_directory`; :meth:`run` holds it for its duration if the
+        caller does not. CheckpointError when another run holds it."""
+        if self.lock is None and self.checkpoint_dir is not None:
+            self.lock = RunLock(self.checkpoint_dir).acquire()
+
+    def unlock_directory(self) -> None:
+        if self.lock is not None:
+            lock, self.lock = self.lock, None
+            lock.release()
 
     def new_tally(self) -> Tally:
         be = self.backend
@@ -311,12 +357,16 @@ class Trainer:
 
     def diverged(self, step: int, what: str) -> str:
         """The one-line NonFiniteError message: the step, the checkpoint kept, what to do."""
-        latest = None if self.checkpoint_dir is None else self.checkpoint_dir / LATEST
-        where = (
-            f"the last good checkpoint, {latest}, is untouched"
-            if latest is not None and latest.exists()
-            else "no checkpoint was written"
-        )
+        if LATEST in self.written:  # named only if this run wrote it
+            latest = self.checkpoint_dir / LATEST
+            where = (
+                f"the last good checkpoint, {latest} (step {self.written[LATEST]}), is untouched"
+            )
+        elif self.resumed_at is not None:
+            where = (f"this run wrote no checkpoint; the one it resumed from (step "
+                     f"{self.resumed_at}) is untouched")  # fmt: skip
+        else:
+            where = "no checkpoint was written"
         return (
             f"training stopped: the {what} became NaN or infinite at step {step}; {where}. "
             "Resume with a lower --lr or a smaller --clip."

@@ -110,8 +110,8 @@ def _after_eval(trainer: Any, val_bpc: float, reporter: Any, error: type) -> boo
     else:
         best["evals_since"] += 1
     reporter.on_eval(step, val_bpc, is_best, trainer.sample_text())
-    trainer.save(LATEST)
-    if is_best:
+    if is_best:  # best.npz first: latest.npz never records a best that best.npz lacks
         trainer.save(BEST)
+    trainer.save(LATEST)
     patience = trainer.config.patience
     return patience is not None and best["evals_since"] >= patience
