@@ -69,11 +69,14 @@ def parse_size(text: str) -> tuple[str, Size]:
     if text in SIZES:
         return text, SIZES[text]
     try:
-        return text, Size(*(int(v) for v in text.split("x")))
+        size = Size(*(int(v) for v in text.split("x")))
     except (TypeError, ValueError):
+        size = None
+    if size is None or min(size) < 1:
         raise ValueError(
-            f"size: expected one of {list(SIZES)} or BxTxDxMxC; got {text!r}"
+            f"size: expected one of {list(SIZES)} or BxTxDxMxC of positive integers; got {text!r}"
         ) from None
+    return text, size
 
 
 def data(size: Size, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -51,6 +51,7 @@ from bench_report import HEADER, environment, format_markdown, format_row, heade
 from bench_timing import Case, stats, time_blocks
 
 from bptt import backends, malloc, schedules
+from bptt.commands._args import check_output_path, nonneg_float, positive_int
 
 __all__ = ["main", "run_benchmark"]
 
@@ -160,6 +161,27 @@ def _rows(
     return rows
 
 
+DTYPES = ("float32", "float64")
+
+
+def _check_options(args: argparse.Namespace) -> None:
+    """ValueError naming the first option that cannot run, before any timing."""
+    for dtype in args.dtypes.split(","):
+        if dtype not in DTYPES:
+            raise ValueError(
+                f"--dtypes: expected a comma-separated list of {list(DTYPES)}; got {dtype!r}"
+            )
+    choice = args.torch_device
+    if choice not in ("auto", "cpu", "none", "cuda") and not (
+        choice.startswith("cuda:") and choice[5:].isdigit()
+    ):
+        raise ValueError(
+            f"--torch-device: expected auto, cpu, cuda, cuda:N or none; got {choice!r}"
+        )
+    check_output_path(args.json, "--json")
+    check_output_path(args.markdown, "--markdown")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bench_step.py", description=__doc__.split("\n")[0])
     add = parser.add_argument
@@ -184,13 +206,13 @@ def _parser() -> argparse.ArgumentParser:
         "and torch can use it, else cpu",
     )
     add("--no-jax", action="store_true", help="skip both JAX contenders")
-    add("--reps", type=int, default=7, help="interleaved blocks per contender (>= 7)")
-    add("--pause", type=float, default=0.1, help="seconds of rest before each block")
-    add("--min-block", type=float, default=0.2, help="seconds per timed block, at least")
-    add("--gemm-n", type=int, default=2048, help="side of the square matmul of the floor")
+    add("--reps", type=positive_int, default=7, help="interleaved blocks per contender (7+)")
+    add("--pause", type=nonneg_float, default=0.1, help="seconds of rest before each block")
+    add("--min-block", type=nonneg_float, default=0.2, help="seconds per timed block, at least")
+    add("--gemm-n", type=positive_int, default=2048, help="side of the square matmul of the floor")
     add(
         "--guard",
-        type=float,
+        type=nonneg_float,
         default=0.1,
         help="retry a block if other processes used more than this fraction of a core "
         "meanwhile (Linux; 0 turns it off)",
@@ -238,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for s in sizes:
             parse_size(s)
+        _check_options(args)
         chosen = _backends(args.backend, args.device)
         first = backends.get_backend(*chosen[0])
         for name, device in chosen[1:]:

@@ -39,8 +39,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args.run(args) or 0)
+    """Run one command. Whatever happens, one line and an exit status: a Ctrl-C before
+    a command handles it itself (during start-up) is 130, a ``MemoryError`` anywhere is
+    one ``error:`` line naming the size asked for, exit 2."""
+    name = "bptt"
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        name = f"bptt {args.command}"
+        return int(args.run(args) or 0)
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except MemoryError as e:
+        asked = str(e) or "an allocation failed (the size was not reported)"
+        print(f"{name}: error: out of memory: {asked}; use smaller sizes", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

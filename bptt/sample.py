@@ -18,8 +18,38 @@ import numpy as np
 from . import backends
 from .api import forward
 from .data import Vocab
+from .limits import require_memory
 
-__all__ = ["sample", "sample_ids"]
+__all__ = ["memory_bytes", "sample", "sample_ids"]
+
+
+LOG_FLOOR = -1000.0  # exp(LOG_FLOOR) is 0 in float32 and float64: a choice never made
+BLOCK = 1024  # chosen ids are joined this many at a time (no per-character array objects)
+
+
+def memory_bytes(length: int, itemsize: int) -> int:
+    """A lower bound of what sampling ``length`` characters holds at once: the uniforms
+    (host float64 and device copy), the ids (device, host) and the text (up to 4 bytes
+    a character)."""
+    return length * (8 + itemsize + 8 + 8 + 4)
+
+
+def _log_weights(g: Any, temperature: float, xp: Any) -> Any:
+    """log of the unnormalised softmax(g / temperature), clamped at LOG_FLOOR, for every
+    positive temperature (eq. 22 in log space) without overflow: d = g - max g <= 0 is
+    clamped at LOG_FLOOR * temperature before dividing, so d / temperature lies in
+    [LOG_FLOOR, 0]. Temperatures beyond the dtype's range are their limits: below its
+    smallest normal number (1e-300 in float32, which would be 0 there) the argmax gets
+    log weight 0 and every other entry LOG_FLOOR (greedy); above its largest, every
+    entry 0 (uniform)."""
+    info = xp.finfo(g.dtype)
+    d = g - xp.max(g, axis=-1, keepdims=True)  # (1, C), <= 0
+    if temperature < float(info.smallest_normal):  # 0 in this dtype (or flushed to 0): greedy
+        return xp.astype(d < 0, g.dtype) * LOG_FLOOR  # (1, C)
+    if temperature > float(info.max):  # infinite in this dtype: uniform
+        return xp.zeros_like(d)  # (1, C)
+    floor = max(LOG_FLOOR * temperature, -float(info.max))
+    return xp.maximum(d, xp.full_like(d, floor)) / temperature  # (1, C), in [LOG_FLOOR, 0]
 
 
 def sample_ids(
@@ -34,9 +64,12 @@ def sample_ids(
 ) -> np.ndarray:
     """``length`` ids (host, int64) following ``prime_ids`` (P,) ids on the device, P >= 1.
 
-    Each step: probabilities softmax(g_t / temperature) (eq. 22), and the id
-    i = #{j : cdf_j < u * cdf_C} for a uniform u, clamped to C - 1. ``check_values``
-    checks the prime's ids (one device read) before the loop, which makes none.
+    Each step: probabilities softmax(g_t / temperature) (eq. 22), computed in log space
+    so that every positive temperature works (1e-300 is the greedy choice, 1e300
+    uniform), and the id i = #{j : cdf_j < u * cdf_C} for a uniform u, clamped to
+    C - 1. ``check_values`` checks the prime's ids (one device read) before the loop,
+    which makes none. A ``length`` whose arrays cannot fit in memory is refused first
+    (:class:`bptt.limits.TooLargeError`).
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"length: expected an integer >= 0; got {length!r}")
@@ -51,6 +84,9 @@ def sample_ids(
         raise ValueError("prime: expected at least one character")
     C = params["V"].shape[0]
     dtype = params["U"].dtype
+    itemsize = xp.finfo(dtype).bits // 8
+    require_memory(memory_bytes(length, itemsize), f"sampling {length:,} characters",
+                   backend=be, fix="ask for a smaller --length")  # fmt: skip
     with be.activate():  # CuPy: kernels run on the parameters' GPU
         u = be.asarray(np.random.default_rng(seed).random(length), dtype=dtype)  # (length,)
         last = xp.asarray(C - 1, dtype=be.integer, device=be.device)  # (), made once
@@ -58,19 +94,20 @@ def sample_ids(
             params, xp.reshape(prime_ids, (P, 1)), h0=h0, check_values=check_values
         )  # (P, 1, D|C)
         h, g = states[-1, ...], logits[-1, ...]  # (1, D), (1, C)
-        chosen = []  # (1,) ids on the device; never written in place (JAX arrays cannot be)
+        blocks, chosen = [], []  # (1,) ids on the device; never written in place (JAX)
         for i in range(length):
-            z = g / temperature  # (1, C)
-            e = xp.exp(z - xp.max(z, axis=-1, keepdims=True))  # (1, C)
+            e = xp.exp(_log_weights(g, temperature, xp))  # (1, C), the largest is 1
             cdf = xp.cumulative_sum(e, axis=-1)  # (1, C), unnormalised
             below = xp.astype(cdf < u[i] * cdf[:, -1:], be.integer)  # (1, C)
             idx = xp.minimum(xp.sum(below, axis=-1), last)  # (1,)
             chosen.append(idx)
+            if len(chosen) == BLOCK:
+                blocks, chosen = [*blocks, xp.concat(chosen)], []
             states, logits = forward(params, xp.reshape(idx, (1, 1)), h0=h, check_values=False)
             h, g = states[-1, ...], logits[-1, ...]
-        if not chosen:
+        if not blocks and not chosen:
             return np.zeros((0,), np.int64)
-        return be.to_numpy(xp.concat(chosen)).astype(np.int64)  # (length,): one read
+        return be.to_numpy(xp.concat([*blocks, *chosen])).astype(np.int64)  # (length,): one read
 
 
 def sample(

@@ -19,7 +19,15 @@ import argparse
 import math
 from typing import Any
 
-from ._args import add_backend_arguments, nonneg_int, positive_float, positive_int
+from ._args import (
+    FIGURE_SUFFIXES,
+    add_backend_arguments,
+    check_output_path,
+    nonneg_int,
+    positive_float,
+    positive_int,
+    size,
+)
 
 HELP = "gradient flow through time: ||dL_t/ds_k|| by lag, for a checkpoint or a fresh model"
 
@@ -50,6 +58,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--seed", type=nonneg_int, default=0, help="seed of the model and the batch"
     )
     parser.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    parser.add_argument(
+        "--max-text-size", type=size, metavar="SIZE", default=1 << 30,
+        help="refuse a --text larger than this (default 1G)",
+    )  # fmt: skip
     add_backend_arguments(parser, default="numpy")
     parser.add_argument("--plot", metavar="FILE.png", help="write the figure to this file")
 
@@ -70,13 +82,16 @@ def _text_ids(ckpt: Any, args: argparse.Namespace) -> tuple[Any, str] | None:
     from .. import data
 
     source = ckpt.config.get("data", {}).get("source", "") if ckpt.config else ""
+    vocab = data.Vocab(ckpt.vocab)
     if args.text is not None:
-        text, name = data.read_text(args.text), args.text
+        ids = data.encode_file(args.text, vocab, max_bytes=args.max_text_size)
+        name = args.text
     elif source.startswith("corpus:") and source[len("corpus:") :] in data.CORPORA:
-        text, name = data.builtin_text(source[len("corpus:") :]), source
+        name = source
+        ids = vocab.encode(data.builtin_text(source[len("corpus:") :]), name=name)
     else:
         return None
-    _, held_out = data.split_ids(data.Vocab(ckpt.vocab).encode(text, name=name))
+    _, held_out = data.split_ids(ids)
     return held_out, f"held-out text of {name}"
 
 
@@ -120,6 +135,21 @@ def measure(host: dict[str, Any], radius: float | None, ids: Any, args: argparse
     }
 
 
+def _require_memory(host: dict[str, Any], args: argparse.Namespace) -> None:
+    """TooLargeError unless one measurement fits: the (T, T) norms (twice: the columns
+    and their stack) and four (T, B, D) and two (T, B, C) arrays of the sweep."""
+    from .. import backends
+    from ..limits import require_memory
+
+    T, B = args.seq_len, args.batch
+    D, C = host["W"].shape[0], host["V"].shape[0]
+    itemsize = 8 if args.dtype == "float64" else 4
+    need = itemsize * (2 * T * T + 4 * T * B * D + 2 * T * B * C)
+    require_memory(need, f"--seq-len {T} (the T x T norms, with --batch {B} and D = {D})",
+                   backend=backends.get_backend(args.backend, args.device),
+                   fix="use a smaller --seq-len or --batch")  # fmt: skip
+
+
 def _summary(result: dict) -> str:
     lag = result["lag_mean"]
     shown = [lag_ for lag_ in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lag_ < len(lag)]
@@ -158,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         import importlib.util
 
+        check_output_path(args.plot, "--plot", suffixes=FIGURE_SUFFIXES)
         if importlib.util.find_spec("matplotlib") is None:
             args._parser.error("--plot needs matplotlib: pip install 'bptt[plot]'")
     ids, batch = None, "random token ids"
@@ -175,6 +206,7 @@ def _run(args: argparse.Namespace) -> int:
         found = _text_ids(ckpt, args)
         if found is not None:
             ids, batch = found
+    _require_memory(host, args)
     radii = args.spectral_radius or [None]
     results = [measure(host, radius, ids, args) for radius in radii]
     T, B, D = results[0]["shape"]
