@@ -76,8 +76,9 @@ def loss_and_grad(
     with device_context(params["U"]):
         if check_values:
             _check_values(
-                params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp
-            )
+                params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,
+                dropout_mask=dropout_mask,
+            )  # fmt: skip
         weights = loss_weights(
             mask, (T, B, dims.C), head=head, reduction=reduction, dtype=dims.dtype, xp=xp
         )  # a float, or (T, B)
@@ -125,8 +126,9 @@ def gradcheck(
     )  # fmt: skip
     with device_context(params["U"]):
         _check_values(
-            params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp
-        )
+            params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,
+            dropout_mask=dropout_mask,
+        )  # fmt: skip
         return finite_difference_check(
             params, inputs, targets, xp=xp, h0=h0, head=head, mask=mask,
             reduction=reduction, dropout_mask=dropout_mask, eps=eps,

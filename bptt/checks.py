@@ -9,6 +9,7 @@ Messages name the argument, what was expected and what was given.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
@@ -53,7 +54,14 @@ def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
     extra = [k for k in params if k not in PARAM_KEYS]
     if extra:
         raise ValueError(f"params: unknown key(s) {extra}; expected U, W, V and optional b, c")
-    xp, _ = namespace_of({**{f"params[{k!r}]": params[k] for k in params}, **others})
+    named = {**{f"params[{k!r}]": params[k] for k in params}, **others}
+    for name, x in named.items():  # a subclass that means "ignore these entries"
+        if type(x).__module__.startswith("numpy.ma"):
+            raise TypeError(
+                f"{name}: a NumPy masked array; its mask would be ignored (the math reads "
+                "every entry): pass a plain array (x.filled(...)), and mask= for padded steps"
+            )
+    xp, _ = namespace_of(named)
     U, W, V = params["U"], params["W"], params["V"]
     for key in ("U", "W", "V"):
         if params[key].ndim != 2:
@@ -175,11 +183,24 @@ def check_call(
     return xp, dims
 
 
+MAX_KEEP_SCALE = 2.0**53  # 1 / (1 - p) for the largest float64 p below 1
+
+
+def _dropout_ok(dropout_mask: Any, xp: Any) -> Any:
+    """0-d: every entry is 0 or one common multiplier 1 / (1 - p), in [1, 2^53] (no sync)."""
+    top = xp.max(dropout_mask)  # ()
+    one_scale = xp.all((dropout_mask == 0) | (dropout_mask == top))
+    return one_scale & ((top == 0) | ((top >= 1) & (top <= MAX_KEEP_SCALE)))
+
+
 def _value_conditions(
-    params: Any, inputs: Any, *, targets: Any, h0: Any, mask: Any, head: str, dims: Dims, xp: Any
-) -> list[Any]:
+    params: Any, inputs: Any, *, targets: Any, h0: Any, mask: Any, head: str, dims: Dims, xp: Any,
+    dropout_mask: Any = None,
+) -> list[Any]:  # fmt: skip
     """Every value condition of a call as a 0-d boolean device array (no sync)."""
     conds = [xp.all(xp.isfinite(p)) for p in params.values()]
+    if dropout_mask is not None:
+        conds.append(_dropout_ok(dropout_mask, xp))
     if inputs.ndim == 2:
         conds.append(xp.all((inputs >= 0) & (inputs < dims.M)))
     else:
@@ -209,18 +230,28 @@ def check_values(
     head: str = "softmax",
     dims: Dims,
     xp: Any,
+    dropout_mask: Any = None,
 ) -> None:
-    """Value checks: ids and targets in range, finite numbers, 0/1 masks.
+    """Value checks: ids and targets in range, finite numbers, 0/1 masks, dropout
+    multipliers that are 0 or one 1 / (1 - p).
 
     All conditions are reduced to one device flag, read once: one host sync per
     call. Only when it is false are the conditions read one by one, to name the
     argument at fault.
     """
     conds = _value_conditions(
-        params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp
-    )
+        params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,
+        dropout_mask=dropout_mask,
+    )  # fmt: skip
     if bool(xp.all(xp.stack(conds))):  # the one host sync of a value check
         return
+    if dropout_mask is not None and not bool(_dropout_ok(dropout_mask, xp)):
+        low, high = float(xp.min(dropout_mask)), float(xp.max(dropout_mask))
+        got = "NaN" if math.isnan(low + high) else f"values from {low!r} to {high!r}"
+        raise ValueError(
+            "dropout_mask: expected multipliers 0 (dropped) or one common 1 / (1 - p) in "
+            f"[1, 2^53] (kept); got {got}"
+        )
     _explain(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
     raise ValueError("a value check failed")  # not reached: _explain names the argument
 

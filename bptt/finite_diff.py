@@ -40,10 +40,14 @@ def finite_difference_check(
     seed: int,
 ) -> float:
     """The worst relative error of :func:`bptt.gradcheck` (arguments checked there)."""
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
+    real = isinstance(eps, (int, float)) and not isinstance(eps, bool)
+    if not (real and math.isfinite(eps) and eps > 0):
         raise ValueError(f"eps: expected a positive finite step; got {eps!r}")
-    if max_entries is not None and (isinstance(max_entries, bool) or max_entries < 1):
+    whole = isinstance(max_entries, (int, np.integer)) and not isinstance(max_entries, bool)
+    if max_entries is not None and not (whole and max_entries >= 1):
         raise ValueError(f"max_entries: expected a positive integer or None; got {max_entries!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0; got {seed!r}")
     device = params["U"].device
     info = getattr(xp, "__array_namespace_info__", None)
     if info is not None and "float64" not in info().dtypes(device=device):
@@ -97,15 +101,30 @@ def _to_host(x: Any) -> Any:
 
 
 def _worst_relative_error(found: dict[str, tuple[np.ndarray, np.ndarray]]) -> float:
-    """max over parameters of the inf-norm error relative to max(|a|, |n|, 1e-6 G)."""
+    """max over parameters of the inf-norm error relative to max(|a|, |n|, 1e-6 G).
+
+    Never passes on what it did not see: a NaN or infinity in either gradient, or no
+    entry compared at all, raises (Python's ``max`` would drop a NaN and an empty
+    comparison would read as a perfect 0.0)."""
+    if sum(a.size for a, _ in found.values()) == 0:
+        raise ValueError("gradcheck: no gradient entry was compared; nothing was checked")
     for key, (ana, num) in found.items():
-        if not (np.all(np.isfinite(ana)) and np.all(np.isfinite(num))):
-            raise FloatingPointError(f"gradcheck: params[{key!r}]: a gradient is NaN or infinite")
+        if not np.all(np.isfinite(ana)):
+            raise FloatingPointError(
+                f"gradcheck: params[{key!r}]: the BPTT gradient is NaN or infinite"
+            )
+        if not np.all(np.isfinite(num)):
+            raise FloatingPointError(
+                f"gradcheck: params[{key!r}]: the finite differences are NaN or infinite "
+                "(the loss is not finite a step away: try a smaller eps)"
+            )
     largest = max(float(np.max(np.abs(a), initial=0.0)) for a, _ in found.values())
     worst = 0.0
     for ana, num in found.values():
         scale = max(np.max(np.abs(ana), initial=0.0), np.max(np.abs(num), initial=0.0))
         scale = max(scale, 1e-6 * largest)  # a parameter with ~0 gradient: judged at that level
-        if scale > 0:
+        if scale > 0:  # else both are exactly 0 everywhere: they agree
             worst = max(worst, float(np.max(np.abs(ana - num), initial=0.0) / scale))
+    if not math.isfinite(worst):
+        raise FloatingPointError(f"gradcheck: the worst relative error is {worst}")
     return worst

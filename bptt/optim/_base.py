@@ -56,7 +56,9 @@ def checked(t: GradientTransformation) -> GradientTransformation:
 
 
 def apply_updates(params: Tree, updates: Tree) -> Tree:
-    """p + u for every parameter (the updates already carry the minus sign)."""
+    """p + u for every parameter (the updates already carry the minus sign); updates of
+    another structure, shape or dtype are refused, never broadcast into the parameters."""
+    check_like(updates, params)
     return tree_map(lambda p, u: p + u, params, updates)
 
 

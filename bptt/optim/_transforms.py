@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 
 from ..backends import device_context
 from ._base import EmptyState, GradientTransformation, number
-from ._tree import Tree, device_scalar, namespace, tree_map, zeros_like
+from ._tree import Tree, check_shapes, device_scalar, namespace, tree_map, zeros_like
 
 __all__ = [
     "ClipState",
@@ -117,6 +117,9 @@ def add_decayed_weights(rate: float) -> GradientTransformation:
     def update(updates: Tree, state: EmptyState, params: Tree = None) -> tuple[Tree, Any]:
         if rate == 0:  # decided once: the same operations every step
             return updates, state
+        if params is None:
+            raise TypeError("update: params are required by add_decayed_weights")
+        check_shapes(updates, params)
         return tree_map(lambda u, p: u + rate * p, updates, params), state
 
     return GradientTransformation(lambda params: EmptyState(), update)
@@ -127,6 +130,7 @@ def trace(momentum: float) -> GradientTransformation:
     momentum = number("momentum", momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
     def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
+        check_shapes(updates, state.total, "the state")
         v = tree_map(lambda v, u: momentum * v + u, state.total, updates)
         return v, SumState(v)
 
@@ -139,6 +143,7 @@ def scale_by_sum_of_squares(eps: float) -> GradientTransformation:
 
     def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
         xp = namespace(updates, "grads")
+        check_shapes(updates, state.total, "the state")
         total = tree_map(lambda s, u: s + u * u, state.total, updates)
         return tree_map(lambda u, s: u / xp.sqrt(s + eps), updates, total), SumState(total)
 
@@ -152,6 +157,7 @@ def scale_by_rms(decay: float, eps: float) -> GradientTransformation:
 
     def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
         xp = namespace(updates, "grads")
+        check_shapes(updates, state.total, "the state")
         mean = tree_map(lambda e, u: decay * e + (1 - decay) * (u * u), state.total, updates)
         return tree_map(lambda u, e: u / (xp.sqrt(e) + eps), updates, mean), SumState(mean)
 
@@ -170,6 +176,7 @@ def scale_by_adam(b1: float, b2: float, eps: float) -> GradientTransformation:
 
     def update(updates: Tree, state: MomentsState, params: Tree = None) -> tuple[Tree, Any]:
         xp = namespace(updates, "grads")
+        check_shapes(updates, state.mu, "the state")
         k = state.count + 1  # (), device
         m = tree_map(lambda m, u: b1 * m + (1 - b1) * u, state.mu, updates)
         v = tree_map(lambda v, u: b2 * v + (1 - b2) * (u * u), state.nu, updates)

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..backends import device_context, namespace_of
 
-__all__ = ["check_like", "device_scalar", "namespace", "tree_map", "zeros_like"]
+__all__ = ["check_like", "check_shapes", "device_scalar", "namespace", "tree_map", "zeros_like"]
 
 Tree = Any  # Mapping[str, array] or one array
 
@@ -56,20 +56,28 @@ def device_scalar(tree: Tree, value: float = 0.0) -> Any:
         return xp.full((), value, dtype=dtype, device=leaf.device)
 
 
-def check_like(updates: Tree, params: Tree) -> None:
-    """Refuse updates whose structure, shapes or dtypes differ from the parameters'."""
-    if isinstance(params, Mapping) != isinstance(updates, Mapping):
-        raise ValueError("grads: expected the same structure as params (a mapping or one array)")
-    if isinstance(params, Mapping):
-        if list(updates) != list(params):
-            raise ValueError(f"grads: keys {list(updates)} differ from params' {list(params)}")
-        pairs = [(f"grads[{k!r}]", updates[k], params[k]) for k in params]
+def check_shapes(updates: Tree, like: Tree, what: str = "params") -> list[tuple[str, Any, Any]]:
+    """Refuse updates whose structure or shapes differ from ``like`` (the parameters, or
+    a state laid out like them), so that nothing is broadcast into them: shapes only,
+    no device data read. Returns the (name, update, like) leaf pairs."""
+    if isinstance(like, Mapping) != isinstance(updates, Mapping):
+        raise ValueError(f"grads: expected the same structure as {what} (a mapping or one array)")
+    if isinstance(like, Mapping):
+        if list(updates) != list(like):
+            raise ValueError(f"grads: keys {list(updates)} differ from {what}' {list(like)}")
+        pairs = [(f"grads[{k!r}]", updates[k], like[k]) for k in like]
     else:
-        pairs = [("grads", updates, params)]
+        pairs = [("grads", updates, like)]
     for name, u, p in pairs:
         if tuple(u.shape) != tuple(p.shape):
             raise ValueError(
-                f"{name}: shape {tuple(u.shape)} differs from params' {tuple(p.shape)}"
+                f"{name}: shape {tuple(u.shape)} differs from {what}' {tuple(p.shape)}"
             )
+    return pairs
+
+
+def check_like(updates: Tree, params: Tree) -> None:
+    """Refuse updates whose structure, shapes or dtypes differ from the parameters'."""
+    for name, u, p in check_shapes(updates, params):
         if u.dtype != p.dtype:
             raise TypeError(f"{name}: dtype {u.dtype} differs from params' {p.dtype}")
