@@ -206,6 +206,8 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, Path | None]:
     from ..data import load_corpus
     from ..train import TrainConfig, Trainer
 
+    if args.text is not None and args.corpus is not None:
+        raise ValueError("--text and --corpus: give one of them (the text to train on)")
     be = backends.get_backend(args.backend, args.device)
     options = _config_overrides(args)
     if args.resume is None:
@@ -252,8 +254,10 @@ def _directory(args: argparse.Namespace, resumed: Path | None, step: int) -> tup
 
     if resumed is not None:
         home = resumed.parent
-        target = home if args.checkpoint_dir is None else Path(args.checkpoint_dir)
-        same = _same_directory(target, home) if target.exists() else False
+        if args.checkpoint_dir is None:  # the run's latest continues there, all else anew
+            return (home, True) if resumed.name == LATEST else (new_run_directory(), False)
+        target = Path(args.checkpoint_dir)
+        same = target.exists() and _same_directory(target, home)
         if same and resumed.name == LATEST:
             return target, True
         if same and not args.overwrite:
@@ -262,8 +266,6 @@ def _directory(args: argparse.Namespace, resumed: Path | None, step: int) -> tup
                 f"latest.npz, and with it the steps after step {step}: leave out "
                 "--checkpoint-dir to continue in a new directory, or add --overwrite"
             )
-        if args.checkpoint_dir is None:
-            return new_run_directory(), False
         return target, False
     if args.checkpoint_dir is None:
         return new_run_directory(), False
