@@ -92,8 +92,11 @@ def _kill_many_times(text: str, run: Path, kills: int, seed: int) -> dict[int, d
         stale = _temporaries(run)
         mid_write += bool(stale)
         ckpt = load_checkpoint(run)  # always loadable, whatever the moment of the kill
-        if (run / BEST).exists():
-            load_checkpoint(run / BEST)
+        if (run / BEST).exists():  # best.npz holds what latest.npz records, or is ahead of it
+            best = load_checkpoint(run / BEST)  # (killed between the two writes)
+            assert best.step >= ckpt.best["best_step"], (best.step, ckpt.best)
+            if best.step == ckpt.best["best_step"]:
+                assert best.best["best_val"] == ckpt.best["best_val"]
         seen[ckpt.step] = ckpt.params
     print(f"{kills} kills, {mid_write} inside a write; checkpoints at steps {sorted(seen)}")
     assert mid_write > 0, "no kill landed during a checkpoint write; the test proved nothing"
@@ -120,7 +123,9 @@ def _kill_test(text: str, tmp_path: Path, kills: int, seed: int) -> None:
             "--no-progress"]  # fmt: skip
     assert cli.main(args) == 0  # a clean run after the kills: nothing left behind
     assert _temporaries(run) == set()
-    assert load_checkpoint(run).step == last + 2
+    final = load_checkpoint(run)
+    assert final.step == last + 2
+    assert load_checkpoint(run / BEST).step == final.best["best_step"]  # they agree
 
 
 @POSIX_SIGNALS
