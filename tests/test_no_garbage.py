@@ -1,0 +1,252 @@
+"""Never report success on garbage: every check that could pass on what it did not see fails.
+
+Tables: gradcheck on NaN and on nothing; optimizer arguments and gradients of the wrong
+shape (never broadcast); dropout multipliers; NumPy masked arrays; sampling at every
+temperature the command line accepts (greedy in the limit, uniform at the other end).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+import numpy as np
+import pytest
+
+import bptt
+from bptt import backends, finite_diff, optim
+from bptt import random as brandom
+from bptt.sample import sample_ids
+
+M, D, C, T, B = 5, 4, 3, 6, 2
+
+
+def _problem():
+    rng = np.random.default_rng(0)
+    params = bptt.init_params(M, D, C, dtype="float64", seed=1)
+    params["b"] = rng.uniform(-0.5, 0.5, D)
+    return params, rng.integers(0, M, (T, B)), rng.integers(0, C, (T, B))
+
+
+def _nan_grads(monkeypatch):
+    real = finite_diff.step.loss_and_grad
+
+    def fake(*args, **kwargs):
+        loss, grads, h = real(*args, **kwargs)
+        return loss, {**grads, "W": grads["W"] * np.nan}, h
+
+    monkeypatch.setattr(finite_diff.step, "loss_and_grad", fake)
+
+
+def _nan_numeric(monkeypatch):
+    real = finite_diff.step.loss
+    calls = []
+
+    def fake(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs) * (np.nan if len(calls) == 7 else 1.0)
+
+    monkeypatch.setattr(finite_diff.step, "loss", fake)
+
+
+def _nan_loss(monkeypatch):
+    real = finite_diff.step.loss_and_grad
+    monkeypatch.setattr(finite_diff.step, "loss_and_grad",
+                        lambda *a, **k: (np.float64(np.nan), *real(*a, **k)[1:]))  # fmt: skip
+
+
+# (what is wrong, how to make it so, keyword arguments, the error, its message)
+GRADCHECK = [
+    ("NaN eps", None, {"eps": math.nan}, ValueError, "eps: expected a positive finite step"),
+    ("infinite eps", None, {"eps": math.inf}, ValueError, "eps: expected"),
+    ("eps True", None, {"eps": True}, ValueError, "eps: expected"),
+    ("no entry", None, {"max_entries": 0}, ValueError, "max_entries: expected a positive"),
+    ("half an entry", None, {"max_entries": 2.5}, ValueError, "max_entries"),
+    ("NaN max_entries", None, {"max_entries": math.nan}, ValueError, "max_entries"),
+    ("negative seed", None, {"seed": -1}, ValueError, "seed: expected an integer >= 0"),
+    ("NaN loss", _nan_loss, {}, FloatingPointError, "the loss is nan; nothing to check"),
+    ("NaN gradient", _nan_grads, {}, FloatingPointError, "params['W']: the BPTT gradient is NaN"),
+    ("NaN difference", _nan_numeric, {}, FloatingPointError, "the finite differences are NaN"),
+    ("NaN parameter", "W", {}, ValueError, "params['W']: contains NaN"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("make", "kwargs", "error", "message"), [g[1:] for g in GRADCHECK],
+                         ids=[g[0] for g in GRADCHECK])  # fmt: skip
+def test_gradcheck_never_passes_on_nan_or_nothing(monkeypatch, make, kwargs, error, message):
+    params, x, y = _problem()
+    if isinstance(make, str):
+        params[make] = np.full_like(params[make], np.nan)
+    elif make is not None:
+        make(monkeypatch)
+    with pytest.raises(error) as info:
+        bptt.gradcheck(params, x, y, **kwargs)
+    assert message in str(info.value), info.value
+
+
+def test_gradcheck_still_passes_on_good_gradients() -> None:
+    params, x, y = _problem()
+    assert bptt.gradcheck(params, x, y) < 1e-9
+    assert bptt.gradcheck(params, x, y, max_entries=1) < 1e-9
+
+
+# ---- optimizers ------------------------------------------------------------------------
+
+BAD_ARGUMENTS = [
+    (lambda: optim.sgd(-0.1), "lr: expected a positive"),
+    (lambda: optim.adam(math.nan), "lr"),
+    (lambda: optim.rmsprop(math.inf), "lr"),
+    (lambda: optim.scale_by_learning_rate(-1e-3), "lr"),
+    (lambda: optim.exponential_decay(-1.0, rate=0.5, every=10), "lr"),
+    (lambda: optim.clip_by_global_norm(-5.0), "max_norm: expected a positive"),
+    (lambda: optim.clip_by_global_norm(math.nan), "max_norm"),
+    (lambda: optim.adam(0.1, weight_decay=-0.1), "weight_decay: expected a number >= 0"),
+    (lambda: optim.add_decayed_weights(-1.0), "weight decay: expected a number >= 0"),
+    (lambda: optim.rmsprop(0.1, decay=-0.1), "decay: expected a number in [0, 1)"),
+    (lambda: optim.rmsprop(0.1, decay=1.0), "decay"),
+    (lambda: optim.exponential_decay(0.1, rate=-0.5, every=1), "rate: expected a factor"),
+    (lambda: optim.sgd(0.1, momentum=5), "momentum: expected a number in [0, 1)"),
+    (lambda: optim.trace(math.nan), "momentum"),
+    (lambda: optim.adagrad(0.1, eps=-1e-8), "eps: expected a positive"),
+    (lambda: optim.adam(0.1, b1=-0.1), "b1"),
+    (lambda: optim.adam(0.1, b2=1.5), "b2"),
+    (lambda: optim.adam("0.1"), "lr"),
+]
+
+
+@pytest.mark.parametrize(("make", "message"), BAD_ARGUMENTS, ids=[m for _, m in BAD_ARGUMENTS])
+def test_optimizer_arguments_are_validated(make, message: str) -> None:
+    with pytest.raises(ValueError) as info:
+        make()
+    assert message in str(info.value), info.value
+
+
+TRANSFORMS = {
+    "sgd": lambda: optim.sgd(0.1),
+    "sgd momentum": lambda: optim.sgd(0.1, momentum=0.9),
+    "adagrad": lambda: optim.adagrad(0.1),
+    "rmsprop": lambda: optim.rmsprop(0.1),
+    "adam + weight decay": lambda: optim.adam(0.1, weight_decay=0.1),
+    "trace": lambda: optim.trace(0.9),
+    "scale_by_adam": lambda: optim.scale_by_adam(0.9, 0.999, 1e-8),
+    "scale_by_rms": lambda: optim.scale_by_rms(0.9, 1e-8),
+    "scale_by_sum_of_squares": lambda: optim.scale_by_sum_of_squares(1e-8),
+    "add_decayed_weights": lambda: optim.add_decayed_weights(0.1),
+    "an unchecked chain": lambda: optim.chain(optim.clip_by_global_norm(1.0),
+                                              optim.scale_by_adam(0.9, 0.999, 1e-8),
+                                              optim.scale_by_learning_rate(0.1)),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMS))
+@pytest.mark.parametrize("flat", [False, True], ids=["dict", "flat"])
+def test_a_gradient_of_the_wrong_shape_is_refused_not_broadcast(name: str, flat: bool) -> None:
+    params = np.zeros(6) if flat else {"W": np.zeros((2, 3)), "b": np.zeros(3)}
+    wrong = np.ones(1) if flat else {"W": np.ones((1, 3)), "b": np.ones(3)}  # broadcastable
+    t = TRANSFORMS[name]()
+    with pytest.raises(ValueError, match=r"shape \(1,?( 3)?\) differs"):
+        t.update(wrong, t.init(params), params)
+    with pytest.raises(ValueError, match="differs"):
+        optim.apply_updates(params, wrong)  # p + u would broadcast too
+
+
+# ---- dropout masks and masked arrays -----------------------------------------------------
+
+MASKS = {
+    "NaN": (np.nan, "got NaN"),
+    "negative": (-5.0, "got values from -5.0 to -5.0"),
+    "1e308": (1e308, "got values from 1e+308 to 1e+308"),
+    "below 1": (0.5, "in [1, 2^53]"),
+    "two scales": ("mixed", "one common 1 / (1 - p)"),
+    "infinite": (np.inf, "got values from inf to inf"),
+}
+
+
+@pytest.mark.parametrize("case", list(MASKS))
+def test_dropout_multipliers_are_checked(case: str) -> None:
+    params, x, y = _problem()
+    value, message = MASKS[case]
+    if value == "mixed":
+        mask = np.where(np.arange(T * B * D).reshape(T, B, D) % 2, 2.0, 4.0)
+    else:
+        mask = np.full((T, B, D), value)
+    for call in (bptt.loss_and_grad, bptt.gradcheck):
+        with pytest.raises(ValueError, match="dropout_mask: expected multipliers") as info:
+            call(params, x, y, dropout_mask=mask)
+        assert message in str(info.value), info.value
+
+
+def test_dropout_masks_that_are_right_pass() -> None:
+    params, x, y = _problem()
+    for p in (0.0, 0.3, 0.9):
+        mask = brandom.dropout_mask(0, 3, (T, B, D), p, xp=np, device="cpu", dtype=np.float64)
+        loss, _, _ = bptt.loss_and_grad(params, x, y, dropout_mask=mask)
+        assert np.isfinite(loss)
+    bptt.loss_and_grad(params, x, y, dropout_mask=np.zeros((T, B, D)))  # all dropped
+
+
+@pytest.mark.parametrize("which", ["inputs", "targets", "h0", "params['W']", "mask"])
+def test_numpy_masked_arrays_are_refused(which: str) -> None:
+    params, x, y = _problem()
+    kwargs = {"h0": np.zeros((B, D))}
+    if which == "inputs":
+        x = np.ma.masked_array(x, mask=x > 2)
+    elif which == "targets":
+        y = np.ma.masked_array(y, mask=y > 1)
+    elif which == "h0":
+        kwargs["h0"] = np.ma.masked_array(np.zeros((B, D)))
+    elif which == "mask":
+        kwargs["mask"] = np.ma.masked_array(np.ones((T, B), bool))
+    else:
+        params["W"] = np.ma.masked_array(params["W"])
+    for call in (bptt.loss_and_grad, bptt.gradcheck):
+        with pytest.raises(TypeError, match=re.escape(which) + ": a NumPy masked array"):
+            call(params, x, y, **kwargs)
+    with pytest.raises(TypeError, match="masked array"):
+        bptt.forward(params, x if which == "inputs" else np.ma.masked_array(x))
+
+
+# ---- sampling at every temperature the parser accepts ------------------------------------
+
+TEMPERATURES = [5e-324, 1e-300, 1e-40, 1e-6, 0.5, 1.0, 1e30, 1e300, 1.7976931348623157e308]
+JAX_TEMPERATURES = [1e-300, 1e-40]  # 1e-40: subnormal in float32, flushed to 0 by XLA
+
+
+def _greedy(params, prime, length, be) -> list[int]:
+    h, x, out = None, be.asarray(prime[:, None]), []
+    for _ in range(length):
+        states, logits = bptt.forward(params, x, h0=h)
+        h, nxt = states[-1, ...], int(np.argmax(be.to_numpy(logits[-1, 0, ...])))
+        out.append(nxt)
+        x = be.asarray(np.asarray([[nxt]]))
+    return out
+
+
+@pytest.mark.parametrize("backend", ["numpy", "array_api_strict:device1", "torch", "jax"])
+def test_every_temperature_works(backend: str) -> None:
+    """Tiny temperatures give the greedy choice (not id 0, not a warning), huge ones the
+    uniform draw; on every backend, float32 (the dtype where 1e-300 is 0)."""
+    name, _, device = backend.partition(":")
+    be = backends.get_backend(name, device or None)
+    params = bptt.init_params(M, 16, M, dtype="float32", seed=4, backend=be.name,
+                              device=be.device)  # fmt: skip
+    prime, n = np.asarray([1, 2, 3]), 4 if name == "jax" else 12  # JAX: slow eager steps
+    greedy = _greedy(params, prime, n, be)
+    uniform = sample_ids(params, be.asarray(prime), length=n, temperature=1e300, seed=0).tolist()
+    for temperature in TEMPERATURES if name != "jax" else JAX_TEMPERATURES:  # JAX: slow eager
+        ids = sample_ids(params, be.asarray(prime), length=n, temperature=temperature, seed=0)
+        assert ((ids >= 0) & (ids < M)).all()
+        if temperature <= 1e-6:
+            assert ids.tolist() == greedy, temperature
+        if temperature >= 1e30:
+            assert ids.tolist() == uniform, temperature
+    assert greedy != [0] * n and uniform != greedy
+
+
+def test_uniform_at_huge_temperatures_is_uniform() -> None:
+    be = backends.get_backend("numpy")
+    params = bptt.init_params(M, 16, M, dtype="float32", seed=4)
+    draws = [int(sample_ids(params, be.asarray(np.asarray([1])), length=1, temperature=1e300,
+                            seed=s)[0]) for s in range(800)]  # fmt: skip
+    freq = np.bincount(draws, minlength=M) / len(draws)
+    assert np.abs(freq - 1 / M).max() < 0.06  # 4 standard deviations
