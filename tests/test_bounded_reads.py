@@ -162,7 +162,7 @@ MEMBERS = {
                             "meta: declares 512.0 MiB, more than the 16.0 MiB this field may hold"),
     "a deflated bomb as U": ("param/U", _npy({"descr": "<f4", "fortran_order": False,
                                               "shape": (8, M)}) + b"\0" * (50 << 20),
-                             zipfile.ZIP_DEFLATED, f"declares {8 * M * 4} bytes of data but the archive"),
+                             zipfile.ZIP_DEFLATED, f"declares {8 * M * 4} bytes of data but"),
     "an extra member": ("evil", _npy({"descr": "<f8", "fortran_order": False, "shape": (2,)},
                                      b"\0" * 16), zipfile.ZIP_STORED,
                         "evil: not a member of a bptt checkpoint of this configuration"),

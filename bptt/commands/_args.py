@@ -77,8 +77,6 @@ def check_output_path(path: str | None, flag: str, *, suffixes: tuple[str, ...] 
         return
     p = Path(path)
     folder = p.parent if str(p.parent) else Path(".")
-    if suffixes and p.suffix.lower() not in suffixes:
-        raise ValueError(f"{flag} {path}: expected a file name ending in one of {list(suffixes)}")
     if not folder.is_dir():
         what = "does not exist" if not folder.exists() else "is not a directory"
         raise ValueError(f"{flag} {path}: the folder {str(folder)!r} {what}")
@@ -90,6 +88,8 @@ def check_output_path(path: str | None, flag: str, *, suffixes: tuple[str, ...] 
             raise ValueError(f"{flag} {path}: exists and is not a regular file")
         if not os.access(p, os.W_OK):
             raise ValueError(f"{flag} {path}: exists and cannot be overwritten (permission)")
+    if suffixes and p.suffix.lower() not in suffixes:
+        raise ValueError(f"{flag} {path}: expected a file name ending in one of {list(suffixes)}")
 
 
 def device_arg(text: str) -> Any:
