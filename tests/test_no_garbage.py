@@ -250,3 +250,16 @@ def test_uniform_at_huge_temperatures_is_uniform() -> None:
                             seed=s)[0]) for s in range(800)]  # fmt: skip
     freq = np.bincount(draws, minlength=M) / len(draws)
     assert np.abs(freq - 1 / M).max() < 0.06  # 4 standard deviations
+
+
+def test_long_samples_are_joined_in_blocks_with_the_same_ids(monkeypatch) -> None:
+    """Ids are joined every BLOCK characters (no array object per character kept)."""
+    from bptt import sample as sample_module
+
+    be = backends.get_backend("numpy")
+    params = bptt.init_params(M, 8, M, dtype="float32", seed=4)
+    prime = be.asarray(np.asarray([1]))
+    monkeypatch.setattr(sample_module, "BLOCK", 7)
+    blocked = sample_ids(params, prime, length=30, seed=3)
+    monkeypatch.setattr(sample_module, "BLOCK", 10**9)
+    np.testing.assert_array_equal(blocked, sample_ids(params, prime, length=30, seed=3))

@@ -183,14 +183,16 @@ def test_validation_reads_once_and_moves_nothing(pbe: ProxyBackend) -> None:
     assert np.isfinite(bpc) and pbe.reads == 1 and pbe.ns.transfers == 0
 
 
-def test_sampling_reads_once_whatever_the_length(pbe: ProxyBackend) -> None:
+@pytest.mark.parametrize("temperature", [1.0, 1e-300, 1e300])  # also the greedy/uniform limits
+def test_sampling_reads_once_whatever_the_length(pbe: ProxyBackend, temperature: float) -> None:
     params = _params(pbe, "float32")
     prime = pbe.asarray(np.asarray([1, 2, 3]))
     moved = {}
     for length in (3, 12):
         pbe.ns.clear()
         pbe.reads = 0
-        out = sample_ids(params, prime, length=length, seed=0, check_values=False)
+        out = sample_ids(params, prime, length=length, temperature=temperature, seed=0,
+                         check_values=False)  # fmt: skip
         assert out.shape == (length,) and pbe.reads == 1
         moved[length] = pbe.ns.transfers
     assert moved[3] == moved[12] <= 2  # the uniforms and one scalar, made once
