@@ -33,6 +33,9 @@ from .checkpoint import BEST, LATEST, CheckpointError, directory_error, peek_met
 __all__ = ["LOCK_NAME", "RunLock", "carry_best", "held_run", "new_run_directory", "reconcile_best"]
 
 LOCK_NAME = ".lock"
+# A lock file without a holder (its writer died between creating and writing it, or a
+# flock-era file) older than this is stale; a live writer fills it within microseconds.
+STALE_EMPTY_SECONDS = 60.0
 
 try:
     import fcntl
@@ -94,33 +97,30 @@ class RunLock:
             return self
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            if fcntl is None:
+                return self._acquire_exclusive_file()
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as e:
             raise CheckpointError(directory_error("write to", self.directory, e)) from None
-        if fcntl is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                raise self._busy(self._holder()) from None
-            except OSError as e:
-                os.close(fd)
-                if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
-                    raise CheckpointError(directory_error("lock", self.path, e)) from None
-                return self._acquire_exclusive_file()
-            os.ftruncate(fd, 0)
-            os.write(fd, self._info())
-            self._fd = fd
-            return self
-        os.close(fd)
-        return self._acquire_exclusive_file()
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._busy(self._holder()) from None
+        except OSError as e:
+            os.close(fd)
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise CheckpointError(directory_error("lock", self.path, e)) from None
+            return self._acquire_exclusive_file(fresh=True)  # a filesystem without flock
+        os.ftruncate(fd, 0)
+        os.write(fd, self._info())
+        self._fd = fd
+        return self
 
-    def _acquire_exclusive_file(self) -> RunLock:
+    def _acquire_exclusive_file(self, *, fresh: bool = False) -> RunLock:
         """Without flock: the lock file itself, created exclusively; taken over when the
-        process it names is gone (on this host)."""
-        with contextlib.suppress(OSError):
-            if self.path.stat().st_size == 0:  # made by acquire's open just now: no holder
-                self.path.unlink()
+        process it names is gone (on this host). ``fresh``: an empty file was just made by
+        the flock attempt (a filesystem that refused flock), so an empty one is no holder."""
         for _ in range(2):
             try:
                 fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -128,7 +128,8 @@ class RunLock:
                 holder = self._holder()
                 same_host = holder.get("host") in (None, socket.gethostname())
                 pid = holder.get("pid")
-                if isinstance(pid, int) and same_host and not process_alive(pid):
+                dead = isinstance(pid, int) and same_host and not process_alive(pid)
+                if dead or (not holder and (fresh or self._age() > STALE_EMPTY_SECONDS)):
                     self.path.unlink(missing_ok=True)  # a stale lock: its process is gone
                     continue
                 raise self._busy(holder) from None
@@ -139,6 +140,12 @@ class RunLock:
             self._exclusive_file = True
             return self
         raise self._busy(self._holder())
+
+    def _age(self) -> float:
+        try:
+            return time.time() - self.path.stat().st_mtime
+        except OSError:
+            return 0.0
 
     def release(self) -> None:
         """Let the lock go (the file stays: removing it could let two runs lock two files)."""

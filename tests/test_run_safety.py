@@ -250,3 +250,22 @@ def test_latest_and_best_agree_after_a_failed_write(text, tmp_path, monkeypatch,
     _agree(run)
     best = peek_meta(run / BEST)["step"]
     assert f"at step {best}\n" in out.out and f"best:   {run / BEST}" in out.out, out.out
+
+
+@POSIX
+def test_a_filesystem_that_refuses_flock_falls_back_to_the_lock_file(tmp_path, monkeypatch):
+    import fcntl
+    import types
+
+    def refuse(fd, how):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    fake = types.SimpleNamespace(flock=refuse, LOCK_EX=fcntl.LOCK_EX, LOCK_NB=fcntl.LOCK_NB,
+                                 LOCK_UN=fcntl.LOCK_UN)  # fmt: skip
+    monkeypatch.setattr(rundir, "fcntl", fake)
+    lock = rundir.RunLock(tmp_path).acquire()
+    assert f'"pid": {os.getpid()}' in (tmp_path / rundir.LOCK_NAME).read_text()
+    with pytest.raises(checkpoint.CheckpointError, match="in use by another run"):
+        rundir.RunLock(tmp_path).acquire()
+    lock.release()
+    rundir.RunLock(tmp_path).acquire().release()

@@ -287,7 +287,8 @@ def _claim(args: argparse.Namespace, trainer: Any, resumed: Path | None) -> list
         trainer.unlock_directory()
         if not any(p.name != LOCK_NAME for p in directory.iterdir()):  # nothing of a run
             (directory / LOCK_NAME).unlink(missing_ok=True)
-            directory.rmdir() if args.checkpoint_dir is None else None
+            if args.checkpoint_dir is None:  # the new default directory this run made
+                directory.rmdir()
         raise
 
 
