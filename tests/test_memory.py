@@ -1,9 +1,10 @@
 """Chunked training holds memory for one chunk: the peak does not grow with the text.
 
 tracemalloc sees NumPy's buffers. The trainer holds the text's ids (O(N), one byte
-per character for up to 256 symbols, moved to the device once); what ``run`` allocates on top of that -- one chunk's states
-and gradients, one validation block -- must be the same for a text ten times
-longer. ``benchmarks/memory.py`` measures the same at 10^5 to 4 * 10^6 characters.
+per character for up to 256 symbols, moved to the device once); what ``run``
+allocates on top of that -- one chunk's states and gradients, one validation block
+-- must be the same for a text ten times longer. ``benchmarks/memory.py`` measures
+the same at 10^6 to 5 * 10^7 characters.
 """
 
 from __future__ import annotations
