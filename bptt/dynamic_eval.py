@@ -256,18 +256,38 @@ def _start_carry(params: dict[str, Any], update: Update | None, rms: Any) -> Wal
     return WalkCarry(flat, None, flat, update.lr / (rms + update.eps), decay)
 
 
-def _walk(params: dict[str, Any], walk: Walk, step: Any, carry: WalkCarry,
+_STEPS: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # (step, compiled step), reused
+
+
+def _steps(make: Any, layout: Layout, be: Any, carry: WalkCarry, seq_len: int,
+           compile: str) -> tuple[Any, Any]:  # fmt: skip
+    """The step ``make(layout)`` and its compiled form, made once per kind, layout, device
+    and carry shapes: a tuning grid on JAX compiles one ``jax.jit`` step, not one per try."""
+    shapes = tuple(tuple(a.shape) for a in (carry.params, carry.step_scale, carry.decay))
+    key = (make, layout, be.name, str(be.device), str(carry.params.dtype), shapes, seq_len,
+           compile)  # fmt: skip
+    if key not in _STEPS:
+        if len(_STEPS) >= 16:  # a few kinds and shapes per process: bounded all the same
+            _STEPS.clear()
+        step = make(layout)
+        _STEPS[key] = step, compile_step(step, be, compile)
+    return _STEPS[key]
+
+
+def _walk(params: dict[str, Any], walk: Walk, make: Any, carry: WalkCarry,
           compile: str) -> Score:  # fmt: skip
-    """Warm up the state, then run ``step`` over every segment; one host read."""
+    """Warm up the state, then run the step ``make`` makes over every segment; one host
+    read. Whole segments after the first run compiled (one traced shape); the first
+    (no state yet) and a short last one run the same step eagerly."""
     be = backends.backend_of(next(iter(params.values())))
-    warm = make_static_step(Layout.of(params))
-    compiled = compile_step(step, be, compile)  # jax.jit on JAX, the step itself elsewhere
+    layout = Layout.of(params)
+    step, compiled = _steps(make, layout, be, carry, walk.seq_len, compile)
     scores = []
     with be.activate():
-        if walk.warm_inputs is not None:
-            carry, _ = warm(carry, walk.warm_inputs, walk.warm_targets)  # unscored, no update
+        if walk.warm_inputs is not None:  # unscored, no update
+            carry, _ = make_static_step(layout)(carry, walk.warm_inputs, walk.warm_targets)
         for a, b in walk.bounds():
-            full = b - a == walk.seq_len and carry.hidden is not None  # one traced shape
+            full = b - a == walk.seq_len and carry.hidden is not None
             carry, nats = (compiled if full else step)(
                 carry, walk.inputs[a:b, ...], walk.targets[a:b, ...]
             )
@@ -278,8 +298,7 @@ def _walk(params: dict[str, Any], walk: Walk, step: Any, carry: WalkCarry,
 
 def score_static(params: dict[str, Any], walk: Walk, *, compile: str = "auto") -> Score:
     """The walk's characters scored with fixed weights (carrying the state)."""
-    carry = _start_carry(params, None, None)
-    return _walk(params, walk, make_static_step(Layout.of(params)), carry, compile)
+    return _walk(params, walk, make_static_step, _start_carry(params, None, None), compile)
 
 
 def score_dynamic(params: dict[str, Any], walk: Walk, update: Update, *, rms: Any = None,
@@ -290,7 +309,7 @@ def score_dynamic(params: dict[str, Any], walk: Walk, update: Update, *, rms: An
     :func:`gradient_rms`, needed by the "rms" rule. ``params`` are not changed.
     """
     carry = _start_carry(params, update, rms)
-    return _walk(params, walk, make_dynamic_step(Layout.of(params)), carry, compile)
+    return _walk(params, walk, make_dynamic_step, carry, compile)
 
 
 @dataclass

@@ -21,7 +21,8 @@ PACKAGE = ROOT / "bptt"
 MATH = ("model", "heads", "step", "flat")  # pure: array-API helpers and each other only
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
-                    "backends", "optim", "checkpoint", "data", "validation", "sample")  # fmt: skip
+                    "backends", "optim", "checkpoint", "data", "validation", "sample",
+                    "evaluation", "dynamic_eval")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
 
 
