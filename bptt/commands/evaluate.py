@@ -187,9 +187,11 @@ def _dynamic(args: argparse.Namespace, ckpt: Any, be: Any, params: dict[str, Any
         f"scored: the last {count:,} characters of the text (the first {n + 1:,} are not "
         f"scored), the state warmed on the {min(warmup, n):,} before them"
     )
-    print(f"  static:  {result.static.bpc:.4f} bits/char")
+    sec = result.seconds
+    print(f"  static:  {result.static.bpc:.4f} bits/char ({sec['static']:.1f} s)")
     print(
-        f"  dynamic: {result.dynamic.bpc:.4f} bits/char ({result.chosen.describe()}); "
-        f"{time.perf_counter() - t0:.1f} s in all"
+        f"  dynamic: {result.dynamic.bpc:.4f} bits/char ({result.chosen.describe()}; "
+        f"{sec['dynamic']:.1f} s)"
     )
+    print(f"  {time.perf_counter() - t0:.1f} s in all (tuning {sec['tuning']:.1f} s)")
     return 0
