@@ -87,6 +87,10 @@ def test_other_texts_and_unknown_characters(text_file, tmp_path, capsys) -> None
     text_file.write_text(SMALL_TEXT[::-1], encoding="utf-8")
     with pytest.raises(data.DataError, match="has changed since this checkpoint"):
         run_text(ckpt.config)
+    with pytest.raises(SystemExit):  # the rms rule's statistics need the training text
+        cli.main(["evaluate", str(tmp_path / "run"), "--text", str(other), "--unknown", "skip",
+                  "--dynamic", "--tune-chars", "0", "--lr", "1e-5", "--decay", "0"])  # fmt: skip
+    assert "Use --rule sgd, which needs none" in capsys.readouterr().err
 
 
 def test_a_built_in_corpus_by_name(tmp_path) -> None:

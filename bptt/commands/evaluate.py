@@ -148,7 +148,13 @@ def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[A
     from ..dynamic_eval import gradient_rms
     from ..evaluation import run_text
 
-    text, source, fraction = run_text(ckpt.config)
+    try:
+        text, source, fraction = run_text(ckpt.config)
+    except data.DataError as e:
+        raise data.DataError(
+            f"--rule rms gathers the gradient's RMS on the run's training text, which is not "
+            f"available: {e}. Use --rule sgd, which needs none"
+        ) from None
     train_ids, _ = data.split_ids(data.Vocab(ckpt.vocab).encode(text, name=source),
                                   val_fraction=fraction)  # fmt: skip
     batch = 64
