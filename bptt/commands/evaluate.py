@@ -21,7 +21,8 @@ from ._args import add_backend_arguments, nonneg_float, nonneg_int, positive_int
 HELP = "score a checkpoint on held-out text (bits per character); --dynamic adapts as it scores"
 
 # The default grids, chosen on the first 10,000 held-out characters of the built-in
-# text (the tuning part; README, "Evaluation").
+# text, and the default T = 10, chosen on those of both built-in texts (the tuning parts,
+# never scored; README, "Evaluate a checkpoint").
 RMS_LR, RMS_DECAY = (1e-5, 2e-5, 3e-5, 5e-5), (0.0, 1e-3, 1e-2)
 SGD_LR, SGD_DECAY = (1e-3, 3e-3, 1e-2), (0.0,)
 
@@ -55,8 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      f"{' '.join(map(str, RMS_DECAY))}; sgd: 0)")  # fmt: skip
     dyn.add_argument("--eps", type=nonneg_float, default=1e-5,
                      help="rms: added to the gradient's RMS (default 1e-5)")  # fmt: skip
-    dyn.add_argument("--seq-len", type=positive_int, default=20,
-                     help="T, characters per segment: one update each (default 20)")  # fmt: skip
+    dyn.add_argument("--seq-len", type=positive_int, default=10,
+                     help="T, characters per segment: one update each (default 10)")  # fmt: skip
     dyn.add_argument("--tune-chars", type=nonneg_int, default=10_000,
                      help="the first N held-out characters choose the settings and are not "
                      "scored (default 10000; 0 needs one setting)")  # fmt: skip
