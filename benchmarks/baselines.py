@@ -13,7 +13,17 @@ predicted from the validation text before it):
 Every character gets a nonzero probability, also one that the validation text
 has and the training text lacks.
 
-Run: ``python benchmarks/baselines.py [--text FILE | --corpus stdlib] [--order 5]``.
+- the same n-gram, *adaptive*: its counts are updated from the held-out text as it
+  is scored, each character added (as the n-gram ending at it) right after it is
+  predicted, the held-out counterpart of dynamic evaluation (``bptt evaluate
+  --dynamic``). The discounts stay those estimated on the training text.
+
+``--tune-chars N`` scores only the held-out characters after the first N (the ones
+``bptt evaluate --dynamic --tune-chars N`` tunes its settings on and does not score),
+each still predicted from the text before it, so that both score the same characters.
+
+Run: ``python benchmarks/baselines.py [--text FILE | --corpus stdlib] [--order 5]
+[--tune-chars N]``.
 """
 
 from __future__ import annotations
@@ -27,14 +37,14 @@ import numpy as np
 
 from bptt.data import load_corpus
 
-__all__ = ["KneserNey", "unigram_bpc"]
+__all__ = ["AdaptiveKneserNey", "KneserNey", "unigram_bpc"]
 
 
-def unigram_bpc(train: np.ndarray, val: np.ndarray, vocab_size: int) -> float:
-    """Add-one smoothed unigram over ``vocab_size`` symbols, scored on val[1:]."""
+def unigram_bpc(train: np.ndarray, val: np.ndarray, vocab_size: int, *, start: int = 1) -> float:
+    """Add-one smoothed unigram over ``vocab_size`` symbols, scored on val[start:]."""
     counts = np.bincount(train, minlength=vocab_size) + 1.0  # (V,)
     logp = np.log2(counts / counts.sum())
-    return float(-logp[val[1:]].mean())
+    return float(-logp[val[start:]].mean())
 
 
 # The discounts used for an order whose estimates are out of range (KenLM's
@@ -111,12 +121,58 @@ class KneserNey:
             p = max(k - d, 0.0) / total + (mass / total) * p
         return p
 
-    def bpc(self, text: str) -> float:
-        """Bits per character on text[1:], each predicted from text before it."""
+    def bpc(self, text: str, *, start: int = 1) -> float:
+        """Bits per character on text[start:], each predicted from the text before it."""
+        if not 1 <= start < len(text):
+            raise ValueError(f"start: expected 1 <= start < {len(text)}; got {start}")
         bits = 0.0
-        for i in range(1, len(text)):
+        for i in range(start, len(text)):
             bits -= math.log2(self.prob(text[max(0, i - self.order + 1) : i], text[i]))
-        return bits / (len(text) - 1)
+            self.after_scoring(text, i)
+        return bits / (len(text) - start)
+
+    def after_scoring(self, text: str, i: int) -> None:
+        """Called once text[i] has been scored; a static model learns nothing."""
+
+
+def _discount_of(discount: tuple[float, float, float], k: int) -> float:
+    """D(k) of modified Kneser-Ney: 0 for an unseen n-gram, then D1, D2, D3+."""
+    return 0.0 if k == 0 else discount[min(k, 3) - 1]
+
+
+class AdaptiveKneserNey(KneserNey):
+    """:class:`KneserNey` whose counts grow with the text it scores (a cache model).
+
+    After text[i] is predicted, the n-gram of the model's order ending at it is
+    counted as the constructor counts the training text's: its raw count at the
+    highest order and, where it is new there, one more distinct left extension of
+    its suffix at the order below, and so on down (the continuation counts). Each
+    context's total and discount mass follow. The discounts stay those of the
+    training text. With ``adapt=False`` it is exactly the static model.
+    """
+
+    def __init__(self, text: str, *, order: int, vocab_size: int, adapt: bool = True) -> None:
+        super().__init__(text, order=order, vocab_size=vocab_size)
+        self.adapt = adapt
+
+    def observe(self, gram: str) -> None:
+        """Count one more occurrence of ``gram`` (``order`` symbols), as training does."""
+        if len(gram) != self.order:
+            raise ValueError(f"gram: expected {self.order} symbols; got {gram!r}")
+        for n in range(self.order, 0, -1):
+            counts, discount = self.counts[n], self.discount[n]
+            k = counts.get(gram, 0)
+            counts[gram] = k + 1
+            entry = self.context[n].setdefault(gram[:-1], [0.0, 0.0])  # total, gamma mass
+            entry[0] += 1
+            entry[1] += _discount_of(discount, k + 1) - _discount_of(discount, k)
+            if k > 0:  # seen before: no new left extension for the order below
+                return
+            gram = gram[1:]
+
+    def after_scoring(self, text: str, i: int) -> None:
+        if self.adapt and i >= self.order - 1:
+            self.observe(text[i - self.order + 1 : i + 1])
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -125,14 +181,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--corpus", default="topics", choices=("topics", "stdlib"))
     parser.add_argument("--order", type=int, default=5, help="n-gram order (default 5)")
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument(
+        "--tune-chars", type=int, default=0, metavar="N",
+        help="score only the held-out characters after the first N (default 0: all), as "
+        "bptt evaluate --dynamic --tune-chars N does",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     corpus = load_corpus(text=args.text, corpus=args.corpus, val_fraction=args.val_fraction)
     V = len(corpus.vocab)
     train_text, val_text = corpus.vocab.decode(corpus.train), corpus.vocab.decode(corpus.val)
+    start = 1 + args.tune_chars
+    if not 0 <= args.tune_chars < len(val_text) - 1:
+        parser.error(f"--tune-chars: expected 0 <= N < {len(val_text) - 1}; got {args.tune_chars}")
     print(f"{corpus.source}: {len(train_text):,} train / {len(val_text):,} validation chars, V={V}")
-    print(f"unigram (add-one): {unigram_bpc(corpus.train, corpus.val, V):.3f} bits/char")
-    model = KneserNey(train_text, order=args.order, vocab_size=V)
-    print(f"modified Kneser-Ney {args.order}-gram: {model.bpc(val_text):.3f} bits/char")
+    print(f"scored: {len(val_text) - start:,} held-out characters"
+          + (f" (after the first {args.tune_chars:,})" if args.tune_chars else ""))  # fmt: skip
+    print(f"unigram (add-one): {unigram_bpc(corpus.train, corpus.val, V, start=start):.3f} "
+          "bits/char")  # fmt: skip
+    name = f"modified Kneser-Ney {args.order}-gram"
+    static = KneserNey(train_text, order=args.order, vocab_size=V)
+    print(f"{name}: {static.bpc(val_text, start=start):.3f} bits/char")
+    adaptive = AdaptiveKneserNey(train_text, order=args.order, vocab_size=V)
+    print(f"{name}, adaptive (counts updated as it scores): "
+          f"{adaptive.bpc(val_text, start=start):.3f} bits/char")  # fmt: skip
     return 0
 
 

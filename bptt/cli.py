@@ -19,6 +19,7 @@ COMMANDS = {
     "info": "bptt.commands.info",
     "bench": "bptt.commands.bench",
     "diagnose": "bptt.commands.diagnose",
+    "evaluate": "bptt.commands.evaluate",
 }
 
 

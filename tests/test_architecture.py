@@ -22,7 +22,8 @@ MATH = ("model", "heads", "step", "flat")  # pure: array-API helpers and each ot
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
                     "backends", "optim", "checkpoint", "data", "validation", "sample", "limits",
-                    "rundir", "checkpoint_read", "checkpoint_schema")  # fmt: skip
+                    "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
+                    "dynamic_eval")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
 
 

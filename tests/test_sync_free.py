@@ -183,6 +183,31 @@ def test_validation_reads_once_and_moves_nothing(pbe: ProxyBackend) -> None:
     assert np.isfinite(bpc) and pbe.reads == 1 and pbe.ns.transfers == 0
 
 
+def test_dynamic_evaluation_reads_once_and_moves_nothing_per_segment(pbe: ProxyBackend) -> None:
+    """A dynamic walk: no sync and no host copy per segment, one read at the end, and a
+    fixed number of kernels per segment beyond its loss_and_grad."""
+    from bptt.dynamic_eval import Update, gradient_rms, layout_walk, score_dynamic
+
+    params = _params(pbe, "float32")
+    rng = np.random.default_rng(0)
+    rms = gradient_rms(params, rng.integers(0, M, 200), seq_len=4, batch=3)
+    kernels, moved = {}, {}
+    for segments in (3, 6):
+        walk = layout_walk(rng.integers(0, M, 4 * segments + 1), seq_len=4, backend=pbe)
+        pbe.ns.clear()
+        pbe.reads = 0
+        score = score_dynamic(params, walk, Update("rms", 1e-3, 0.01, 1e-4), rms=rms)
+        assert np.isfinite(score.bpc) and pbe.reads == 1
+        kernels[segments], moved[segments] = pbe.ns.kernels(), pbe.ns.transfers
+    assert moved[3] == moved[6] <= 3, moved  # the rule's scalars, made once
+    x, h = pbe.asarray(rng.integers(0, M, (4, 1))), pbe.asarray(rng.random((1, D)), dtype="float32")
+    pbe.ns.clear()
+    bptt.loss_and_grad(params, x, x, h0=h, reduction="sum", check_values=False)
+    per_segment = (kernels[6] - kernels[3]) / 3
+    # the segment's loss_and_grad, then the rule: concat, / n, * scale, -, -, * decay, +
+    assert per_segment == pbe.ns.kernels() + 7, (kernels, pbe.ns.kernels())
+
+
 @pytest.mark.parametrize("temperature", [1.0, 1e-300, 1e300])  # also the greedy/uniform limits
 def test_sampling_reads_once_whatever_the_length(pbe: ProxyBackend, temperature: float) -> None:
     params = _params(pbe, "float32")

@@ -207,6 +207,53 @@ def test_early_stopping_keeps_best_apart(tmp_path, monkeypatch) -> None:
     assert load_checkpoint(tmp_path / LATEST).step == 8
 
 
+def test_early_stopping_on_a_small_text(tmp_path, capsys) -> None:
+    """A real run on a 5,400-character training text overfits within a few hundred steps:
+    --patience 3 stops it 3 validations after its best, keeps that best checkpoint, and
+    the summary says why in words."""
+    from train_helpers import SMALL_TEXT
+
+    from bptt import cli
+
+    config = dict(hidden=64, lr=1e-2, eval_every=10, patience=3)
+    trainer = small_trainer(NUMPY, tmp_path / "lib", **config)
+    result = trainer.run(steps=2000)
+    assert result.reason == "early_stop" and result.step < 1000, result
+    assert result.step == result.best_step + 3 * 10
+    vals = dict(zip(trainer.history["val_step"], trainer.history["val_bpc"], strict=True))
+    assert min(vals.values()) == vals[result.best_step] == result.best_val
+    assert all(v > result.best_val for s, v in vals.items() if s > result.best_step)
+    assert load_checkpoint(tmp_path / "lib" / BEST).step == result.best_step
+    path = tmp_path / "text.txt"
+    path.write_text(SMALL_TEXT, encoding="utf-8")
+    args = ["train", "--text", str(path), "--backend", "numpy", "--hidden", "64", "--batch", "4",
+            "--seq-len", "16", "--lr", "1e-2", "--eval-every", "10", "--log-every", "10",
+            "--no-progress", "--checkpoint-dir", str(tmp_path / "cli")]  # fmt: skip
+    assert cli.main([*args, "--steps", "2000", "--patience", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "early stopping: no new best validation in the last 3 evaluations" in out
+    assert load_checkpoint(tmp_path / "cli" / LATEST).step == result.step  # the same run
+
+
+def test_the_summary_says_what_patience_would_have_saved() -> None:
+    from types import SimpleNamespace as NS
+
+    from bptt.commands.train import stop_reason
+
+    def trainer(patience, since):
+        return NS(config=small_config(patience=patience), best={"evals_since": since})
+
+    ran_on = NS(reason="steps", best_step=400)
+    assert stop_reason(ran_on, trainer(None, 18)) == (
+        "the step budget is reached; the best validation was 18 evaluations ago "
+        "(--patience 5 would have stopped at step 425)"  # eval_every 5 in small_config
+    )
+    assert stop_reason(ran_on, trainer(None, 4)) == "the step budget is reached"
+    assert stop_reason(NS(reason="time", best_step=5), trainer(3, 2)) == (
+        "the time budget is reached"
+    )
+
+
 def test_stops_on_time_and_on_request() -> None:
     trainer = small_trainer(NUMPY)
     assert trainer.run(minutes=1e-9).reason == "time"

@@ -173,6 +173,27 @@ class _Progress:
             self.bar.close()
 
 
+def stop_reason(result: Any, trainer: Any) -> str:
+    """Why a run stopped, in words; after a long stretch without a new best, what
+    ``--patience`` would have saved."""
+    c, best = trainer.config, trainer.best
+    if result.reason == "early_stop":
+        return (
+            f"early stopping: no new best validation in the last {c.patience} evaluations "
+            f"(--patience {c.patience}, one every {c.eval_every} steps)"
+        )
+    reason = {"steps": "the step budget is reached", "time": "the time budget is reached",
+              "interrupted": "interrupted"}.get(result.reason, result.reason)  # fmt: skip
+    since = best.get("evals_since", 0)
+    if since >= 5 and (c.patience is None or c.patience > 5) and result.best_step is not None:
+        stop_at = result.best_step + 5 * c.eval_every
+        reason += (
+            f"; the best validation was {since} evaluations ago (--patience 5 would have "
+            f"stopped at step {stop_at})"
+        )
+    return reason
+
+
 def _config_overrides(args: argparse.Namespace) -> dict[str, Any]:
     from ..train import RESUMABLE
 
@@ -420,8 +441,8 @@ def _train(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) 
         progress.close()
     elapsed = time.perf_counter() - t0
     print(
-        f"stopped at step {result.step} ({result.reason}) after {elapsed:.0f} s: "
-        f"last validation {result.last_val:.4f} bits/char, best {result.best_val:.4f} "
+        f"stopped at step {result.step} after {elapsed:.0f} s: {stop_reason(result, trainer)}\n"
+        f"  last validation {result.last_val:.4f} bits/char, best {result.best_val:.4f} "
         f"at step {result.best_step}\n  latest: {result.latest}\n  best:   {result.best}"
     )
     if args.plot is not None:
