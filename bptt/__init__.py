@@ -15,6 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import backends, optim
 from .api import forward, gradcheck, loss_and_grad
 from .params import init_params
+from .vjp import vjp
 
 try:
     __version__ = version("bptt")
@@ -29,4 +30,5 @@ __all__ = [
     "init_params",
     "loss_and_grad",
     "optim",
+    "vjp",
 ]
