@@ -71,8 +71,10 @@ def _expected_keys(arch: Arch) -> str:
     if arch.single:
         return "U, W, V and optional b, c"
     names = ", ".join(param_names(arch, bias=False))
-    return f"{names} and optional biases (b per cell, c) for {arch.layers} layer(s) of " \
+    return (
+        f"{names} and optional biases (b per cell, c) for {arch.layers} layer(s) of "
         f"{arch.directions} direction(s)"
+    )
 
 
 def _check_keys(params: Any) -> Arch:
@@ -199,9 +201,7 @@ def check_call(
     width = "(T, B, D)" if dims.arch.single else "(T, B, K D)"
     if dropout_mask is not None:
         if tuple(dropout_mask.shape) != (T, B, dims.width):
-            raise _shape_error(
-                "dropout_mask", f"{width} = ({T}, {B}, {dims.width})", dropout_mask
-            )
+            raise _shape_error("dropout_mask", f"{width} = ({T}, {B}, {dims.width})", dropout_mask)
         _check_dtype("dropout_mask", dropout_mask, dims)
     if layer_masks is not None:
         if len(layer_masks) != dims.layers - 1:
@@ -243,9 +243,7 @@ def check_call(
             raise _shape_error("targets", f"(T, B, C) = ({T}, {B}, {dims.C}) {what}", targets)
         if head == "mse":
             if not xp.isdtype(targets.dtype, "real floating"):
-                raise TypeError(
-                    f"targets: mse targets need a floating dtype; got {targets.dtype}"
-                )
+                raise TypeError(f"targets: mse targets need a floating dtype; got {targets.dtype}")
             _check_dtype("targets", targets, dims)
         elif not (
             xp.isdtype(targets.dtype, "bool")
