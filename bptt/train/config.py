@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import optim
+from ..model import NONLINEARITIES
 from ..params import dtype_name
 
 __all__ = ["RESUMABLE", "TrainConfig"]
@@ -38,6 +39,8 @@ class TrainConfig:
     """
 
     hidden: int = 256  # D
+    layers: int = 1  # L stacked layers (one direction: a next-character model reads the past)
+    nonlinearity: str = "tanh"  # or "relu"
     seq_len: int = 100  # T
     batch: int = 64  # B
     optimizer: str = "adam"
@@ -61,7 +64,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.dtype = dtype_name(self.dtype)
-        positive = ("hidden", "seq_len", "batch", "log_every", "eval_every", "lr_decay_every")
+        positive = ("hidden", "layers", "seq_len", "batch", "log_every", "eval_every",
+                    "lr_decay_every")  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -73,6 +77,10 @@ class TrainConfig:
         _real("lr_decay", self.lr_decay, lambda v: 0 < v <= 1, "a factor in (0, 1]")
         _real("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
         _real("clip", self.clip, lambda v: v >= 0, "a number >= 0 (0: no clipping)")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(
+                f"nonlinearity: expected one of {list(NONLINEARITIES)}; got {self.nonlinearity!r}"
+            )
         if self.optimizer not in optim.OPTIMIZERS:
             raise ValueError(
                 f"optimizer: expected one of {list(optim.OPTIMIZERS)}; got {self.optimizer!r}"
