@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import backends, optim
+from . import backends, interop, optim
 from .api import forward, gradcheck, loss_and_grad
 from .params import init_params
 from .vjp import vjp
@@ -28,6 +28,7 @@ __all__ = [
     "forward",
     "gradcheck",
     "init_params",
+    "interop",
     "loss_and_grad",
     "optim",
     "vjp",
