@@ -156,7 +156,8 @@ def check_call(
     """Shape, dtype, library and device checks for one call. Returns (xp, dims)."""
     others = dict(inputs=inputs, targets=targets, h0=h0, mask=mask, dropout_mask=dropout_mask)
     if layer_masks is not None:
-        if isinstance(layer_masks, Mapping) or not hasattr(layer_masks, "__len__"):
+        one_array = hasattr(layer_masks, "ndim")  # an array is not a sequence of arrays
+        if isinstance(layer_masks, Mapping) or one_array or not hasattr(layer_masks, "__len__"):
             raise TypeError(
                 "layer_masks: expected a sequence of L - 1 arrays (T, B, K D); "
                 f"got {type(layer_masks).__name__}"

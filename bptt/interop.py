@@ -80,6 +80,12 @@ def _arch_of_torch(rnn: Mapping[str, Any]) -> tuple[Arch, bool]:
             f"rnn: expected a torch.nn.RNN state dict (weight_ih_l0, weight_hh_l0, ...); got "
             f"keys {sorted(rnn)[:6]}"
         )
+    rows, D = tuple(rnn["weight_hh_l0"].shape)
+    if rows != D:
+        raise ValueError(
+            f"rnn: weight_hh_l0 has shape {(rows, D)}, not the (D, D) of a torch.nn.RNN (an "
+            "LSTM or a GRU stacks 4 or 3 gates): bptt's cell is the vanilla RNN"
+        )
     layers = 1
     while f"weight_hh_l{layers}" in rnn:
         layers += 1
