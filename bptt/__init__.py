@@ -15,7 +15,7 @@ from importlib.metadata import PackageNotFoundError, version
 from . import backends, interop, optim
 from .api import forward, gradcheck, loss_and_grad
 from .params import init_params
-from .vjp import vjp
+from .pullback import vjp
 
 try:
     __version__ = version("bptt")
