@@ -222,3 +222,52 @@ def test_the_layer_masks_of_a_vjp_on_device1_never_sync(pbe) -> None:  # noqa: F
                              check_values=False)  # fmt: skip
     cot = pullback(dl, with_inputs=True, with_h0=True)
     assert isinstance(cot.inputs, Array) and pbe.ns.transfers == 0 and pbe.reads == 0
+
+
+def test_a_checkpoint_written_before_architectures_were_recorded_resumes(tmp_path) -> None:
+    """Today's format without the new fields (as the previous release wrote it): one
+    tanh layer, and the run continues exactly as one that never stopped."""
+    from bptt.checkpoint import save_checkpoint
+
+    straight = small_trainer(NUMPY)
+    straight.run(steps=10)
+    first = small_trainer(NUMPY, tmp_path)
+    first.run(steps=5)
+    ckpt = load_checkpoint(tmp_path / LATEST)
+    for key in ("layers", "nonlinearity"):
+        del ckpt.config["train"][key]
+    for key in ("layers", "bidirectional", "nonlinearity"):
+        del ckpt.config["model"][key]
+    save_checkpoint(tmp_path / "old.npz", ckpt)
+    old = load_checkpoint(tmp_path / "old.npz")
+    assert old.architecture == {"layers": 1, "bidirectional": False, "nonlinearity": "tanh"}
+    resumed = train.Trainer.resume(old, small_corpus())
+    resumed.run(steps=10)
+    for key, value in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[key], value, err_msg=key)
+
+
+def test_vjp_traces_under_jax_jit() -> None:
+    """The forward pass and the pullback of a relu stack, values unchecked, compile as
+    one function (no host read, no branch on values) and equal NumPy's."""
+    jax = pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    with jax_x64(True):
+        import jax.numpy as jnp
+
+        host = bptt.init_params(3, 4, 2, num_layers=2, bidirectional=True, dtype="float64")
+        rng = np.random.default_rng(0)
+        x, h0 = rng.standard_normal((5, 2, 3)), rng.uniform(-0.5, 0.5, (4, 2, 4))
+        dl = rng.standard_normal((5, 2, 2))
+
+        def grads(params, x, h0, dl):
+            _, pullback = bptt.vjp(params, x, h0=h0, nonlinearity="relu", check_values=False)
+            return pullback(dl, with_inputs=True, with_h0=True)
+
+        cot = jax.jit(grads)({k: jnp.asarray(v) for k, v in host.items()}, jnp.asarray(x),
+                             jnp.asarray(h0), jnp.asarray(dl))  # fmt: skip
+        ref = grads(host, x, h0, dl)
+        for key in host:
+            np.testing.assert_allclose(np.asarray(cot.params[key]), ref.params[key], rtol=1e-12,
+                                       atol=1e-15)  # fmt: skip
+        np.testing.assert_allclose(np.asarray(cot.inputs), ref.inputs, rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(np.asarray(cot.h0), ref.h0, rtol=1e-12, atol=1e-15)
