@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
-from . import backends, optim
+from . import backends, interop, optim
 from .api import forward, gradcheck, loss_and_grad
 from .params import init_params
+from .pullback import vjp
 
 try:
     __version__ = version("bptt")
@@ -27,6 +28,8 @@ __all__ = [
     "forward",
     "gradcheck",
     "init_params",
+    "interop",
     "loss_and_grad",
     "optim",
+    "vjp",
 ]

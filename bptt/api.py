@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import model, schedules
+from . import layers, schedules
 from .backends import device_context
 from .checks import check_call
 from .checks import check_values as _check_values
@@ -20,20 +20,32 @@ __all__ = ["forward", "gradcheck", "loss_and_grad"]
 
 
 def forward(
-    params: Any, inputs: Any, *, h0: Any = None, check_values: bool = True
-) -> tuple[Any, Any]:
+    params: Any,
+    inputs: Any,
+    *,
+    h0: Any = None,
+    nonlinearity: str = "tanh",
+    check_values: bool = True,
+    return_state: bool = False,
+) -> tuple[Any, ...]:
     """Run the RNN over ``inputs``: states (T, B, D) and logits (T, B, C). Eqs. (19)-(21).
 
     ``inputs``: token ids (T, B), integer, or dense vectors (T, B, M) of the
     parameters' dtype. ``h0`` (B, D) is the state before step 1 (zeros if None).
-    ``check_values=False`` skips the value checks, the call's one device sync.
+    For a stack (:func:`bptt.init_params` with ``num_layers`` or ``bidirectional``)
+    the states are the last layer's, (T, B, K D) with K directions, and ``h0`` is
+    (L K, B, D), one state per cell as torch's ``h_0``. ``nonlinearity``: ``"tanh"``
+    or ``"relu"``. ``return_state=True`` returns ``(states, logits, h_last)``, with
+    ``h_last`` shaped as ``h0`` (every layer's last state: what a stack carries to the
+    next chunk). ``check_values=False`` skips the value checks, the call's one device
+    sync.
     """
-    xp, dims = check_call(params, inputs, h0=h0)
+    xp, dims = check_call(params, inputs, h0=h0, nonlinearity=nonlinearity)
     with device_context(params["U"]):
         if check_values:
             _check_values(params, inputs, h0=h0, dims=dims, xp=xp)
-        states, logits, _ = model.forward(params, inputs, h0, xp)
-    return states, logits
+        out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity)
+    return tuple(out) if return_state else (out.states, out.logits)
 
 
 def loss_and_grad(
@@ -48,6 +60,8 @@ def loss_and_grad(
     dropout_mask: Any = None,
     check_values: bool = True,
     schedule: str | None = None,
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """Loss, gradients of every parameter, and the last state, by BPTT.
 
@@ -56,12 +70,20 @@ def loss_and_grad(
     of ``params``, ``h_last`` (B, D) the state after step T (carry it as the next
     chunk's ``h0``; ``h0`` itself gets no gradient).
 
-    ``head``: ``"softmax"`` (integer targets (T, B)) or ``"sigmoid"`` (0/1 targets
-    (T, B, C), or (T, B) when C == 1). ``mask`` (T, B), boolean or 0/1: masked steps
-    add no loss and no gradient. ``reduction``: ``"mean"`` over the unmasked steps
-    (and over C for sigmoid), as torch's CrossEntropyLoss / BCEWithLogitsLoss, or
-    ``"sum"``. ``dropout_mask`` (T, B, D), optional: multipliers (0 or 1/(1-p)) on
-    the states before V (:func:`bptt.random.dropout_mask` draws them on the device).
+    ``head``: ``"softmax"`` (integer targets (T, B)), ``"sigmoid"`` (0/1 targets
+    (T, B, C), or (T, B) when C == 1) or ``"mse"`` (a linear output and the squared
+    error against real targets (T, B, C), or (T, B) when C == 1). ``mask`` (T, B),
+    boolean or 0/1: masked steps add no loss and no gradient. ``reduction``:
+    ``"mean"`` over the unmasked steps (and over C for sigmoid and mse), as torch's
+    CrossEntropyLoss / BCEWithLogitsLoss / MSELoss, or ``"sum"``. ``dropout_mask``
+    (T, B, D), optional: multipliers (0 or 1/(1-p)) on the states before V
+    (:func:`bptt.random.dropout_mask` draws them on the device).
+
+    A stack (:mod:`bptt.layers`: ``num_layers`` L, K directions) takes ``h0`` and
+    returns ``h_last`` as (L K, B, D), its ``dropout_mask`` is (T, B, K D), and
+    ``layer_masks`` holds L - 1 more (T, B, K D), each multiplying a layer's output on
+    its way into the next (dropout between layers). ``nonlinearity``: ``"tanh"``
+    (the default) or ``"relu"``. Any other loss: :func:`bptt.vjp`.
     ``check_values=False`` skips the value checks, the call's one device sync.
     ``schedule``: how the step runs (:mod:`bptt.schedules`): ``"auto"`` (the
     default, or ``$BPTT_SCHEDULE``), ``"single"``, or the NumPy-only ``"overlap"``
@@ -70,21 +92,24 @@ def loss_and_grad(
     xp, dims = check_call(
         params, inputs, targets=targets, h0=h0, mask=mask, head=head,
         reduction=reduction, dropout_mask=dropout_mask, need_targets=True,
+        nonlinearity=nonlinearity, layer_masks=layer_masks,
     )  # fmt: skip
     T, B = inputs.shape[:2]
-    _, run = schedules.resolve(schedule, xp, T, B, dims.D, _itemsize(dims.dtype, xp))
+    itemsize = _itemsize(dims.dtype, xp)
+    _, run = schedules.resolve(schedule, xp, T, B, dims.D, itemsize, single=dims.arch.single)
     with device_context(params["U"]):
         if check_values:
             _check_values(
                 params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,
-                dropout_mask=dropout_mask,
+                dropout_mask=dropout_mask, layer_masks=layer_masks,
             )  # fmt: skip
         weights = loss_weights(
             mask, (T, B, dims.C), head=head, reduction=reduction, dtype=dims.dtype, xp=xp
         )  # a float, or (T, B)
         return run(
             params, inputs, targets, h0=h0, head=head, weights=weights,
-            dropout_mask=dropout_mask, xp=xp,
+            dropout_mask=dropout_mask, xp=xp, nonlinearity=nonlinearity,
+            layer_masks=layer_masks,
         )  # fmt: skip
 
 
@@ -105,6 +130,8 @@ def gradcheck(
     eps: float = 1e-3,
     max_entries: int | None = None,
     seed: int = 0,
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> float:
     """Worst relative error between BPTT gradients and float64 central differences.
 
@@ -118,19 +145,24 @@ def gradcheck(
     ``eps``: 4 forward passes each, error O(eps^4)) unless ``max_entries`` limits it
     to that many random entries per parameter, drawn with ``seed``. A NaN anywhere
     (loss, gradient, ``eps``) or a check of no entry raises ``FloatingPointError``
-    or ``ValueError``: a check never passes on what it did not see.
+    or ``ValueError``: a check never passes on what it did not see. Stacks,
+    ``nonlinearity`` and ``layer_masks`` as in :func:`loss_and_grad`; with relu take a
+    small ``eps`` (1e-5): a step of 1e-3 often moves some z_t across relu's kink at 0,
+    where the difference quotient is not the derivative.
     """
     xp, dims = check_call(
         params, inputs, targets=targets, h0=h0, mask=mask, head=head,
         reduction=reduction, dropout_mask=dropout_mask, need_targets=True,
+        nonlinearity=nonlinearity, layer_masks=layer_masks,
     )  # fmt: skip
     with device_context(params["U"]):
         _check_values(
             params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,
-            dropout_mask=dropout_mask,
+            dropout_mask=dropout_mask, layer_masks=layer_masks,
         )  # fmt: skip
         return finite_difference_check(
             params, inputs, targets, xp=xp, h0=h0, head=head, mask=mask,
             reduction=reduction, dropout_mask=dropout_mask, eps=eps,
-            max_entries=max_entries, seed=seed,
+            max_entries=max_entries, seed=seed, nonlinearity=nonlinearity,
+            layer_masks=layer_masks,
         )  # fmt: skip

@@ -61,10 +61,12 @@ class CheckpointError(ValueError):
 class Checkpoint:
     """Everything needed to resume a run, as host data.
 
-    ``params``: {"U": (D, M), "W": (D, D), "V": (C, D)[, "b": (D,), "c": (C,)]};
+    ``params``: {"U": (D, M), "W": (D, D), "V": (C, D)[, "b": (D,), "c": (C,)]}, or a
+    stack's keys (:func:`bptt.layers.param_names`; the architecture is also recorded
+    in ``config["model"]``: ``layers``, ``bidirectional``, ``nonlinearity``);
     ``opt_state``: {path: array} as :func:`bptt.optim.state_arrays` names the
     optimizer state's arrays (format 1: {"step": (), "m/U": ..., ...});
-    ``hidden``: (B, D) the state carried into the next chunk;
+    ``hidden``: (B, D) the state carried into the next chunk ((L, B, D) for L layers);
     ``position``: {"epoch", "chunk", "offset"} of the next chunk; ``rng_state``:
     the NumPy generator's ``bit_generator.state``; ``history``: 1-d arrays
     (``train_step``, ``train_bpc``, ``val_step``, ``val_bpc``).
@@ -84,14 +86,29 @@ class Checkpoint:
 
     @property
     def sizes(self) -> dict[str, int]:
-        """M, D and C of the stored parameters."""
+        """M, D and C of the stored parameters, and their number of layers."""
+        from .layers import arch_of
+
         D, M = self.params["U"].shape
-        return {"M": int(M), "D": int(D), "C": int(self.params["V"].shape[0])}
+        layers = arch_of(self.params).layers
+        return {"M": int(M), "D": int(D), "C": int(self.params["V"].shape[0]), "layers": layers}
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        """``layers``, ``bidirectional`` and ``nonlinearity`` of the stored model (a
+        checkpoint written before they were recorded: 1, False, "tanh")."""
+        from .layers import arch_of
+
+        arch = arch_of(self.params)
+        model = (self.config or {}).get("model", {})
+        return {"layers": arch.layers, "bidirectional": arch.directions == 2,
+                "nonlinearity": model.get("nonlinearity", "tanh")}  # fmt: skip
 
     def check_sizes(self, **expected: int | None) -> None:
-        """CheckpointError unless the stored M/D/C match ``expected`` (None: anything)."""
+        """CheckpointError unless the stored M/D/C/layers match ``expected`` (None: anything)."""
         sizes = self.sizes
-        names = {"M": "vocabulary (M)", "D": "hidden size (D)", "C": "output size (C)"}
+        names = {"M": "vocabulary (M)", "D": "hidden size (D)", "C": "output size (C)",
+                 "layers": "number of layers"}  # fmt: skip
         for key, value in expected.items():
             if value is not None and sizes[key] != value:
                 raise CheckpointError(

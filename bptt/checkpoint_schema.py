@@ -24,17 +24,18 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "BIASES",
     "META_KEYS",
     "MODEL_FIELDS",
+    "MODEL_REQUIRED",
     "SchemaError",
     "check_meta",
     "expected_members",
+    "hidden_shape",
+    "is_bias",
     "parameter_shapes",
 ]
 
 HISTORY = ("train_step", "train_bpc", "val_step", "val_bpc")
-BIASES = ("b", "c")  # the parameters a model may be stored without (both or neither)
 META_KEYS = {
     1: {"step", "config", "position", "rng_state", "best", "opt_scalars", "opt_slots"},
     2: {"step", "config", "position", "rng_state", "best"},
@@ -76,7 +77,12 @@ MODEL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
         lambda v: v in ("uniform", "xavier", "orthogonal"),
         "'uniform', 'xavier' or 'orthogonal'",
     ),
+    # the architecture (bptt.layers), recorded since stacks: absent means one tanh layer
+    "layers": (lambda v: _int(v, 1), "a positive integer"),
+    "bidirectional": (lambda v: isinstance(v, bool), "true or false"),
+    "nonlinearity": (lambda v: v in ("tanh", "relu"), "'tanh' or 'relu'"),
 }
+MODEL_REQUIRED = ("M", "D", "C", "dtype", "init")  # what every format version stored
 DATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "source": (lambda v: isinstance(v, str), "a string"),
     "sha256": (
@@ -119,11 +125,39 @@ TRAIN_KEYS = {
 TRAIN_KEYS[2] = (*TRAIN_KEYS[1], "l2")
 
 
+def _arch(model: Mapping[str, Any]) -> Any:
+    from .layers import Arch
+
+    return Arch(model.get("layers", 1), 2 if model.get("bidirectional", False) else 1)
+
+
 def parameter_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The parameters a (checked) model configuration defines, by name, with their
-    shapes: U (D, M), W (D, D), V (C, D), b (D,), c (C,)."""
+    shapes, in the layout's order (:func:`bptt.layers.param_names`): for one layer
+    U (D, M), W (D, D), V (C, D), b (D,), c (C,); for L layers of K directions each
+    cell's U{s} (D, M for layer 0, else K D), W{s} (D, D), b{s} (D,), and V (C, K D)."""
+    from .layers import param_names, suffix
+
     M, D, C = model["M"], model["D"], model["C"]
-    return {"U": (D, M), "W": (D, D), "V": (C, D), "b": (D,), "c": (C,)}
+    arch = _arch(model)
+    K = arch.directions
+    shapes: dict[str, tuple[int, ...]] = {"V": (C, K * D), "c": (C,)}
+    for layer, direction in arch.cells():
+        s = suffix(layer, direction)
+        shapes.update({f"U{s}": (D, M if layer == 0 else K * D), f"W{s}": (D, D), f"b{s}": (D,)})
+    return {k: shapes[k] for k in param_names(arch)}
+
+
+def is_bias(name: str) -> bool:
+    """A parameter a model may be stored without: every cell's b and the output's c."""
+    return name == "c" or name.startswith("b")
+
+
+def hidden_shape(model: Mapping[str, Any], batch: int) -> tuple[int, ...]:
+    """The carried state: (B, D) for one cell, (L K, B, D) for a stack."""
+    arch = _arch(model)
+    cells = arch.layers * arch.directions
+    return (batch, model["D"]) if cells == 1 else (cells, batch, model["D"])
 
 
 def _fields(
@@ -176,16 +210,24 @@ def check_meta(meta: Any, version: int) -> tuple[dict[str, Any], Any]:
     _fields(
         config, "config", {k: (lambda v: isinstance(v, dict), "a JSON object") for k in sections}
     )
-    _fields(config["model"], "config.model", MODEL_FIELDS)
+    _fields(config["model"], "config.model", MODEL_FIELDS, MODEL_REQUIRED)
     _fields(config["data"], "config.data", DATA_FIELDS)
     _fields(config["backend"], "config.backend", BACKEND_FIELDS)
     train = _train_config(config["train"], version)
     model = config["model"]
-    for key, mine in (("hidden", "D"), ("dtype", "dtype"), ("init", "init")):
-        if getattr(train, key) != model[mine]:
+    if model.get("bidirectional", False):
+        raise SchemaError(
+            "config.model.bidirectional",
+            "true, but a training run's model reads the text in one direction",
+        )
+    stored_model = {"layers": 1, "nonlinearity": "tanh", **model}  # older: one tanh layer
+    pairs = (("hidden", "D"), ("dtype", "dtype"), ("init", "init"), ("layers", "layers"),
+             ("nonlinearity", "nonlinearity"))  # fmt: skip
+    for key, mine in pairs:
+        if getattr(train, key) != stored_model[mine]:
             raise SchemaError(
                 f"config.train.{key}",
-                f"{getattr(train, key)!r} differs from config.model.{mine} {model[mine]!r}",
+                f"{getattr(train, key)!r} differs from config.model.{mine} {stored_model[mine]!r}",
             )
     step = meta["step"]
     if not _int(step):
@@ -262,12 +304,12 @@ def expected_members(
     ``names``; kind is "param", "opt", "opt+" (>= 0), "count", "hidden" or "history".
     Raises SchemaError for a member the format does not define or a missing one."""
     shapes = parameter_shapes(config["model"])
-    if not any(f"param/{b}" in names for b in BIASES):
-        shapes = {k: v for k, v in shapes.items() if k not in BIASES}
+    if not any(f"param/{k}" in names for k in shapes if is_bias(k)):
+        shapes = {k: v for k, v in shapes.items() if not is_bias(k)}
     out: dict[str, tuple[tuple[int, ...] | None, str]] = {
         f"param/{k}": (shape, "param") for k, shape in shapes.items()
     }
-    out["hidden"] = ((train.batch, config["model"]["D"]), "hidden")
+    out["hidden"] = (hidden_shape(config["model"], train.batch), "hidden")
     for path, per_param in _optimizer_leaves(train).items():
         field = path.rsplit("/", 1)[-1]
         kind = "opt+" if (train.optimizer, field) in NONNEGATIVE else "opt"

@@ -15,10 +15,19 @@ from typing import Any, NamedTuple
 
 from .backends import namespace_of
 from .heads import HEADS
+from .layers import Arch, arch_of, param_names, suffix
+from .model import NONLINEARITIES
 
-__all__ = ["PARAM_KEYS", "Dims", "check_call", "check_params", "check_values"]
+__all__ = [
+    "PARAM_KEYS",
+    "Dims",
+    "check_call",
+    "check_cotangents",
+    "check_params",
+    "check_values",
+]
 
-PARAM_KEYS = ("U", "W", "V", "b", "c")
+PARAM_KEYS = ("U", "W", "V", "b", "c")  # one layer, one direction (bptt.layers: the rest)
 REDUCTIONS = ("mean", "sum")
 
 
@@ -27,6 +36,21 @@ class Dims(NamedTuple):
     D: int
     C: int
     dtype: Any
+    layers: int = 1
+    directions: int = 1
+
+    @property
+    def arch(self) -> Arch:
+        return Arch(self.layers, self.directions)
+
+    @property
+    def width(self) -> int:
+        """K D: the units the output (and each layer above the first) reads."""
+        return self.directions * self.D
+
+    @property
+    def h0_shape(self) -> str:
+        return "(B, D)" if self.arch.single else "(L K, B, D)"
 
 
 def _shape_error(name: str, expected: str, x: Any) -> ValueError:
@@ -39,21 +63,42 @@ def _check_dtype(name: str, x: Any, dims: Dims) -> None:
 
 
 def check_params(params: Any) -> Dims:
-    """U (D, M), W (D, D), V (C, D), optional b (D,) and c (C,), one floating dtype."""
+    """U (D, M), W (D, D), V (C, K D), optional b (D,) and c (C,), one floating dtype;
+    for a stack, the keys of :func:`bptt.layers.param_names` (U_l{l} of shape (D, K D))."""
     return _check_params(params, {})[1]
+
+
+def _expected_keys(arch: Arch) -> str:
+    if arch.single:
+        return "U, W, V and optional b, c"
+    names = ", ".join(param_names(arch, bias=False))
+    return (
+        f"{names} and optional biases (b per cell, c) for {arch.layers} layer(s) of "
+        f"{arch.directions} direction(s)"
+    )
+
+
+def _check_keys(params: Any) -> Arch:
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params: expected a mapping of arrays; got {type(params).__name__}")
+    arch = arch_of(params)
+    missing = [k for k in param_names(arch, bias=False) if params.get(k) is None]
+    if missing:
+        raise ValueError(f"params: missing key(s) {missing}; expected {_expected_keys(arch)}")
+    extra = [k for k in params if k not in param_names(arch)]
+    if extra:
+        raise ValueError(f"params: unknown key(s) {extra}; expected {_expected_keys(arch)}")
+    cell_biases = [params.get(f"b{suffix(l, d)}") is not None for l, d in arch.cells()]
+    if any(cell_biases) and not all(cell_biases):
+        names = [f"b{suffix(l, d)}" for l, d in arch.cells()]
+        raise ValueError(f"params: give every cell's bias ({names}) or none; some are missing")
+    return arch
 
 
 def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
     """:func:`check_params`, and the one namespace of the parameters and ``others``
     (named arrays or None), found in one pass. Returns (xp, dims)."""
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params: expected a mapping of arrays; got {type(params).__name__}")
-    missing = [k for k in ("U", "W", "V") if k not in params]
-    if missing:
-        raise ValueError(f"params: missing key(s) {missing}; expected U, W, V and optional b, c")
-    extra = [k for k in params if k not in PARAM_KEYS]
-    if extra:
-        raise ValueError(f"params: unknown key(s) {extra}; expected U, W, V and optional b, c")
+    arch = _check_keys(params)
     named = {**{f"params[{k!r}]": params[k] for k in params}, **others}
     for name, x in named.items():  # a subclass that means "ignore these entries"
         if type(x).__module__.startswith("numpy.ma"):
@@ -62,23 +107,35 @@ def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
                 "every entry): pass a plain array (x.filled(...)), and mask= for padded steps"
             )
     xp, _ = namespace_of(named)
-    U, W, V = params["U"], params["W"], params["V"]
-    for key in ("U", "W", "V"):
-        if params[key].ndim != 2:
+    for key in params:
+        if key[0] in "UWV" and params[key].ndim != 2:
             raise ValueError(
                 f"params['{key}']: expected a matrix; got shape {tuple(params[key].shape)}"
             )
+    U = params["U"]
     D, M = U.shape
+    width = arch.directions * D
+    V = params["V"]
     C = V.shape[0]
-    if tuple(W.shape) != (D, D):
-        raise _shape_error(
-            "params['W']", f"(D, D) = ({D}, {D}) to match U (D, M) = {tuple(U.shape)}", W
-        )
-    if V.shape[1] != D:
-        raise _shape_error("params['V']", f"(C, D) with D = {D} to match U {tuple(U.shape)}", V)
-    for key, n in (("b", D), ("c", C)):
-        if params.get(key) is not None and tuple(params[key].shape) != (n,):
-            raise _shape_error(f"params['{key}']", f"({n},)", params[key])
+    for layer, direction in arch.cells():
+        s = suffix(layer, direction)
+        fan_in = M if layer == 0 else width
+        if tuple(params[f"U{s}"].shape) != (D, fan_in):
+            what = "(D, M)" if layer == 0 else f"(D, K D) with K = {arch.directions} directions"
+            raise _shape_error(f"params['U{s}']", f"{what} = ({D}, {fan_in})", params[f"U{s}"])
+        if tuple(params[f"W{s}"].shape) != (D, D):
+            raise _shape_error(
+                f"params['W{s}']", f"(D, D) = ({D}, {D}) to match U (D, M) = {tuple(U.shape)}",
+                params[f"W{s}"],
+            )  # fmt: skip
+        b = params.get(f"b{s}")
+        if b is not None and tuple(b.shape) != (D,):
+            raise _shape_error(f"params['b{s}']", f"({D},)", b)
+    if V.shape[1] != width:
+        expected = f"(C, D) with D = {D}" if arch.single else f"(C, K D) with K D = {width}"
+        raise _shape_error("params['V']", f"{expected} to match U {tuple(U.shape)}", V)
+    if params.get("c") is not None and tuple(params["c"].shape) != (C,):
+        raise _shape_error("params['c']", f"({C},)", params["c"])
     dtype = U.dtype
     if not xp.isdtype(dtype, "real floating"):
         raise TypeError(f"params['U']: expected a floating dtype; got {dtype}")
@@ -87,7 +144,7 @@ def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
             raise TypeError(
                 f"params['{key}']: dtype {params[key].dtype} differs from params['U'] {dtype}"
             )
-    return xp, Dims(int(M), int(D), int(C), dtype)
+    return xp, Dims(int(M), int(D), int(C), dtype, arch.layers, arch.directions)
 
 
 def check_call(
@@ -101,14 +158,28 @@ def check_call(
     reduction: str = "mean",
     dropout_mask: Any = None,
     need_targets: bool = False,
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> tuple[Any, Dims]:
     """Shape, dtype, library and device checks for one call. Returns (xp, dims)."""
     others = dict(inputs=inputs, targets=targets, h0=h0, mask=mask, dropout_mask=dropout_mask)
+    if layer_masks is not None:
+        one_array = hasattr(layer_masks, "ndim")  # an array is not a sequence of arrays
+        if isinstance(layer_masks, Mapping) or one_array or not hasattr(layer_masks, "__len__"):
+            raise TypeError(
+                "layer_masks: expected a sequence of L - 1 arrays (T, B, K D); "
+                f"got {type(layer_masks).__name__}"
+            )
+        others.update({f"layer_masks[{i}]": m for i, m in enumerate(layer_masks)})
     xp, dims = _check_params(params, others)
     if head not in HEADS:
         raise ValueError(f"head: expected one of {list(HEADS)}; got {head!r}")
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}; got {reduction!r}")
+    if nonlinearity not in NONLINEARITIES:
+        raise ValueError(
+            f"nonlinearity: expected one of {list(NONLINEARITIES)}; got {nonlinearity!r}"
+        )
 
     if inputs.ndim == 2:
         if not xp.isdtype(inputs.dtype, "integral"):
@@ -133,13 +204,24 @@ def check_call(
         raise ValueError(f"inputs: T and B must be at least 1; got shape {tuple(inputs.shape)}")
 
     if h0 is not None:
-        if tuple(h0.shape) != (B, dims.D):
-            raise _shape_error("h0", f"(B, D) = ({B}, {dims.D})", h0)
+        if tuple(h0.shape) != _h0_shape(dims, B):
+            raise _shape_error("h0", f"{dims.h0_shape} = {_h0_shape(dims, B)}", h0)
         _check_dtype("h0", h0, dims)
+    width = "(T, B, D)" if dims.arch.single else "(T, B, K D)"
     if dropout_mask is not None:
-        if tuple(dropout_mask.shape) != (T, B, dims.D):
-            raise _shape_error("dropout_mask", f"(T, B, D) = ({T}, {B}, {dims.D})", dropout_mask)
+        if tuple(dropout_mask.shape) != (T, B, dims.width):
+            raise _shape_error("dropout_mask", f"{width} = ({T}, {B}, {dims.width})", dropout_mask)
         _check_dtype("dropout_mask", dropout_mask, dims)
+    if layer_masks is not None:
+        if len(layer_masks) != dims.layers - 1:
+            raise ValueError(
+                f"layer_masks: expected L - 1 = {dims.layers - 1} arrays, one between each "
+                f"two of the {dims.layers} layers; got {len(layer_masks)}"
+            )
+        for i, m in enumerate(layer_masks):
+            if tuple(m.shape) != (T, B, dims.width):
+                raise _shape_error(f"layer_masks[{i}]", f"{width} = ({T}, {B}, {dims.width})", m)
+            _check_dtype(f"layer_masks[{i}]", m, dims)
     if mask is not None and tuple(mask.shape) != (T, B):
         raise _shape_error("mask", f"(T, B) = ({T}, {B})", mask)
     if mask is not None and not (
@@ -165,13 +247,14 @@ def check_call(
         ok = tuple(targets.shape) == (T, B, dims.C) or (
             dims.C == 1 and tuple(targets.shape) == (T, B)
         )
+        what = "0/1 labels for the sigmoid head" if head == "sigmoid" else "real targets for mse"
         if not ok:
-            raise _shape_error(
-                "targets",
-                f"(T, B, C) = ({T}, {B}, {dims.C}) 0/1 labels for the sigmoid head",
-                targets,
-            )
-        if not (
+            raise _shape_error("targets", f"(T, B, C) = ({T}, {B}, {dims.C}) {what}", targets)
+        if head == "mse":
+            if not xp.isdtype(targets.dtype, "real floating"):
+                raise TypeError(f"targets: mse targets need a floating dtype; got {targets.dtype}")
+            _check_dtype("targets", targets, dims)
+        elif not (
             xp.isdtype(targets.dtype, "bool")
             or xp.isdtype(targets.dtype, "real floating")
             or xp.isdtype(targets.dtype, "integral")
@@ -193,14 +276,37 @@ def _dropout_ok(dropout_mask: Any, xp: Any) -> Any:
     return one_scale & ((top == 0) | ((top >= 1) & (top <= MAX_KEEP_SCALE)))
 
 
+def _h0_shape(dims: Dims, B: int) -> tuple[int, ...]:
+    cells = dims.layers * dims.directions
+    return (B, dims.D) if dims.arch.single else (cells, B, dims.D)
+
+
+def check_cotangents(
+    params: Any, dims: Dims, shape: tuple[int, int], *, dlogits: Any, dstates: Any
+) -> None:
+    """What a pullback is given: dlogits (T, B, C) and/or dstates (T, B, K D), of the
+    parameters' dtype, library and device (nothing is moved)."""
+    T, B = shape
+    if dlogits is None and dstates is None:
+        raise TypeError("pullback: give dlogits (T, B, C), dstates (T, B, K D), or both")
+    namespace_of({"params['U']": params["U"], "dlogits": dlogits, "dstates": dstates})
+    width = "(T, B, D)" if dims.arch.single else "(T, B, K D)"
+    expected = {"dlogits": ("(T, B, C)", (T, B, dims.C)), "dstates": (width, (T, B, dims.width))}
+    for name, a in (("dlogits", dlogits), ("dstates", dstates)):
+        if a is None:
+            continue
+        if tuple(a.shape) != expected[name][1]:
+            raise _shape_error(name, f"{expected[name][0]} = {expected[name][1]}", a)
+        _check_dtype(name, a, dims)
+
+
 def _value_conditions(
     params: Any, inputs: Any, *, targets: Any, h0: Any, mask: Any, head: str, dims: Dims, xp: Any,
-    dropout_mask: Any = None,
+    dropout_masks: dict[str, Any],
 ) -> list[Any]:  # fmt: skip
     """Every value condition of a call as a 0-d boolean device array (no sync)."""
     conds = [xp.all(xp.isfinite(p)) for p in params.values()]
-    if dropout_mask is not None:
-        conds.append(_dropout_ok(dropout_mask, xp))
+    conds += [_dropout_ok(m, xp) for m in dropout_masks.values()]
     if inputs.ndim == 2:
         conds.append(xp.all((inputs >= 0) & (inputs < dims.M)))
     else:
@@ -215,6 +321,8 @@ def _value_conditions(
     if targets is not None:
         if head == "softmax":
             conds.append(xp.all((targets >= 0) & (targets < dims.C)))
+        elif head == "mse":
+            conds.append(xp.all(xp.isfinite(targets)))
         elif not xp.isdtype(targets.dtype, "bool"):
             conds.append(xp.all((targets >= 0) & (targets <= 1)))
     return conds
@@ -231,27 +339,33 @@ def check_values(
     dims: Dims,
     xp: Any,
     dropout_mask: Any = None,
+    layer_masks: Any = None,
 ) -> None:
     """Value checks: ids and targets in range, finite numbers, 0/1 masks, dropout
-    multipliers that are 0 or one 1 / (1 - p).
+    multipliers (``dropout_mask``, and a stack's ``layer_masks``) that are 0 or one
+    1 / (1 - p).
 
     All conditions are reduced to one device flag, read once: one host sync per
     call. Only when it is false are the conditions read one by one, to name the
     argument at fault.
     """
+    named = {"dropout_mask": dropout_mask}
+    named.update({f"layer_masks[{i}]": m for i, m in enumerate(layer_masks or ())})
+    dropout_masks = {name: m for name, m in named.items() if m is not None}
     conds = _value_conditions(
         params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,
-        dropout_mask=dropout_mask,
+        dropout_masks=dropout_masks,
     )  # fmt: skip
     if bool(xp.all(xp.stack(conds))):  # the one host sync of a value check
         return
-    if dropout_mask is not None and not bool(_dropout_ok(dropout_mask, xp)):
-        low, high = float(xp.min(dropout_mask)), float(xp.max(dropout_mask))
-        got = "NaN" if math.isnan(low + high) else f"values from {low!r} to {high!r}"
-        raise ValueError(
-            "dropout_mask: expected multipliers 0 (dropped) or one common 1 / (1 - p) in "
-            f"[1, 2^53] (kept); got {got}"
-        )
+    for name, m in dropout_masks.items():
+        if not bool(_dropout_ok(m, xp)):
+            low, high = float(xp.min(m)), float(xp.max(m))
+            got = "NaN" if math.isnan(low + high) else f"values from {low!r} to {high!r}"
+            raise ValueError(
+                f"{name}: expected multipliers 0 (dropped) or one common 1 / (1 - p) in "
+                f"[1, 2^53] (kept); got {got}"
+            )
     _explain(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
     raise ValueError("a value check failed")  # not reached: _explain names the argument
 
@@ -286,6 +400,9 @@ def _explain(
     if head == "softmax":
         if not bool(xp.all((targets >= 0) & (targets < dims.C))):
             raise ValueError(f"targets: class ids must lie in [0, {dims.C}); {_range(targets, xp)}")
+    elif head == "mse":
+        if not bool(xp.all(xp.isfinite(targets))):
+            raise ValueError("targets: contains NaN or infinite values")
     elif not xp.isdtype(targets.dtype, "bool"):
         if not bool(xp.all((targets >= 0) & (targets <= 1))):
             raise ValueError("targets: sigmoid targets must lie in [0, 1]")

@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
     parser = argparse.ArgumentParser(
-        prog="bptt", description="Train and sample tanh RNNs with hand-derived BPTT."
+        prog="bptt", description="Train and sample RNNs with hand-derived BPTT."
     )
     parser.add_argument("--version", action="version", version=f"bptt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)

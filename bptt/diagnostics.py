@@ -11,6 +11,11 @@ largest singular value of W.
 The sweep runs over k = T..1, like :func:`bptt.model.backward`, but keeps one
 row per loss step instead of their sum: the backward pass carries
 dL/ds_k = sum_t dL_t/ds_k, this module carries every dL_t/ds_k separately.
+
+In a stack of layers (:mod:`bptt.layers`, one direction) the map is that of the
+last layer, whose states reach the loss only through the output and their own
+later states, so the same sweep holds with that layer's W; with relu the factor
+diag(1 - s^2) becomes diag(s > 0) (eq. B17).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from . import backends, model
+from . import backends, layers, model
 from .checks import check_call, check_values
 from .heads import HEADS, loss_weights, reduce
 
@@ -51,7 +56,9 @@ def spectral_stats(W: Any) -> tuple[float, float]:
     return radius, sigma
 
 
-def state_gradient_sweep(states: Any, dS: Any, W: Any, xp: Any) -> Iterator[tuple[int, Any]]:
+def state_gradient_sweep(
+    states: Any, dS: Any, W: Any, xp: Any, nonlinearity: str = "tanh"
+) -> Iterator[tuple[int, Any]]:
     """Yield ``(k, G)`` for k = T-1, ..., 0 (0-based), with G[j] = dL_{k+j}/ds_k.
 
     ``states`` (T, B, D) are s_1..s_T; ``dS`` (T, B, D) holds dL_t/ds_t, the loss
@@ -68,10 +75,11 @@ def state_gradient_sweep(states: Any, dS: Any, W: Any, xp: Any) -> Iterator[tupl
     This is eq. (B15) of ``docs/derivation.md``. Cost: T sequential steps (as
     many as the backward pass), step k one matrix
     product over (T - k - 1) * B rows; O(T^2 B D^2) in all, inherent in asking
-    for all T(T+1)/2 pairs. G is at most (T, B, D), the size of ``states``.
+    for all T(T+1)/2 pairs. G is at most (T, B, D), the size of ``states``. With
+    ``nonlinearity="relu"`` the factor is s > 0 (eq. B17).
     """
     T, B, D = states.shape
-    tanh_prime = 1 - states * states  # eq. (62), diagonals of ds_t/dz_t  (T, B, D)
+    tanh_prime = model.derivative(states, nonlinearity, xp)  # eq. (62): ds_t/dz_t  (T, B, D)
     G = dS[T - 1 :, ...]  # (1, B, D): the loss of step T reaches s_T directly
     yield T - 1, G
     for k in range(T - 2, -1, -1):  # every open row crosses one more diag(1 - s_{k+1}^2) W
@@ -90,8 +98,13 @@ def gradient_flow(
     head: str = "softmax",
     mask: Any = None,
     reduction: str = "mean",
+    nonlinearity: str = "tanh",
 ) -> GradientFlow:
     """Norms of dL_t/ds_k for all k <= t over one batch, their mean by lag, and W's spectrum.
+
+    For a stack (``num_layers`` > 1) s_k are the last layer's states and W is its
+    recurrent matrix; a bidirectional model is refused (its reverse states are
+    reached by the losses of earlier steps, not later ones).
 
     Arguments as in :func:`bptt.loss_and_grad`: ``inputs`` (T, B) ids or (T, B, M),
     ``targets``, ``h0`` (B, D), ``head``, ``mask`` (T, B), ``reduction``. L_t is
@@ -118,14 +131,22 @@ def gradient_flow(
     """
     xp, dims = check_call(
         params, inputs, targets=targets, h0=h0, mask=mask, head=head, reduction=reduction,
-        need_targets=True,
+        need_targets=True, nonlinearity=nonlinearity,
     )  # fmt: skip
+    if dims.directions != 1:
+        raise ValueError(
+            "params: gradient_flow measures how far back in time losses reach, and a "
+            "bidirectional model's reverse states are reached by earlier losses; give a "
+            "one-direction model"
+        )
     check_values(params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp)
     T, B = inputs.shape[:2]
     weights = loss_weights(
         mask, (T, B, dims.C), head=head, reduction=reduction, dtype=dims.dtype, xp=xp
     )
-    S, logits, _ = model.forward(params, inputs, h0, xp)  # (T, B, D), (T, B, C)
+    out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity)
+    S, logits = out.states, out.logits  # (T, B, D) of the last layer, (T, B, C)
+    W = params[f"W{layers.suffix(dims.layers - 1, 0)}"]  # (D, D): the last layer's
     terms, dlogits = HEADS[head](logits, targets, xp)
     _, dlogits = reduce(terms, dlogits, weights, xp)  # dL/dg_t with the weights, eq. (B9)
     dS = model.state_grads(params, dlogits, None, xp)  # (T, B, D), eq. (56)
@@ -138,7 +159,7 @@ def gradient_flow(
     columns = [None] * T  # columns[k]: ||dL_t/ds_k|| for t = 0..T-1, zero for t < k
     lag_sum = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
     lag_count = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
-    for k, G in state_gradient_sweep(S, dS, params["W"], xp):  # G (T-k, B, D)
+    for k, G in state_gradient_sweep(S, dS, W, xp, nonlinearity):  # G (T-k, B, D)
         column = xp.sqrt(xp.sum(G * G, axis=(1, 2)))  # ||dL_t/ds_k||, t = k..T-1  (T-k,)
         zeros = xp.zeros((k,), dtype=S.dtype, device=S.device)  # (k,)
         columns[k] = xp.concat([zeros, column])  # (T,)
@@ -151,5 +172,5 @@ def gradient_flow(
     lag_mean = xp.where(
         reached, lag_sum / xp.where(reached, lag_count, ones), xp.full_like(ones, xp.nan)
     )  # (T,)
-    radius, sigma = spectral_stats(params["W"])
+    radius, sigma = spectral_stats(W)
     return GradientFlow(norms, lag_mean, steps, radius, sigma)

@@ -163,7 +163,7 @@ class WalkCarry(NamedTuple):
     decay: Any  # (N,) or (): the pull toward theta_0 per segment, each in [0, 1]
 
 
-def make_static_step(layout: Layout) -> Any:
+def make_static_step(layout: Layout, nonlinearity: str = "tanh") -> Any:
     """``step(carry, inputs, targets) -> (carry, nats)``: score a segment, no update.
 
     The loss is that of :func:`bptt.loss_and_grad`, as the dynamic step scores, so
@@ -176,14 +176,15 @@ def make_static_step(layout: Layout) -> Any:
         xp, _ = backends.namespace_of({"carry.params": carry.params})
         params = layout.unflatten(carry.params, xp)  # views
         nats, _, h_last = loss_and_grad(
-            params, inputs, targets, h0=carry.hidden, reduction="sum", check_values=False
-        )  # summed over the segment, eqs. (23), (B8)
+            params, inputs, targets, h0=carry.hidden, reduction="sum",
+            nonlinearity=nonlinearity, check_values=False,
+        )  # summed over the segment, eqs. (23), (B8)  # fmt: skip
         return carry._replace(hidden=h_last), nats
 
     return static_step
 
 
-def make_dynamic_step(layout: Layout) -> Any:
+def make_dynamic_step(layout: Layout, nonlinearity: str = "tanh") -> Any:
     """``step(carry, inputs, targets) -> (carry, nats)``: score a segment with the
     current weights, then one gradient step on it (the rule lives in the carry)."""
 
@@ -191,8 +192,9 @@ def make_dynamic_step(layout: Layout) -> Any:
         xp, _ = backends.namespace_of({"carry.params": carry.params})
         params = layout.unflatten(carry.params, xp)  # views
         nats, grads, h_last = loss_and_grad(
-            params, inputs, targets, h0=carry.hidden, reduction="sum", check_values=False
-        )  # the score (0-d, before any update) and its gradient, by BPTT (eq. B8)
+            params, inputs, targets, h0=carry.hidden, reduction="sum",
+            nonlinearity=nonlinearity, check_values=False,
+        )  # the score (0-d, before any update) and its gradient, by BPTT (eq. B8)  # fmt: skip
         g = layout.flatten(grads, xp) / (inputs.shape[0] * inputs.shape[1])  # (N,): mean loss
         theta = carry.params  # (N,)
         new = theta - carry.step_scale * g + carry.decay * (carry.anchor - theta)  # (N,)
@@ -202,7 +204,7 @@ def make_dynamic_step(layout: Layout) -> Any:
 
 
 def gradient_rms(params: dict[str, Any], train_ids: np.ndarray, *, seq_len: int, batch: int,
-                 chunks: int | None = None) -> Any:  # fmt: skip
+                 chunks: int | None = None, nonlinearity: str = "tanh") -> Any:  # fmt: skip
     """(N,): the root mean square, over chunks of the training text, of the gradient of
     the training loss (mean over a chunk) at ``params``, flat in ``Layout.of(params)``.
 
@@ -230,7 +232,8 @@ def gradient_rms(params: dict[str, Any], train_ids: np.ndarray, *, seq_len: int,
                 data[k * seq_len : (k + 1) * seq_len, ...],
                 data[k * seq_len + 1 : (k + 1) * seq_len + 1, ...],
             )
-            _, grads, h = loss_and_grad(params, x, y, h0=h, check_values=False)
+            _, grads, h = loss_and_grad(params, x, y, h0=h, nonlinearity=nonlinearity,
+                                        check_values=False)  # fmt: skip
             g = layout.flatten(grads, xp)  # (N,)
             total = g * g if total is None else total + g * g
         return xp.sqrt(total / n)
@@ -264,32 +267,34 @@ _STEPS: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # (step, compiled step), re
 
 
 def _steps(make: Any, layout: Layout, be: Any, carry: WalkCarry, seq_len: int,
-           compile: str) -> tuple[Any, Any]:  # fmt: skip
-    """The step ``make(layout)`` and its compiled form, made once per kind, layout, device
-    and carry shapes: a tuning grid on JAX compiles one ``jax.jit`` step, not one per try."""
+           compile: str, nonlinearity: str) -> tuple[Any, Any]:  # fmt: skip
+    """The step ``make(layout, nonlinearity)`` and its compiled form, made once per
+    kind, layout, device and carry shapes: a tuning grid on JAX compiles one ``jax.jit``
+    step, not one per try."""
     shapes = tuple(tuple(a.shape) for a in (carry.params, carry.step_scale, carry.decay))
     key = (make, layout, be.name, str(be.device), str(carry.params.dtype), shapes, seq_len,
-           compile)  # fmt: skip
+           compile, nonlinearity)  # fmt: skip
     if key not in _STEPS:
         if len(_STEPS) >= 16:  # a few kinds and shapes per process: bounded all the same
             _STEPS.clear()
-        step = make(layout)
+        step = make(layout, nonlinearity)
         _STEPS[key] = step, compile_step(step, be, compile)
     return _STEPS[key]
 
 
 def _walk(params: dict[str, Any], walk: Walk, make: Any, carry: WalkCarry,
-          compile: str) -> Score:  # fmt: skip
+          compile: str, nonlinearity: str) -> Score:  # fmt: skip
     """Warm up the state, then run the step ``make`` makes over every segment; one host
     read. Whole segments after the first run compiled (one traced shape); the first
     (no state yet) and a short last one run the same step eagerly."""
     be = backends.backend_of(next(iter(params.values())))
     layout = Layout.of(params)
-    step, compiled = _steps(make, layout, be, carry, walk.seq_len, compile)
+    step, compiled = _steps(make, layout, be, carry, walk.seq_len, compile, nonlinearity)
     scores = []
     with be.activate():
         if walk.warm_inputs is not None:  # unscored, no update
-            carry, _ = make_static_step(layout)(carry, walk.warm_inputs, walk.warm_targets)
+            warm = make_static_step(layout, nonlinearity)
+            carry, _ = warm(carry, walk.warm_inputs, walk.warm_targets)
         for a, b in walk.bounds():
             full = b - a == walk.seq_len and carry.hidden is not None
             carry, nats = (compiled if full else step)(
@@ -300,20 +305,22 @@ def _walk(params: dict[str, Any], walk: Walk, make: Any, carry: WalkCarry,
     return Score(np.asarray(host, dtype=np.float64), walk.count)
 
 
-def score_static(params: dict[str, Any], walk: Walk, *, compile: str = "auto") -> Score:
+def score_static(params: dict[str, Any], walk: Walk, *, compile: str = "auto",
+                 nonlinearity: str = "tanh") -> Score:  # fmt: skip
     """The walk's characters scored with fixed weights (carrying the state)."""
-    return _walk(params, walk, make_static_step, _start_carry(params, None, None), compile)
+    carry = _start_carry(params, None, None)
+    return _walk(params, walk, make_static_step, carry, compile, nonlinearity)
 
 
 def score_dynamic(params: dict[str, Any], walk: Walk, update: Update, *, rms: Any = None,
-                  compile: str = "auto") -> Score:  # fmt: skip
+                  compile: str = "auto", nonlinearity: str = "tanh") -> Score:  # fmt: skip
     """The walk's characters scored by dynamic evaluation with ``update``.
 
     Each segment is scored before its own gradient step. ``rms``: the (N,) array of
     :func:`gradient_rms`, needed by the "rms" rule. ``params`` are not changed.
     """
     carry = _start_carry(params, update, rms)
-    return _walk(params, walk, make_dynamic_step, carry, compile)
+    return _walk(params, walk, make_dynamic_step, carry, compile, nonlinearity)
 
 
 @dataclass
@@ -331,7 +338,8 @@ class DynamicResult:
 
 def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[Update], *,
                      tune_chars: int, seq_len: int, warmup: int, backend: Any, rms: Any = None,
-                     compile: str = "auto") -> DynamicResult:  # fmt: skip
+                     compile: str = "auto",
+                     nonlinearity: str = "tanh") -> DynamicResult:  # fmt: skip
     """Choose among ``candidates`` on the targets ids[1 : tune_chars + 1], then score
     ids[tune_chars + 1 :] with fixed weights and with the chosen update, both from the
     trained weights and a state warmed on the ``warmup`` characters before.
@@ -352,7 +360,8 @@ def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[U
     if tune_chars > 0 and len(candidates) > 1:
         part = layout_walk(ids[: tune_chars + 1], seq_len=seq_len, backend=backend)
         for update in candidates:
-            score = score_dynamic(params, part, update, rms=rms, compile=compile)
+            score = score_dynamic(params, part, update, rms=rms, compile=compile,
+                                  nonlinearity=nonlinearity)  # fmt: skip
             tuning.append((update, score.bpc))
     finite = [(u, bpc) for u, bpc in tuning if math.isfinite(bpc)]
     chosen = min(finite, key=lambda t: t[1])[0] if finite else candidates[0]
@@ -360,8 +369,9 @@ def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[U
                        backend=backend)  # fmt: skip
     seconds = {"tuning": time.perf_counter() - clock}
     clock = time.perf_counter()
-    static = score_static(params, rest, compile=compile)  # ends with a read: timed whole
+    static = score_static(params, rest, compile=compile, nonlinearity=nonlinearity)  # one read
     seconds["static"], clock = time.perf_counter() - clock, time.perf_counter()
-    dynamic = score_dynamic(params, rest, chosen, rms=rms, compile=compile)
+    dynamic = score_dynamic(params, rest, chosen, rms=rms, compile=compile,
+                            nonlinearity=nonlinearity)  # fmt: skip
     seconds["dynamic"] = time.perf_counter() - clock
     return DynamicResult(tuning, chosen, tune_chars, static, dynamic, seconds)

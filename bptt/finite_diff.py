@@ -38,6 +38,8 @@ def finite_difference_check(
     eps: float,
     max_entries: int | None,
     seed: int,
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> float:
     """The worst relative error of :func:`bptt.gradcheck` (arguments checked there)."""
     real = isinstance(eps, (int, float)) and not isinstance(eps, bool)
@@ -59,10 +61,12 @@ def finite_difference_check(
         for name, a in (("h0", h0), ("dropout_mask", dropout_mask))
     }
     x64 = inputs if inputs.ndim == 2 else xp.astype(inputs, f64)
+    masks64 = None if layer_masks is None else [xp.astype(m, f64) for m in layer_masks]
     T, B = inputs.shape[:2]
     C = params["V"].shape[0]
     weights = loss_weights(mask, (T, B, C), head=head, reduction=reduction, dtype=f64, xp=xp)
-    kw = dict(head=head, weights=weights, xp=xp, **as64)
+    kw = dict(head=head, weights=weights, xp=xp, nonlinearity=nonlinearity,
+              layer_masks=masks64, **as64)  # fmt: skip
 
     def loss_at(p: dict[str, Any]) -> float:
         return float(step.loss(p, x64, targets, **kw))

@@ -1,9 +1,9 @@
 """Output heads: per-step losses and their gradients with respect to the logits.
 
-Both heads return ``(loss_terms, dlogits)``: the loss of every (t, b) pair,
+Every head returns ``(loss_terms, dlogits)``: the loss of every (t, b) pair,
 shape (T, B), and dL_t/dg_t, shape (T, B, C), for an unweighted sum of losses.
 :func:`loss_weights` and :func:`reduce` apply the mask and the reduction to both.
-Both are stable for logits of any finite size: no exp overflow and no log(0).
+All are stable for logits of any finite size: no exp overflow and no log(0).
 Pure math, like :mod:`bptt.model`: only the namespace ``xp`` they are given.
 """
 
@@ -15,7 +15,14 @@ from array_api_compat import device  # x.device, or None for a JAX tracer
 
 from .model import one_hot
 
-__all__ = ["HEADS", "loss_weights", "reduce", "sigmoid_bce", "softmax_cross_entropy"]
+__all__ = [
+    "HEADS",
+    "loss_weights",
+    "mean_squared_error",
+    "reduce",
+    "sigmoid_bce",
+    "softmax_cross_entropy",
+]
 
 
 def softmax_cross_entropy(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
@@ -53,7 +60,23 @@ def sigmoid_bce(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
     return xp.sum(loss, axis=-1), yhat - y  # (T, B), (T, B, C)
 
 
-HEADS = {"softmax": softmax_cross_entropy, "sigmoid": sigmoid_bce}
+def mean_squared_error(logits: Any, targets: Any, xp: Any) -> tuple[Any, Any]:
+    """A linear output and the squared error against real targets (T, B, C) (eq. B18).
+
+    L = sum_c (g - y)^2 per step and sequence, dL/dg = 2 (g - y); with the mean
+    reduction this is torch's MSELoss (the mean over T, B and C).
+    """
+    y = xp.astype(xp.reshape(targets, logits.shape), logits.dtype)  # (T, B, C)
+    residual = logits - y  # (T, B, C), a fresh array
+    terms = xp.sum(residual * residual, axis=-1)  # (T, B)
+    residual *= 2.0  # dL/dg, in place on the fresh array
+    return terms, residual
+
+
+HEADS = {"softmax": softmax_cross_entropy, "sigmoid": sigmoid_bce, "mse": mean_squared_error}
+
+# Heads whose "mean" also averages over the C outputs (torch's BCEWithLogitsLoss, MSELoss).
+PER_ELEMENT_MEAN = ("sigmoid", "mse")
 
 
 def loss_weights(
@@ -62,11 +85,12 @@ def loss_weights(
     """What each step's loss counts for: a Python float, or (T, B) weights with a mask.
 
     ``shape`` is (T, B, C). ``"mean"`` divides by the number of unmasked steps (and
-    by C for the sigmoid head, as torch's BCEWithLogitsLoss does); ``"sum"`` by 1.
+    by C for the sigmoid and mse heads, as torch's BCEWithLogitsLoss and MSELoss do);
+    ``"sum"`` by 1.
     The count of a mask stays on the device: no sync.
     """
     T, B, C = shape
-    per_element = C if head == "sigmoid" else 1
+    per_element = C if head in PER_ELEMENT_MEAN else 1
     if mask is None:
         return 1.0 / (T * B * per_element) if reduction == "mean" else 1.0
     weight = xp.astype(mask, dtype)  # (T, B), 1 where a step counts

@@ -1,4 +1,4 @@
-"""The tanh RNN, batched and time-major: the forward pass and the BPTT backward pass.
+"""One recurrent layer, batched and time-major: the forward pass and the BPTT backward pass.
 
 Pure math: every function takes the array namespace ``xp`` and imports nothing
 else, does no validation (:mod:`bptt.api` checks first) and never writes into an
@@ -11,17 +11,20 @@ Shapes: T steps, B sequences, M inputs, D hidden units, C outputs.
 
 Forward (eqs. 19-21, plus the optional biases b and c)::
 
-    z_t = U x_t + W s_{t-1} + b      s_t = tanh(z_t)      g_t = V s_t + c
+    z_t = U x_t + W s_{t-1} + b      s_t = f(z_t)      g_t = V s_t + c
+
+with f = tanh (the default) or relu (eq. B17); f' is computed from s_t alone.
 
 Backward, a reverse recurrence over t = T..1 (equal to the sums of eqs. 57-69
 without their O(T^2) cost, with the tanh' factor that eqs. 13-15 drop, kept inside
 the product that eq. 63 wrongly reorders)::
 
-    dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2),   dz_{T+1} = 0
+    dz_t = (dS_t + W^T dz_{t+1}) * f'(z_t),   dz_{T+1} = 0,   f'(z_t) = 1 - s_t^2 for tanh
 
 where dS_t = V^T dg_t (eq. 56) is the loss gradient reaching s_t from its own
 output. Only the two recurrences are sequential; everything else is one matrix
-product over all the rows of the steps it covers.
+product over all the rows of the steps it covers. Stacked and bidirectional
+layers are compositions of these functions (:mod:`bptt.layers`).
 """
 
 from __future__ import annotations
@@ -31,10 +34,15 @@ from typing import Any, NamedTuple
 from array_api_compat import device  # x.device, or None for a JAX tracer (jit places it)
 
 __all__ = [
+    "NONLINEARITIES",
     "Cache",
+    "activation",
     "backward",
     "column_sums",
+    "derivative",
     "forward",
+    "initial_state_grads",
+    "input_grads",
     "input_projection",
     "is_token_ids",
     "one_hot",
@@ -45,6 +53,8 @@ __all__ = [
     "state_grads",
     "weight_grads",
 ]
+
+NONLINEARITIES = ("tanh", "relu")
 
 
 class Cache(NamedTuple):
@@ -76,6 +86,24 @@ def column_sums(x: Any, xp: Any) -> Any:
     return xp.sum(x, axis=0)  # (K,)
 
 
+def activation(nonlinearity: str, like: Any, xp: Any) -> Any:
+    """The elementwise f of eq. (20) as a function of one array: ``xp.tanh``, or relu
+    (eq. B17) as ``maximum(z, 0)`` against a 0-d zero of ``like``'s dtype and device
+    (one operation per step, as tanh; no value-dependent control flow)."""
+    if nonlinearity == "tanh":
+        return xp.tanh
+    zero = xp.zeros((), dtype=like.dtype, device=device(like))  # ()
+    return lambda z: xp.maximum(z, zero)
+
+
+def derivative(s: Any, nonlinearity: str, xp: Any) -> Any:
+    """f'(z) from the output s = f(z), any shape: 1 - s^2 for tanh (eq. 62), and for
+    relu the 0/1 indicator of s > 0 as a number (eq. B17), a cast, not a branch."""
+    if nonlinearity == "tanh":
+        return 1 - s * s
+    return xp.astype(s > 0, s.dtype)
+
+
 def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
     """U x_t + b for every step at once, (T, B, D): the input terms of eq. (19), (B1).
 
@@ -98,14 +126,16 @@ def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
     return xp.reshape(xu, (T, B, D))
 
 
-def recurrence(W: Any, xu: Any, s: Any, xp: Any) -> Any:
+def recurrence(W: Any, xu: Any, s: Any, xp: Any, nonlinearity: str = "tanh") -> Any:
     """Eqs. (19)-(20) over n steps: the states s_0 .. s_n, (n+1, B, D), stacked once.
 
     ``xu`` (n, B, D) holds U x_t + b; ``s`` (B, D) is s_0, the state before the first
     step (None: zeros, and the first step skips its product). Per step: one product,
-    one sum, one tanh. s_0 leads the stack so that dW is one product (eq. B13).
+    one sum, one tanh (or relu, eq. B17). s_0 leads the stack so that dW is one
+    product (eq. B13).
     """
     WT = W.T  # (D, D), transposed once, not per step
+    f = activation(nonlinearity, xu, xp)
     states = [s if s is not None else xp.zeros_like(xu[0, ...])]  # s_0  (B, D)
     for t in range(xu.shape[0]):  # the only sequential part of the forward pass
         if s is None:
@@ -113,7 +143,7 @@ def recurrence(W: Any, xu: Any, s: Any, xp: Any) -> Any:
         else:
             z = s @ WT  # (B, D), a fresh array
             z += xu[t, ...]  # + U x_t + b
-        s = xp.tanh(z)  # (B, D), eq. (20)
+        s = f(z)  # (B, D), eq. (20)
         states.append(s)
     return xp.stack(states)  # (n+1, B, D)
 
@@ -134,11 +164,13 @@ def output(params: Any, states: Any, dropout_mask: Any, xp: Any) -> tuple[Any, A
 
 
 def forward(
-    params: Any, inputs: Any, h0: Any, xp: Any, dropout_mask: Any = None
-) -> tuple[Any, Any, Cache]:
+    params: Any, inputs: Any, h0: Any, xp: Any, dropout_mask: Any = None,
+    nonlinearity: str = "tanh",
+) -> tuple[Any, Any, Cache]:  # fmt: skip
     """Hidden states s_1 .. s_T (T, B, D), logits (T, B, C) and the cache for
     :func:`backward`."""
-    states = recurrence(params["W"], input_projection(params, inputs, xp), h0, xp)  # (T+1,..)
+    xu = input_projection(params, inputs, xp)  # (T, B, D)
+    states = recurrence(params["W"], xu, h0, xp, nonlinearity)  # (T+1, B, D)
     logits, _ = output(params, states[1:, ...], dropout_mask, xp)  # (T, B, C)
     return states[1:, ...], logits, Cache(inputs, states, dropout_mask)
 
@@ -166,27 +198,30 @@ def state_grads(params: Any, dlogits: Any, dropout_mask: Any, xp: Any) -> Any:
     return dS
 
 
-def reverse_recurrence(W: Any, states: Any, dS: Any, dz: Any, xp: Any) -> Any:
+def reverse_recurrence(
+    W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str = "tanh"
+) -> Any:
     """The backward recurrence (eqs. 62, B12) over n steps, last step first: dz (n, B, D).
 
     ``states`` (n+1, B, D) holds s_0 .. s_n as :func:`recurrence` returns them (s_0
     unused), ``dS`` (n, B, D) the output gradients; ``dz`` (B, D) is dz of the step
-    after these (None after step T). tanh' = 1 - s^2 for all n steps is one pass
-    first; then each step is one product, one sum and one product by tanh'.
+    after these (None after step T). tanh' = 1 - s^2 (relu': s > 0, eq. B17) for all
+    n steps is one pass first; then each step is one product, one sum and one
+    product by f'.
     """
     n = dS.shape[0]
     s = states[1:, ...]  # (n, B, D)
-    tanh_prime = 1 - s * s  # (n, B, D), eq. (62)
+    f_prime = derivative(s, nonlinearity, xp)  # (n, B, D), eq. (62) or (B17)
     dZ = [None] * n
     for t in range(n - 1, -1, -1):
         if dz is None:  # step T: nothing flows back from the future
-            dz = dS[t, ...] * tanh_prime[t, ...]  # (B, D)
+            dz = dS[t, ...] * f_prime[t, ...]  # (B, D)
         else:
             # dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2): the tanh' factor that eqs.
             # (13)-(15) drop, inside the product that eq. (63) reorders
             g = dz @ W  # (B, D): W^T dz_{t+1} as row vectors, a fresh array
             g += dS[t, ...]  # + dS_t
-            dz = g * tanh_prime[t, ...]  # (B, D)
+            dz = g * f_prime[t, ...]  # (B, D)
         dZ[t] = dz
     return xp.stack(dZ)  # (n, B, D)
 
@@ -211,12 +246,30 @@ def weight_grads(params: Any, dZ: Any, states: Any, inputs: Any, xp: Any) -> dic
     return grads
 
 
-def backward(params: Any, dlogits: Any, cache: Cache, xp: Any) -> dict[str, Any]:
+def input_grads(U: Any, dZ: Any, xp: Any) -> Any:
+    """dL/dx_t = U^T dz_t for n steps of dense inputs (eq. B22): (n, B, M), one product.
+
+    The gradient a layer sends to what it reads: the user's dense inputs, or the
+    layer below in a stack (eq. B20).
+    """
+    n, B, D = dZ.shape
+    dX = xp.reshape(dZ, (n * B, D)) @ U  # (n*B, M): row form of U^T dz_t
+    return xp.reshape(dX, (n, B, U.shape[1]))  # (n, B, M)
+
+
+def initial_state_grads(W: Any, dz_first: Any) -> Any:
+    """dL/ds_0 = W^T dz_1 (eq. B23) as rows: (B, D). s_0 enters only step 1's z."""
+    return dz_first @ W  # (B, D)
+
+
+def backward(
+    params: Any, dlogits: Any, cache: Cache, xp: Any, nonlinearity: str = "tanh"
+) -> dict[str, Any]:
     """Gradients of every parameter, given dL/dg (T, B, C); h0 is a constant."""
     S, mask = cache.states, cache.dropout_mask  # (T+1, B, D), (T, B, D) or None
     out_states = S[1:, ...] if mask is None else S[1:, ...] * mask  # what V saw
     grads = output_grads(params, dlogits, out_states, xp)  # dV, dc
     dS = state_grads(params, dlogits, mask, xp)  # (T, B, D)
-    dZ = reverse_recurrence(params["W"], S, dS, None, xp)  # (T, B, D)
+    dZ = reverse_recurrence(params["W"], S, dS, None, xp, nonlinearity)  # (T, B, D)
     grads.update(weight_grads(params, dZ, S, cache.inputs, xp))  # dW, dU, db
     return {key: grads[key] for key in params}  # same keys, same order as params

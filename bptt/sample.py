@@ -61,6 +61,7 @@ def sample_ids(
     seed: Any = 0,
     h0: Any = None,
     check_values: bool = True,
+    nonlinearity: str = "tanh",
 ) -> np.ndarray:
     """``length`` ids (host, int64) following ``prime_ids`` (P,) ids on the device, P >= 1.
 
@@ -69,7 +70,8 @@ def sample_ids(
     uniform), and the id i = #{j : cdf_j < u * cdf_C} for a uniform u, clamped to
     C - 1. ``check_values`` checks the prime's ids (one device read) before the loop,
     which makes none. A ``length`` whose arrays cannot fit in memory is refused first
-    (:class:`bptt.limits.TooLargeError`).
+    (:class:`bptt.limits.TooLargeError`). A
+    stack carries one state per cell ((L K, 1, D), as ``h0``).
     """
     if isinstance(length, bool) or not isinstance(length, int) or length < 0:
         raise ValueError(f"length: expected an integer >= 0; got {length!r}")
@@ -90,10 +92,11 @@ def sample_ids(
     with be.activate():  # CuPy: kernels run on the parameters' GPU
         u = be.asarray(np.random.default_rng(seed).random(length), dtype=dtype)  # (length,)
         last = xp.asarray(C - 1, dtype=be.integer, device=be.device)  # (), made once
-        states, logits = forward(
-            params, xp.reshape(prime_ids, (P, 1)), h0=h0, check_values=check_values
-        )  # (P, 1, D|C)
-        h, g = states[-1, ...], logits[-1, ...]  # (1, D), (1, C)
+        _, logits, h = forward(
+            params, xp.reshape(prime_ids, (P, 1)), h0=h0, nonlinearity=nonlinearity,
+            check_values=check_values, return_state=True,
+        )  # (P, 1, C); h (1, D) or (L K, 1, D)  # fmt: skip
+        g = logits[-1, ...]  # (1, C)
         blocks, chosen = [], []  # (1,) ids on the device; never written in place (JAX)
         for i in range(length):
             e = xp.exp(_log_weights(g, temperature, xp))  # (1, C), the largest is 1
@@ -103,8 +106,10 @@ def sample_ids(
             chosen.append(idx)
             if len(chosen) == BLOCK:
                 blocks, chosen = [*blocks, xp.concat(chosen)], []
-            states, logits = forward(params, xp.reshape(idx, (1, 1)), h0=h, check_values=False)
-            h, g = states[-1, ...], logits[-1, ...]
+            _, logits, h = forward(params, xp.reshape(idx, (1, 1)), h0=h,
+                                   nonlinearity=nonlinearity, check_values=False,
+                                   return_state=True)  # fmt: skip
+            g = logits[-1, ...]
         if not blocks and not chosen:
             return np.zeros((0,), np.int64)
         return be.to_numpy(xp.concat([*blocks, *chosen])).astype(np.int64)  # (length,): one read
@@ -118,6 +123,7 @@ def sample(
     temperature: float = 1.0,
     prime: str = "",
     seed: Any = 0,
+    nonlinearity: str = "tanh",
 ) -> str:
     """``length`` characters continuing ``prime`` (not included in the result).
 
@@ -133,6 +139,7 @@ def sample(
     be = backends.backend_of(params["U"])
     ids = be.asarray(vocab.encode(prime, name="prime"))  # (P,)
     out = sample_ids(
-        params, ids, length=length, temperature=temperature, seed=seed, check_values=False
-    )  # encode() checked the prime
+        params, ids, length=length, temperature=temperature, seed=seed, check_values=False,
+        nonlinearity=nonlinearity,
+    )  # encode() checked the prime  # fmt: skip
     return vocab.decode(out)

@@ -6,18 +6,23 @@ across threads and exist for NumPy only (:mod:`bptt.numpy_exec`): asking for one
 with another library raises. ``"auto"`` (the default) picks among the three on
 NumPy from measured break-even points and ``"single"`` everywhere else. The
 environment variable ``BPTT_SCHEDULE`` sets the default for calls that pass none.
+A stack (several layers or two directions, :mod:`bptt.layers`) runs ``"single"`` or
+``"split"``: ``"overlap"`` interleaves one recurrence with its products and is
+refused for a stack (``"auto"`` then runs ``"single"``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 from collections.abc import Callable
 from typing import Any
 
-from . import numpy_exec, step
+from . import model, numpy_exec, step
 from .backends import namespace_library
 
-__all__ = ["ENV_VAR", "SCHEDULES", "resolve", "resolve_name"]
+__all__ = ["ENV_VAR", "SCHEDULES", "execution", "resolve", "resolve_name"]
 
 SCHEDULES = ("auto", "single", "overlap", "split")
 ENV_VAR = "BPTT_SCHEDULE"
@@ -33,10 +38,12 @@ def resolve_name(schedule: str | None) -> str:
 
 
 def resolve(
-    schedule: str | None, xp: Any, T: int, B: int, D: int, itemsize: int
-) -> tuple[str, Callable[..., Any]]:
+    schedule: str | None, xp: Any, T: int, B: int, D: int, itemsize: int, *,
+    single: bool = True,
+) -> tuple[str, Callable[..., Any]]:  # fmt: skip
     """``(name, run)`` for a (T, B, D) step on namespace ``xp``: ``run`` takes the
-    arguments of :func:`bptt.step.loss_and_grad`."""
+    arguments of :func:`bptt.step.loss_and_grad`. ``single``: one layer, one
+    direction (a stack cannot run ``"overlap"``)."""
     name = resolve_name(schedule)
     library = namespace_library(xp)
     if library != "numpy":
@@ -47,7 +54,24 @@ def resolve(
                 "or 'auto'"
             )
         return "single", step.loss_and_grad
+    if name == "overlap" and not single:
+        raise ValueError(
+            "schedule: 'overlap' interleaves the products of one recurrence with the next "
+            "block of it and runs one layer of one direction only; this model is a stack: "
+            "use 'single', 'split' or 'auto'"
+        )
     forced = name != "auto"
     if not forced:
         name = numpy_exec.policy.choose(T, B, D, itemsize)
+        if name == "overlap" and not single:
+            name = "single"
     return name, numpy_exec.schedule(name, T, B, D, forced=forced)
+
+
+def execution(xp: Any, B: int, D: int) -> tuple[Any, Callable[[], Any]]:
+    """``(recurrences, context)`` for a pass that is not a whole step (:func:`bptt.vjp`):
+    NumPy's own recurrences (same bits, written into their results) under the BLAS
+    thread limit the single schedule uses; the pure ones elsewhere."""
+    if namespace_library(xp) != "numpy":
+        return model, contextlib.nullcontext
+    return numpy_exec.recurrences, functools.partial(numpy_exec.blas_context, B, D)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import model
+from . import layers, model
 from .heads import HEADS, reduce
 
 __all__ = ["head_and_output_grads", "loss", "loss_and_grad"]
@@ -54,25 +54,27 @@ def loss_and_grad(
     dropout_mask: Any,
     xp: Any,
     recurrences: Any = model,
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """The whole step over all T steps: ``(loss, grads, h_last)``, grads keyed as params.
 
     ``recurrences``: where ``recurrence`` and ``reverse_recurrence`` come from,
     :mod:`bptt.model` or a library's version with the same contract and bits
     (:mod:`bptt.numpy_exec.recurrences`, which writes each step into its result).
+    ``h_last`` (B, D), or (L K, B, D) for a stack (:mod:`bptt.layers`).
     """
-    W = params["W"]  # (D, D)
-    xu = model.input_projection(params, inputs, xp)  # (T, B, D): U x_t + b
-    states = recurrences.recurrence(W, xu, h0, xp)  # (T+1, B, D)
-    del xu  # each (T, B, D) array is let go once used: a lower peak, fewer fresh pages
-    loss, grads, dS = head_and_output_grads(
-        params, states[1:, ...], targets, head=head, weights=weights,
-        dropout_mask=dropout_mask, xp=xp,
+    out, cache = layers.forward(
+        params, inputs, h0, xp, nonlinearity=nonlinearity, dropout_mask=dropout_mask,
+        layer_masks=layer_masks, recurrences=recurrences,
     )  # fmt: skip
-    dZ = recurrences.reverse_recurrence(W, states, dS, None, xp)  # (T, B, D)
-    del dS
-    grads.update(model.weight_grads(params, dZ, states, inputs, xp))  # dW, dU, db
-    return loss, {key: grads[key] for key in params}, states[-1, ...]
+    _, logits, h_last = out
+    del out
+    terms, dlogits = HEADS[head](logits, targets, xp)  # (T, B), (T, B, C)
+    del logits  # (T, B, C), not needed again
+    loss, dlogits = reduce(terms, dlogits, weights, xp)  # eq. (B8)
+    grads, _, _ = layers.backward(params, cache, dlogits, None, xp, recurrences=recurrences)
+    return loss, grads, h_last
 
 
 def loss(
@@ -85,8 +87,11 @@ def loss(
     weights: Any,
     dropout_mask: Any,
     xp: Any,
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> Any:
     """The reduced loss alone (0-d): the forward pass and the head."""
-    _, logits, _ = model.forward(params, inputs, h0, xp, dropout_mask)
-    terms, dlogits = HEADS[head](logits, targets, xp)
+    out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity,
+                            dropout_mask=dropout_mask, layer_masks=layer_masks)  # fmt: skip
+    terms, dlogits = HEADS[head](out.logits, targets, xp)
     return reduce(terms, dlogits, weights, xp)[0]

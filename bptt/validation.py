@@ -66,8 +66,11 @@ def layout_validation(
     return ValData(inputs, targets, backend.asarray(w, dtype=dtype), n, backend.integer)
 
 
-def evaluate(params: dict[str, Any], val: ValData, *, chunk: int = 256) -> float:
-    """Validation loss in bits per character, carrying the state through each stream.
+def evaluate(
+    params: dict[str, Any], val: ValData, *, chunk: int = 256, nonlinearity: str = "tanh"
+) -> float:
+    """Validation loss in bits per character, carrying the state through each stream
+    (every layer's, for a stack).
 
     One host read at the end. ``chunk`` bounds memory: (chunk, S, D) states at a time.
     """
@@ -79,9 +82,9 @@ def evaluate(params: dict[str, Any], val: ValData, *, chunk: int = 256) -> float
     for t0 in range(0, L, chunk):
         t1 = min(t0 + chunk, L)
         x = cast(val.inputs[t0:t1, ...])  # (t, S)
-        states, logits = forward(params, x, h0=h, check_values=False)  # (t, S, D), (t, S, C)
+        _, logits, h = forward(params, x, h0=h, nonlinearity=nonlinearity, check_values=False,
+                               return_state=True)  # (t, S, C); h (S, D) or (L, S, D)  # fmt: skip
         terms, _ = softmax_cross_entropy(logits, cast(val.targets[t0:t1, ...]), xp)  # (t, S)
         total = total + xp.sum(terms * val.weight[t0:t1, ...])  # eq. (23), summed
-        h = states[-1, ...]  # (S, D)
     nats = float(backends.backend_of(total).to_numpy(total))
     return nats / (val.count * LN2)

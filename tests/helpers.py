@@ -39,19 +39,27 @@ def make_problem(
     h0: bool = False,
     reduction: str = "mean",
     seed: int = 0,
+    layers: int = 1,
+    bidirectional: bool = False,
 ) -> Problem:
     params = bptt.init_params(
-        M, D, C, bias=bias, dtype=dtype, seed=seed, backend=be.name, device=be.device
-    )
+        M, D, C, bias=bias, dtype=dtype, seed=seed, backend=be.name, device=be.device,
+        num_layers=layers, bidirectional=bidirectional,
+    )  # fmt: skip
     if bias:  # nonzero biases, so that their gradients are tested on real values
-        params["b"] = be.asarray(rng.uniform(-0.5, 0.5, D).astype(dtype), dtype=dtype)
-        params["c"] = be.asarray(rng.uniform(-0.5, 0.5, C).astype(dtype), dtype=dtype)
+        for key in ("b", "c"):
+            params[key] = be.asarray(
+                rng.uniform(-0.5, 0.5, params[key].shape).astype(dtype), dtype=dtype
+            )
+        for key in [k for k in params if k.startswith("b_")]:  # a stack's other cells
+            params[key] = be.asarray(rng.uniform(-0.5, 0.5, D).astype(dtype), dtype=dtype)
     x = rng.integers(0, M, (T, B)) if ids else rng.standard_normal((T, B, M)).astype(dtype)
-    y = (
-        rng.integers(0, C, (T, B))
-        if head == "softmax"
-        else (rng.random((T, B, C)) < 0.5).astype(dtype)
-    )
+    if head == "softmax":
+        y = rng.integers(0, C, (T, B))
+    elif head == "sigmoid":
+        y = (rng.random((T, B, C)) < 0.5).astype(dtype)
+    else:
+        y = rng.standard_normal((T, B, C)).astype(dtype)
     host: dict[str, Any] = {k: be.to_numpy(v) for k, v in params.items()}
     host.update(inputs=x, targets=y, head=head, reduction=reduction)
     kwargs: dict[str, Any] = {"head": head, "reduction": reduction}
@@ -61,7 +69,8 @@ def make_problem(
         host["mask"] = m
         kwargs["mask"] = be.asarray(m)
     if h0:
-        h = rng.uniform(-0.9, 0.9, (B, D)).astype(dtype)
+        cells = layers * (2 if bidirectional else 1)
+        h = rng.uniform(-0.9, 0.9, (B, D) if cells == 1 else (cells, B, D)).astype(dtype)
         host["h0"] = h
         kwargs["h0"] = be.asarray(h, dtype=dtype)
     return Problem(host, params, be.asarray(x), be.asarray(y), kwargs)

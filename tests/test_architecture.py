@@ -1,6 +1,6 @@
 """The layering of docs/architecture.md, held by reading each module's imports.
 
-- The math (model, heads, step, flat) imports no execution policy, no training,
+- The math (model, layers, heads, step, flat) imports no execution policy, no training,
   no command line and no backend selection: only array-API helpers and each
   other. The numerics beside it (random, finite_diff) may also ask the device
   layer (backends) which library an array belongs to.
@@ -18,12 +18,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = ("model", "heads", "step", "flat")  # pure: array-API helpers and each other only
+MATH = ("model", "layers", "heads", "step", "flat")  # pure: array-API helpers and each other
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
                     "backends", "optim", "checkpoint", "data", "validation", "sample", "limits",
                     "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
-                    "dynamic_eval")  # fmt: skip
+                    "dynamic_eval", "pullback", "interop")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
 
 

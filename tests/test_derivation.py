@@ -170,3 +170,22 @@ def test_commute_counterexample_and_the_sweep_agree(be64) -> None:
     rows = {k: np.array(be64.to_numpy(G), copy=True) for k, G in sweep}  # G is a view
     np.testing.assert_allclose(rows[0][2], ns["ours"], rtol=1e-13)
     np.testing.assert_allclose(rows[1][1], ns["A3"] @ ns["W"], rtol=1e-13)  # one step: A_3 W
+
+
+def _module_file(dotted: str) -> str:
+    """'bptt.layers.forward' -> 'bptt/layers.py' (the longest prefix that is a file)."""
+    parts = dotted.split(".")
+    for n in range(len(parts), 1, -1):
+        path = ROOT.joinpath(*parts[:n]).with_suffix(".py")
+        if path.exists():
+            return str(path.relative_to(ROOT))
+    raise ModuleNotFoundError(dotted)
+
+
+def test_the_stack_relu_mse_and_pullback_equations_are_cited_where_the_table_says() -> None:
+    """(B17)-(B24): each is cited (``eq. (B20)``) in a module that its table row names."""
+    where = cited()
+    rows = {n: code for eqs, code in table_rows() for n in expand(eqs)}
+    for n in [f"B{i}" for i in range(17, 25)]:
+        named = {_module_file(m) for m in re.findall(r"`(bptt(?:\.\w+)+)`", rows[n])}
+        assert where.get(n, set()) & named, (n, sorted(named), sorted(where.get(n, ())))

@@ -15,7 +15,7 @@ from train_helpers import small_trainer
 
 import bptt
 import bptt.train
-from bptt import api, backends, model
+from bptt import api, backends, layers, pullback
 from bptt import sample as sample_module
 
 
@@ -46,19 +46,25 @@ def test_public_functions_run_on_the_parameters_device(monkeypatch: pytest.Monke
     device = RecordingDevice()
     seen = []
     monkeypatch.setattr(api, "device_context", lambda x: device)  # imported by name
-    real_forward = model.forward
+    monkeypatch.setattr(pullback, "device_context", lambda x: device)
 
-    def recording_forward(*args, **kwargs):
-        seen.append(device.depth)
-        return real_forward(*args, **kwargs)
+    def recording(real):
+        def spy(*args, **kwargs):
+            seen.append(device.depth)
+            return real(*args, **kwargs)
 
-    monkeypatch.setattr(model, "forward", recording_forward)
+        return spy
+
+    monkeypatch.setattr(layers, "forward", recording(layers.forward))
+    monkeypatch.setattr(layers, "backward", recording(layers.backward))
     params = bptt.init_params(4, 3, 4, dtype="float64")
     ids = np.zeros((3, 2), dtype=np.int64)
     bptt.forward(params, ids)
     bptt.loss_and_grad(params, ids, ids)
     bptt.gradcheck(params, ids, ids, max_entries=1)
-    assert seen and all(depth == 1 for depth in seen)  # every forward ran inside
+    _, pull = bptt.vjp(params, ids)
+    pull(np.ones((3, 2, 4)))
+    assert len(seen) > 5 and all(depth == 1 for depth in seen)  # every pass ran inside
     assert device.depth == 0
 
 

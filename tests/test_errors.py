@@ -173,7 +173,7 @@ BAD = {
     "unknown head": (
         _with(head="tanh"),
         ValueError,
-        "head: expected one of ['softmax', 'sigmoid']; got 'tanh'",
+        "head: expected one of ['softmax', 'sigmoid', 'mse']; got 'tanh'",
     ),
     "unknown reduction": (
         _with(reduction="max"),

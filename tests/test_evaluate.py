@@ -62,6 +62,37 @@ def test_the_command_prints_the_runs_validation_figure(text_file, tmp_path, caps
     assert f"over {n_val - 1:,} characters" in out
 
 
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_a_relu_stack_is_scored_as_it_was_trained(text_file, tmp_path, capsys, dynamic) -> None:
+    """The checkpoint's architecture travels into evaluate: a 2-layer relu run's figure,
+    statically; dynamically, a zero step gives the static score of the same characters
+    (a tanh pass over relu weights would give another)."""
+    config = small_config(layers=2, nonlinearity="relu")
+    corpus = data.load_corpus(text=text_file)
+    trainer = train.Trainer.create(corpus, config, backend="numpy",
+                                   checkpoint_dir=tmp_path / "run")  # fmt: skip
+    result = trainer.run(steps=10)
+    args = ["evaluate", str(result.latest)]
+    if dynamic:
+        args += ["--dynamic", "--rule", "sgd", "--lr", "0", "--tune-chars", "0"]
+    assert cli.main(args) == 0
+    out = capsys.readouterr().out
+    assert "L=2, relu" in out
+    if not dynamic:
+        assert f"static: {result.last_val:.4f} bits/char" in out, out
+    else:  # the walk's static line is relu's score of those characters, not tanh's
+        from bptt.dynamic_eval import layout_walk, score_static
+
+        static = out.split("static:")[1].split()[0]
+        assert f"dynamic: {static} bits/char" in out, out
+        ckpt = load_checkpoint(result.latest)
+        ids = held_out(ckpt.vocab, ckpt.config).ids
+        walk = layout_walk(ids, seq_len=10, warmup=config.val_warmup, backend=trainer.backend)
+        params = {k: np.asarray(v) for k, v in ckpt.params.items()}
+        relu, tanh = (score_static(params, walk, nonlinearity=n).bpc for n in ("relu", "tanh"))
+        assert static == f"{relu:.4f}" != f"{tanh:.4f}", (static, relu, tanh)
+
+
 def test_other_texts_and_unknown_characters(text_file, tmp_path, capsys) -> None:
     _short_run(backends.get_backend("numpy"), text_file, tmp_path / "run")
     ckpt = load_checkpoint(tmp_path / "run" / BEST)

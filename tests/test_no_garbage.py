@@ -176,6 +176,29 @@ def test_dropout_multipliers_are_checked(case: str) -> None:
         assert message in str(info.value), info.value
 
 
+@pytest.mark.parametrize("case", ["NaN", "negative", "two scales"])
+def test_a_stacks_masks_between_layers_are_checked_too(case: str) -> None:
+    """layer_masks (dropout between layers) as dropout_mask, in loss_and_grad, gradcheck
+    and vjp: the same one-read check, naming the mask at fault."""
+    params = bptt.init_params(M, D, M, num_layers=3, dtype="float64", seed=1)
+    _, x, y = _problem()
+    good = brandom.dropout_mask(0, 3, (T, B, D), 0.5, xp=np, device="cpu", dtype=np.float64)
+    value, message = MASKS[case]
+    bad = (np.where(np.arange(T * B * D).reshape(T, B, D) % 2, 2.0, 4.0) if value == "mixed"
+           else np.full((T, B, D), value))  # fmt: skip
+    masks = [good, bad]
+    calls = {
+        "loss_and_grad": lambda: bptt.loss_and_grad(params, x, y, layer_masks=masks),
+        "gradcheck": lambda: bptt.gradcheck(params, x, y, layer_masks=masks, max_entries=1),
+        "vjp": lambda: bptt.vjp(params, x, layer_masks=masks),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match=r"layer_masks\[1\]: expected multipliers") as info:
+            call()
+        assert message in str(info.value), (name, info.value)
+    bptt.loss_and_grad(params, x, y, layer_masks=[good, good])  # right masks pass
+
+
 def test_dropout_masks_that_are_right_pass() -> None:
     params, x, y = _problem()
     for p in (0.0, 0.3, 0.9):

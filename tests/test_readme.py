@@ -11,9 +11,14 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 
-def test_numpy_example_runs_and_learns(capsys) -> None:
+def _numpy_block() -> str:
     (numpy_block,) = [b for b in BLOCKS if "import cupy" not in b and 'backend="jax"' not in b
-                      and "init_params" in b]  # fmt: skip
+                      and "init_params" in b and "bptt.vjp" not in b]  # fmt: skip
+    return numpy_block
+
+
+def test_numpy_example_runs_and_learns(capsys) -> None:
+    numpy_block = _numpy_block()
     exec(compile(numpy_block, "README.md", "exec"), {})
     loss = float(capsys.readouterr().out.split()[-1])
     assert loss < 0.5  # from log(65) = 4.17: the mapping is learned
@@ -23,8 +28,7 @@ def test_cupy_example_mirrors_the_numpy_one() -> None:
     (cupy_block,) = [b for b in BLOCKS if "import cupy" in b]
     assert 'backend="cupy"' in cupy_block
     call = "bptt.loss_and_grad(params, ids, targets, check_values=step == 0)"
-    (numpy_block,) = [b for b in BLOCKS if "import cupy" not in b and 'backend="jax"' not in b
-                      and "init_params" in b]  # fmt: skip
+    numpy_block = _numpy_block()
     assert cupy_block.count(call) == numpy_block.count(call) == 1
 
 
@@ -34,3 +38,11 @@ def test_jax_example_runs_the_jitted_step_and_learns(capsys) -> None:
     assert "jax.jit(make_train_step(" in jax_block
     exec(compile(jax_block, "README.md", "exec"), {})
     assert float(capsys.readouterr().out.split()[-1]) < 0.5
+
+
+def test_the_building_block_example_runs_learns_and_converts(capsys) -> None:
+    (block,) = [b for b in BLOCKS if "bptt.vjp" in b]
+    namespace: dict = {}
+    exec(compile(block, "README.md", "exec"), namespace)
+    assert float(capsys.readouterr().out.split()[-1]) < 0.01  # from 0.918
+    assert list(namespace["params"])[:4] == ["U", "W", "U_l0_reverse", "W_l0_reverse"]

@@ -68,3 +68,85 @@ def assert_matches_torch(prob: Any, schedule: str | None = None) -> dict[str, An
         assert rel_err(grads[key], ref_grads[key]) < 1e-12, key
     np.testing.assert_allclose(h_last, ref_h, rtol=1e-13, atol=1e-15)
     return grads
+
+
+def torch_stack_reference(host: dict[str, Any], *, layers: int, bidirectional: bool,
+                          nonlinearity: str) -> dict[str, Any]:  # fmt: skip
+    """A bptt problem (``host``: our parameter names, inputs, targets, head, reduction,
+    optional mask and h0) through ``torch.nn.RNN(num_layers, nonlinearity, bidirectional)``
+    + ``Linear`` + the matching loss, differentiated by autograd in float64.
+
+    The weights are copied in by hand (not through bptt.interop, which is tested
+    against this): ``weight_ih_l{l}[_reverse]`` = U{s}, ``weight_hh`` = W{s},
+    ``bias_ih`` = b{s}, ``bias_hh`` = 0. Returns the loss, our-named gradients, the
+    logits and their gradient dL/dg, dL/dinputs (dense inputs), dL/dh0 (h0 as our
+    shape; zeros when none was given) and h_n (as our h_last).
+    """
+    from bptt.layers import suffix
+
+    K = 2 if bidirectional else 1
+    D, M = host["U"].shape
+    C = host["V"].shape[0]
+    bias = "b" in host
+    f64 = torch.float64
+    rnn = torch.nn.RNN(M, D, num_layers=layers, nonlinearity=nonlinearity, bias=bias,
+                       bidirectional=bidirectional, dtype=f64)  # fmt: skip
+    lin = torch.nn.Linear(K * D, C, bias="c" in host, dtype=f64)
+    names = {}  # our name -> torch parameter
+    with torch.no_grad():
+        for layer in range(layers):
+            for d in range(K):
+                s, t = suffix(layer, d), f"_l{layer}" + ("_reverse" if d else "")
+                names[f"U{s}"], names[f"W{s}"] = (getattr(rnn, f"weight_ih{t}"),
+                                                  getattr(rnn, f"weight_hh{t}"))  # fmt: skip
+                if bias:
+                    names[f"b{s}"] = getattr(rnn, f"bias_hh{t}")  # dL/db = dL/dbias_hh
+                    getattr(rnn, f"bias_ih{t}").copy_(torch.tensor(host[f"b{s}"]))
+                    getattr(rnn, f"bias_hh{t}").zero_()
+        names["V"] = lin.weight
+        if "c" in host:
+            names["c"] = lin.bias
+        for key, tensor in names.items():
+            if key[0] in "UWV":
+                tensor.copy_(torch.tensor(host[key]))
+            elif key == "c":
+                tensor.copy_(torch.tensor(host["c"]))
+    x = torch.as_tensor(host["inputs"])
+    x = F.one_hot(x.long(), M).to(f64) if x.ndim == 2 else x.to(f64)
+    x.requires_grad_(True)
+    T, B = x.shape[:2]
+    h0 = host.get("h0")
+    h0 = np.zeros((layers * K, B, D)) if h0 is None else np.reshape(h0, (layers * K, B, D))
+    h0t = torch.tensor(h0, dtype=f64, requires_grad=True)
+    out, h_n = rnn(x, h0t)
+    g = lin(out)  # (T, B, C)
+    g.retain_grad()
+    mask = host.get("mask")
+    w = torch.ones(T, B, dtype=f64) if mask is None else torch.as_tensor(mask).to(f64)
+    head = host["head"]
+    if head == "softmax":
+        y = torch.as_tensor(host["targets"]).long().reshape(-1)
+        terms, per_element = F.cross_entropy(g.reshape(T * B, C), y, reduction="none"), 1
+    elif head == "sigmoid":
+        y = torch.as_tensor(host["targets"], dtype=f64).reshape(T, B, C)
+        terms = F.binary_cross_entropy_with_logits(g, y, reduction="none").sum(-1)
+        per_element = C
+    else:
+        y = torch.as_tensor(host["targets"], dtype=f64).reshape(T, B, C)
+        terms, per_element = F.mse_loss(g, y, reduction="none").sum(-1), C
+    loss = (terms.reshape(T, B) * w).sum()
+    if host["reduction"] == "mean":
+        loss = loss / (w.sum() * per_element)
+    loss.backward()
+    single = layers * K == 1
+    shape = (B, D) if single else (layers * K, B, D)
+    return {
+        "loss": float(loss.detach()),
+        "grads": {k: t.grad.numpy().copy() for k, t in names.items()},
+        "logits": g.detach().numpy(),
+        "dlogits": g.grad.numpy().copy(),
+        "d_inputs": x.grad.numpy().copy(),
+        "d_h0": h0t.grad.numpy().reshape(shape),
+        "h_last": h_n.detach().numpy().reshape(shape),
+        "states": out.detach().numpy(),
+    }

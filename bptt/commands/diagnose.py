@@ -4,7 +4,8 @@
     bptt diagnose --init --hidden 64 --spectral-radius 0.5 1 2 --plot flow.png
 
 Runs :func:`bptt.diagnostics.gradient_flow` (softmax head, mean reduction) on
-one batch and prints the mean of ||dL_t/ds_k|| by lag t - k. For a checkpoint
+one batch and prints the mean of ||dL_t/ds_k|| by lag t - k (for a stack of
+layers: the states and W of the last layer). For a checkpoint
 the batch is B windows of held-out text (next-character targets): ``--text``, or
 the built-in corpus the checkpoint was trained on; for a file-trained checkpoint
 without ``--text``, and for ``--init``, random token ids and targets. ``--plot``
@@ -36,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", nargs="?", help="checkpoint file or directory to diagnose")
     parser.add_argument("--init", action="store_true", help="diagnose a freshly initialised model")
     parser.add_argument("--hidden", type=positive_int, default=64, help="D for --init (default 64)")
+    parser.add_argument(
+        "--layers", type=positive_int, default=1, help="L for --init (default 1): the last is shown"
+    )
+    parser.add_argument(
+        "--nonlinearity", choices=("tanh", "relu"), default="tanh", help="for --init (tanh)"
+    )
     parser.add_argument(
         "--vocab", type=positive_int, default=32, help="M = C for --init (default 32)"
     )
@@ -72,8 +79,9 @@ def _fresh_params(args: argparse.Namespace) -> dict[str, Any]:
     from ..params import init_params
 
     params = init_params(
-        args.vocab, args.hidden, args.vocab, dtype="float64", seed=args.seed, init=args.scheme
-    )
+        args.vocab, args.hidden, args.vocab, num_layers=args.layers, dtype="float64",
+        seed=args.seed, init=args.scheme,
+    )  # fmt: skip
     return {k: np.asarray(v) for k, v in params.items()}
 
 
@@ -110,21 +118,25 @@ def _batch(host: dict[str, Any], ids: Any, args: argparse.Namespace, be: Any) ->
     return be.asarray(rng.integers(0, M, (T, B))), be.asarray(rng.integers(0, C, (T, B)))
 
 
-def measure(host: dict[str, Any], radius: float | None, ids: Any, args: argparse.Namespace) -> dict:
-    """gradient_flow (softmax head) for host params, W rescaled to ``radius`` if given, as NumPy."""
+def measure(host: dict[str, Any], radius: float | None, ids: Any, args: argparse.Namespace,
+            nonlinearity: str = "tanh") -> dict:  # fmt: skip
+    """gradient_flow (softmax head) for host params, the last layer's W rescaled to
+    ``radius`` if given, as NumPy."""
     import numpy as np
 
     from .. import backends
     from ..diagnostics import gradient_flow, spectral_stats
+    from ..layers import arch_of, suffix
 
     host = dict(host)
+    w = f"W{suffix(arch_of(host).layers - 1, 0)}"  # the last layer's W: what is measured
     if radius is not None:
-        current, _ = spectral_stats(host["W"])
-        host["W"] = host["W"] * (radius / current)
+        current, _ = spectral_stats(host[w])
+        host[w] = host[w] * (radius / current)
     be = backends.get_backend(args.backend, args.device)
     params = {k: be.asarray(v.astype(args.dtype), dtype=args.dtype) for k, v in host.items()}
     inputs, targets = _batch(host, ids, args, be)
-    flow = gradient_flow(params, inputs, targets)
+    flow = gradient_flow(params, inputs, targets, nonlinearity=nonlinearity)
     return {
         "norms": be.to_numpy(flow.norms),
         "lag_mean": be.to_numpy(flow.lag_mean),
@@ -197,20 +209,24 @@ def _run(args: argparse.Namespace) -> int:
             args._parser.error("--text needs a CHECKPOINT (a fresh model has no vocabulary)")
         host = _fresh_params(args)
         source = f"fresh '{args.scheme}' init, seed {args.seed}"
+        layers, nonlinearity = args.layers, args.nonlinearity
     else:
         from ..checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
         host = {k: v for k, v in ckpt.params.items() if v is not None}
         source = f"{args.checkpoint} (step {ckpt.step})"
+        layers, nonlinearity = ckpt.architecture["layers"], ckpt.architecture["nonlinearity"]
         found = _text_ids(ckpt, args)
         if found is not None:
             ids, batch = found
     _require_memory(host, args)
     radii = args.spectral_radius or [None]
-    results = [measure(host, radius, ids, args) for radius in radii]
+    results = [measure(host, radius, ids, args, nonlinearity) for radius in radii]
     T, B, D = results[0]["shape"]
-    title = f"{source}: D = {D}, T = {T}, B = {B}, {batch}"
+    model = "" if layers == 1 else f"layer {layers} of {layers}, "
+    model += "" if nonlinearity == "tanh" else f"{nonlinearity}, "
+    title = f"{source}: {model}D = {D}, T = {T}, B = {B}, {batch}"
     print(title)
     for result in results:
         print(_summary(result))

@@ -113,7 +113,11 @@ def _run(args: argparse.Namespace, best: str) -> int:
     text = held_out(ckpt.vocab, ckpt.config, text=args.text, corpus=args.corpus,
                     split=args.split, unknown=args.unknown)  # fmt: skip
     sizes = ckpt.sizes
-    print(f"bptt evaluate: {path} (step {ckpt.step}, D={sizes['D']}, "
+    arch = ckpt.architecture
+    shape = (f", L={arch['layers']}" if arch["layers"] > 1 else "") + (
+        f", {arch['nonlinearity']}" if arch["nonlinearity"] != "tanh" else ""
+    )
+    print(f"bptt evaluate: {path} (step {ckpt.step}, D={sizes['D']}{shape}, "
           f"{len(ckpt.vocab)} symbols) on {be.name} {be.device}, {dtype}")  # fmt: skip
     print(f"  text: {text.description}, {len(text.ids):,} characters")
     if text.removed:
@@ -126,7 +130,8 @@ def _run(args: argparse.Namespace, best: str) -> int:
         return _dynamic(args, ckpt, be, params, text.ids, warmup)
     t0 = time.perf_counter()
     bpc, count = validation_score(params, text.ids, streams=streams, warmup=warmup,
-                                  backend=be, dtype=dtype)  # fmt: skip
+                                  backend=be, dtype=dtype,
+                                  nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
     print(
         f"static: {bpc:.4f} bits/char over {count:,} characters ({streams} streams, "
         f"warm-up {warmup}, as training validates; {time.perf_counter() - t0:.1f} s)"
@@ -160,7 +165,8 @@ def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[A
                                   val_fraction=fraction)  # fmt: skip
     batch = 64
     rms = gradient_rms(params, train_ids, seq_len=args.seq_len, batch=batch,
-                       chunks=args.stats_chunks)  # fmt: skip
+                       chunks=args.stats_chunks,
+                       nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
     where = f"{args.stats_chunks} chunks (B={batch}, T={args.seq_len}) of {source}'s training split"
     return rms, where
 
@@ -177,7 +183,8 @@ def _dynamic(args: argparse.Namespace, ckpt: Any, be: Any, params: dict[str, Any
         f"rule {args.rule}" + (f"; gradient RMS from {where}" if where else "")
     )
     result = evaluate_dynamic(params, ids, candidates, tune_chars=args.tune_chars,
-                              seq_len=args.seq_len, warmup=warmup, backend=be, rms=rms)  # fmt: skip
+                              seq_len=args.seq_len, warmup=warmup, backend=be, rms=rms,
+                              nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
     n = result.tune_chars
     if result.tuning:
         print(f"  settings chosen on the first {n:,} characters, which are not scored:")

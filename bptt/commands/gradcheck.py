@@ -16,10 +16,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--outputs", type=positive_int, default=4, help="C (default 4)")
     parser.add_argument("--seq-len", type=positive_int, default=6, help="T (default 6)")
     parser.add_argument("--batch", type=positive_int, default=3, help="B (default 3)")
-    parser.add_argument("--head", choices=("softmax", "sigmoid"), default="softmax")
+    parser.add_argument("--head", choices=("softmax", "sigmoid", "mse"), default="softmax")
+    parser.add_argument("--layers", type=positive_int, default=1, help="L (default 1)")
+    parser.add_argument("--bidirectional", action="store_true", help="two directions per layer")
+    parser.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh")
     parser.add_argument("--dense", action="store_true", help="dense (T, B, M) inputs, not ids")
     parser.add_argument("--h0", action="store_true", help="start from a random state")
     parser.add_argument("--max-entries", type=positive_int, help="random entries per parameter")
+    parser.add_argument(
+        "--eps", type=positive_float,
+        help="finite-difference step (default 1e-3; 1e-5 with relu, whose kink at 0 a step "
+        "of 1e-3 often crosses)",
+    )  # fmt: skip
     parser.add_argument("--seed", type=nonneg_int, default=0)
     parser.add_argument(
         "--tol", type=positive_float, default=1e-6, help="fail above this (default 1e-6)"
@@ -44,19 +52,24 @@ def run(args: argparse.Namespace) -> int:
     M, D, C, T, B = args.inputs, args.hidden, args.outputs, args.seq_len, args.batch
     rng = np.random.default_rng(args.seed)
     params = init_params(
-        M, D, C, dtype="float64", seed=args.seed, backend=be.name, device=be.device
-    )
-    for key, n in (("b", D), ("c", C)):  # nonzero biases, so their gradients are checked
-        params[key] = be.asarray(rng.uniform(-0.5, 0.5, n), dtype="float64")
+        M, D, C, num_layers=args.layers, bidirectional=args.bidirectional, dtype="float64",
+        seed=args.seed, backend=be.name, device=be.device,
+    )  # fmt: skip
+    for key in [k for k in params if k[0] in "bc"]:  # nonzero biases: their gradients checked
+        params[key] = be.asarray(rng.uniform(-0.5, 0.5, params[key].shape), dtype="float64")
     if args.dense:
         inputs = be.asarray(rng.standard_normal((T, B, M)), dtype="float64")  # (T, B, M)
     else:
         inputs = be.asarray(rng.integers(0, M, (T, B)))  # (T, B)
     if args.head == "softmax":
         targets = be.asarray(rng.integers(0, C, (T, B)))  # (T, B)
-    else:
+    elif args.head == "sigmoid":
         targets = be.asarray((rng.random((T, B, C)) < 0.5).astype(np.float64), dtype="float64")
-    h0 = be.asarray(rng.uniform(-0.9, 0.9, (B, D)), dtype="float64") if args.h0 else None
+    else:
+        targets = be.asarray(rng.standard_normal((T, B, C)), dtype="float64")  # (T, B, C)
+    cells = args.layers * (2 if args.bidirectional else 1)
+    shape = (B, D) if cells == 1 else (cells, B, D)
+    h0 = be.asarray(rng.uniform(-0.9, 0.9, shape), dtype="float64") if args.h0 else None
     err = gradcheck(
         params,
         inputs,
@@ -65,10 +78,14 @@ def run(args: argparse.Namespace) -> int:
         head=args.head,
         max_entries=args.max_entries,
         seed=args.seed,
+        nonlinearity=args.nonlinearity,
+        eps=args.eps if args.eps is not None else (1e-5 if args.nonlinearity == "relu" else 1e-3),
     )
     ok = err <= args.tol
+    arch = f"L={args.layers}{' bidirectional' if args.bidirectional else ''} {args.nonlinearity}, "
     print(
-        f"gradcheck on {be.name} ({be.device}), M={M} D={D} C={C} T={T} B={B}, {args.head} head: "
+        f"gradcheck on {be.name} ({be.device}), M={M} D={D} C={C} T={T} B={B}, {arch}"
+        f"{args.head} head: "
         f"worst relative error {err:.3e} ({'ok' if ok else 'FAILED'}, tolerance {args.tol:g})"
     )
     return 0 if ok else 1

@@ -52,6 +52,7 @@ def run(args: argparse.Namespace) -> int:
             temperature=args.temperature,
             prime=args.prime,
             seed=args.seed,
+            nonlinearity=ckpt.architecture["nonlinearity"],
         )
     except (CheckpointError, DataError, backends.BackendError, ValueError) as e:
         parser.error(str(e))

@@ -50,6 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     model = parser.add_argument_group("model (fixed once a run starts)")
     model.add_argument("--hidden", type=positive_int, help="hidden units D (default 256)")
+    model.add_argument(
+        "--layers", type=positive_int,
+        help="L stacked recurrent layers (default 1); --dropout then also acts between them",
+    )  # fmt: skip
+    model.add_argument(
+        "--nonlinearity", choices=("tanh", "relu"), help="of every layer (default tanh)"
+    )
+    model.add_argument(
+        "--bidirectional", action="store_true",
+        help="refused: a next-character model cannot read the text ahead (see the error)",
+    )  # fmt: skip
     model.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
     model.add_argument(
         "--init", choices=("uniform", "xavier", "orthogonal"), help="default uniform"
@@ -124,7 +135,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-MODEL_OPTIONS = ("hidden", "dtype", "init", "seq_len", "batch", "seed", "optimizer", "momentum")
+MODEL_OPTIONS = ("hidden", "layers", "nonlinearity", "dtype", "init", "seq_len", "batch", "seed",
+                 "optimizer", "momentum")  # fmt: skip
+
+BIDIRECTIONAL_REFUSED = (
+    "--bidirectional: a next-character model predicts each character from those before "
+    "it, and a reverse pass would read the very character it is asked to predict (and all "
+    "after it), so its loss would say nothing about the text; bidirectional layers are for "
+    "tasks that see the whole sequence, such as tagging: bptt.init_params(..., "
+    "bidirectional=True), see examples/bidirectional_tagging.py"
+)
 
 
 class _Progress:
@@ -244,7 +264,8 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, Path | None]:
     ckpt = load_checkpoint(path)
     corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
     stored = ckpt.config["train"]
-    fixed = [k for k in MODEL_OPTIONS if k in options and options[k] != stored.get(k)]
+    was = {k: stored.get(k, getattr(TrainConfig, k, None)) for k in MODEL_OPTIONS}  # old: defaults
+    fixed = [k for k in MODEL_OPTIONS if k in options and options[k] != was[k]]
     if "hidden" in fixed:
         ckpt.check_sizes(D=options["hidden"])  # the wrong-size message
     if fixed:
@@ -345,6 +366,14 @@ def _settle(args: argparse.Namespace, trainer: Any, resumed: Path | None, direct
     return notes
 
 
+def _architecture(c: Any) -> str:
+    """ " L=2, relu," for what differs from one tanh layer; "" for the default model."""
+    parts = ([f"L={c.layers}"] if c.layers > 1 else []) + (
+        [c.nonlinearity] if c.nonlinearity != "tanh" else []
+    )
+    return "".join(f" {part}," for part in parts)
+
+
 # Signals that stop training cleanly: finish the step, validate, save, exit 128 + signal.
 STOP_SIGNALS = tuple(
     getattr(signal, name) for name in ("SIGINT", "SIGTERM") if hasattr(signal, name)
@@ -357,6 +386,8 @@ def run(args: argparse.Namespace) -> int:
     from ..data import DataError
 
     parser = args._parser
+    if args.bidirectional:
+        parser.error(BIDIRECTIONAL_REFUSED)
     trainer = None
     try:
         check_output_path(args.plot, "--plot", suffixes=FIGURE_SUFFIXES)  # before any work
@@ -398,7 +429,7 @@ def _train(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) 
         f"bptt train: {trainer.corpus.source} ({len(trainer.corpus.train):,} train / "
         f"{len(trainer.corpus.val):,} validation chars, {len(trainer.corpus.vocab)} symbols)\n"
         f"  backend {be.name} on {be.device}, {c.dtype}, D={c.hidden} B={c.batch} T={c.seq_len},"
-        f" {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
+        f"{_architecture(c)} {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
         f"weight decay {c.weight_decay:g}, l2 {c.l2:g}, seed {c.seed}\n"
         f"  step: {trainer.train_step.description}\n"
         f"  checkpoints: {trainer.checkpoint_dir}"

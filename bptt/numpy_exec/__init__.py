@@ -19,6 +19,7 @@ every run.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -26,14 +27,15 @@ from typing import Any
 from .. import step
 from . import batch_split, overlap, policy, recurrences, threads
 
-__all__ = ["SCHEDULES", "schedule"]
+__all__ = ["SCHEDULES", "blas_context", "schedule"]
 
 SCHEDULES = ("single", "overlap", "split")
 
 
 def schedule(name: str, T: int, B: int, D: int, *, forced: bool) -> Callable[..., Any]:
     """The NumPy schedule ``name`` for a (T, B, D) step, as a function of
-    ``(params, inputs, targets, *, h0, head, weights, dropout_mask, xp)``.
+    ``(params, inputs, targets, *, h0, head, weights, dropout_mask, xp, nonlinearity,
+    layer_masks)``.
 
     ``forced``: the caller named the schedule (blocks and parts then follow the
     thread count alone, not the measured break-even points).
@@ -48,6 +50,14 @@ def schedule(name: str, T: int, B: int, D: int, *, forced: bool) -> Callable[...
     if B * D * D < policy.MIN_BLAS_WORK:
         return _single_on_one_blas_thread
     return functools.partial(step.loss_and_grad, recurrences=recurrences)
+
+
+def blas_context(B: int, D: int) -> Any:
+    """The BLAS thread limit of the single schedule for a (B, D) recurrence: one thread
+    below :data:`policy.MIN_BLAS_WORK`, else none."""
+    if B * D * D < policy.MIN_BLAS_WORK:
+        return threads.one_blas_thread()
+    return contextlib.nullcontext()
 
 
 def _single_on_one_blas_thread(*args: Any, **kwargs: Any) -> Any:

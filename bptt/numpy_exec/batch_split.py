@@ -38,21 +38,26 @@ def loss_and_grad(
     xp: Any,
     parts: list[slice],
     run: Callable[..., list[Any]],
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """``(loss, grads, h_last)`` as :func:`bptt.step.loss_and_grad`, part by part.
 
     ``parts`` consecutive slices covering 0..B-1; ``run(fn, parts)`` returns
-    ``[fn(part) for part in parts]``, on threads or here.
+    ``[fn(part) for part in parts]``, on threads or here. Any stack (the batch axis of
+    h0 and h_last is their second-to-last: (B, D) or (L K, B, D)).
     """
 
     def part_step(rows: slice) -> tuple[Any, dict[str, Any], Any]:
         def cut(x: Any) -> Any:  # the part's columns of a (T, B, ...) array
             return None if x is None or isinstance(x, float) else x[:, rows, ...]
 
+        masks = None if layer_masks is None else [cut(m) for m in layer_masks]
         return step.loss_and_grad(
-            params, cut(inputs), cut(targets), h0=None if h0 is None else h0[rows, ...],
+            params, cut(inputs), cut(targets), h0=None if h0 is None else h0[..., rows, :],
             head=head, weights=weights if isinstance(weights, float) else cut(weights),
             dropout_mask=cut(dropout_mask), xp=xp, recurrences=recurrences,
+            nonlinearity=nonlinearity, layer_masks=masks,
         )  # fmt: skip
 
     results = run(part_step, parts)
@@ -61,4 +66,4 @@ def loss_and_grad(
         loss = loss + part_loss
         for key in grads:
             grads[key] += part_grads[key]
-    return loss, grads, xp.concat([h for _, _, h in results], axis=0)  # (B, D)
+    return loss, grads, xp.concat([h for _, _, h in results], axis=-2)  # (B, D) or (L K, B, D)

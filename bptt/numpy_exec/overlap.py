@@ -42,12 +42,17 @@ def loss_and_grad(
     xp: Any,
     blocks: list[range],
     worker: Any,
+    nonlinearity: str = "tanh",
+    layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """``(loss, grads, h_last)`` as :func:`bptt.step.loss_and_grad`, block by block.
 
     ``blocks`` consecutive ranges covering 0..T-1; ``worker.submit(fn, *args)``
-    returns a Future and runs tasks in submission order.
+    returns a Future and runs tasks in submission order. One layer of one direction
+    only (``layer_masks`` must be None: :func:`bptt.schedules.resolve` refuses a stack).
     """
+    if layer_masks is not None:
+        raise ValueError("layer_masks: the overlapped schedule runs one layer only")
     xu = model.input_projection(params, inputs, xp)  # (T, B, D): U x_t + b
     W = params["W"]  # (D, D)
     rows = [slice(steps.start, steps.stop) for steps in blocks]
@@ -78,14 +83,16 @@ def loss_and_grad(
     try:
         s = h0  # (B, D) or None
         for k in range(len(blocks)):
-            states[k] = recurrences.recurrence(W, xu[rows[k], ...], s, xp)  # eqs. (19)-(20)
+            states[k] = recurrences.recurrence(W, xu[rows[k], ...], s, xp, nonlinearity)  # (19)
             s = states[k][-1, ...]
             output_tasks.append(worker.submit(output_block, k))
         xu = None  # every block's U x_t + b is in its states now
         dz = None  # (B, D): dz of the step after the block
         for k in reversed(range(len(blocks))):
             _finish(output_tasks[k], output_block, k)  # block k's dS is ready
-            dZ[k] = recurrences.reverse_recurrence(W, states[k], dS[k], dz, xp)  # eq. (62)
+            dZ[k] = recurrences.reverse_recurrence(
+                W, states[k], dS[k], dz, xp, nonlinearity
+            )  # eq. (62)
             dS[k], dz = None, dZ[k][0, ...]
             weight_tasks.append(worker.submit(weight_block, k))
         for k, task in enumerate(reversed(weight_tasks)):  # the last submitted (k = 0) first

@@ -22,10 +22,15 @@ import numpy as np
 __all__ = ["recurrence", "reverse_recurrence"]
 
 
-def recurrence(W: Any, xu: Any, s: Any, xp: Any) -> np.ndarray:
+def _relu(z: np.ndarray, out: np.ndarray) -> np.ndarray:
+    return np.maximum(z, 0, out=out)  # eq. (B17): the bits of maximum(z, 0-d zero)
+
+
+def recurrence(W: Any, xu: Any, s: Any, xp: Any, nonlinearity: str = "tanh") -> np.ndarray:
     """As :func:`bptt.model.recurrence`: s_0 .. s_n, (n+1, B, D), eqs. (19)-(20)."""
     n, B, D = xu.shape
     WT = W.T  # (D, D)
+    f = np.tanh if nonlinearity == "tanh" else _relu
     states = np.empty((n + 1, B, D), dtype=xu.dtype)  # s_0 .. s_n
     states[0] = 0 if s is None else s
     for t in range(n):
@@ -34,19 +39,25 @@ def recurrence(W: Any, xu: Any, s: Any, xp: Any) -> np.ndarray:
         else:
             z = s @ WT  # (B, D), a fresh array
             z += xu[t]
-        s = np.tanh(z, out=states[t + 1])  # eq. (20), in place in the result
+        s = f(z, out=states[t + 1])  # eq. (20), in place in the result
     return states
 
 
-def reverse_recurrence(W: Any, states: Any, dS: Any, dz: Any, xp: Any) -> np.ndarray:
+def reverse_recurrence(
+    W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str = "tanh"
+) -> np.ndarray:
     """As :func:`bptt.model.reverse_recurrence`: dz_n .. dz_1 into (n, B, D), eq. (62)."""
     n, B, D = dS.shape
     dZ = np.empty((n, B, D), dtype=dS.dtype)
-    tanh_prime = np.empty((B, D), dtype=dS.dtype)  # 1 - s_t^2, one step at a time
+    tanh_prime = np.empty((B, D), dtype=dS.dtype)  # f'(z_t), one step at a time
+    tanh = nonlinearity == "tanh"
     for t in range(n - 1, -1, -1):
         s = states[t + 1]  # (B, D)
-        np.multiply(s, s, out=tanh_prime)
-        np.subtract(1, tanh_prime, out=tanh_prime)
+        if tanh:  # 1 - s_t^2, eq. (62)
+            np.multiply(s, s, out=tanh_prime)
+            np.subtract(1, tanh_prime, out=tanh_prime)
+        else:  # s_t > 0 written as 1.0 / 0.0, eq. (B17)
+            np.greater(s, 0, out=tanh_prime)
         if dz is None:  # step T: nothing flows back from the future
             dz = np.multiply(dS[t], tanh_prime, out=dZ[t])
         else:

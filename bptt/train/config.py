@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import optim
+from ..model import NONLINEARITIES
 from ..params import INITS, dtype_name
 
 __all__ = ["RESUMABLE", "TrainConfig"]
@@ -36,6 +37,8 @@ class TrainConfig:
     """
 
     hidden: int = 256  # D
+    layers: int = 1  # L stacked layers (one direction: a next-character model reads the past)
+    nonlinearity: str = "tanh"  # or "relu"
     seq_len: int = 100  # T
     batch: int = 64  # B
     optimizer: str = "adam"
@@ -59,7 +62,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         self.dtype = dtype_name(self.dtype)
-        positive = ("hidden", "seq_len", "batch", "log_every", "eval_every", "lr_decay_every")
+        positive = ("hidden", "layers", "seq_len", "batch", "log_every", "eval_every",
+                    "lr_decay_every")  # fmt: skip
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -81,6 +85,10 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected an integer >= 0; got {getattr(self, name)!r}")
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {list(INITS)}; got {self.init!r}")
+        if self.nonlinearity not in NONLINEARITIES:
+            raise ValueError(
+                f"nonlinearity: expected one of {list(NONLINEARITIES)}; got {self.nonlinearity!r}"
+            )
         if self.optimizer not in optim.OPTIMIZERS:
             raise ValueError(
                 f"optimizer: expected one of {list(optim.OPTIMIZERS)}; got {self.optimizer!r}"

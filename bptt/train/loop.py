@@ -120,7 +120,7 @@ class Trainer:
         self.resumed_at: int | None = None  # the step of the checkpoint a resume started from
         self.optimizer = config.make_optimizer()
         step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
-                               seed=config.seed)  # fmt: skip
+                               seed=config.seed, nonlinearity=config.nonlinearity)  # fmt: skip
         self.train_step = compile_step(step, be, compile)  # .mode, .compile_seconds
         with be.activate():  # CuPy: allocate on this run's GPU, not the current one
             self.feed = EpochFeed(corpus.train, Streams(len(corpus.train), config.batch,
@@ -155,8 +155,9 @@ class Trainer:
         _require_memory(config, M, be)
         xp = be.xp
         with be.activate():
-            params = init_params(M, config.hidden, M, dtype=config.dtype, seed=config.seed,
-                                 init=config.init, backend=be.name, device=be.device)  # fmt: skip
+            params = init_params(M, config.hidden, M, num_layers=config.layers,
+                                 dtype=config.dtype, seed=config.seed, init=config.init,
+                                 backend=be.name, device=be.device)  # fmt: skip
             layout = Layout.of(params)
             flat = layout.flatten(params, xp)  # (N,)
             counter = xp.zeros((), dtype=be.integer, device=be.device)
@@ -200,7 +201,7 @@ class Trainer:
         if bad:
             raise ValueError(f"resume: {bad} cannot change when resuming; only {list(RESUMABLE)}")
         config = TrainConfig.from_stored(stored, **overrides)
-        ckpt.check_sizes(M=len(corpus.vocab), D=config.hidden)
+        ckpt.check_sizes(M=len(corpus.vocab), D=config.hidden, layers=config.layers)
         be = _backend(backend)
         _require_memory(config, len(corpus.vocab), be)
         if not be.supports(config.dtype):
@@ -232,8 +233,8 @@ class Trainer:
         c, s, xp = self.config, self.state, self.backend.xp
         s.offset, s.chunk = int(s.rng.integers(0, c.seq_len)), 0
         self.feed.begin_epoch(s.offset)
-        zeros = xp.zeros((c.batch, c.hidden), dtype=getattr(xp, c.dtype),
-                         device=self.backend.device)  # fmt: skip
+        shape = (c.batch, c.hidden) if c.layers == 1 else (c.layers, c.batch, c.hidden)
+        zeros = xp.zeros(shape, dtype=getattr(xp, c.dtype), device=self.backend.device)
         s.carry = s.carry._replace(hidden=zeros)
 
     def advance(self) -> tuple[Any, Any]:
@@ -264,7 +265,9 @@ class Trainer:
         be, corpus, M = self.backend, self.corpus, len(self.corpus.vocab)
         c = self.config
         config = {
-            "model": {"M": M, "D": c.hidden, "C": M, "dtype": c.dtype, "init": c.init},
+            "model": {"M": M, "D": c.hidden, "C": M, "dtype": c.dtype, "init": c.init,
+                      "layers": c.layers, "bidirectional": False,
+                      "nonlinearity": c.nonlinearity},
             "train": dataclasses.asdict(c),
             "data": {"source": corpus.source, "sha256": corpus.sha256,
                      "val_fraction": corpus.val_fraction, "n_train": len(corpus.train),
@@ -298,13 +301,14 @@ class Trainer:
 
     def validate(self) -> float:
         """Validation bits per character (no dropout), carrying state through the text."""
-        return evaluate(self.params, self.val)
+        return evaluate(self.params, self.val, nonlinearity=self.config.nonlinearity)
 
     def sample_text(self, length: int | None = None) -> str:
         n = self.config.sample_length if length is None else length
         prime = self.corpus.vocab.decode(self.corpus.val[:1])
         seed = [self.config.seed, 2, self.step]  # apart from the training generator
-        return prime + sample(self.params, self.corpus.vocab, length=n, prime=prime, seed=seed)
+        return prime + sample(self.params, self.corpus.vocab, length=n, prime=prime, seed=seed,
+                              nonlinearity=self.config.nonlinearity)  # fmt: skip
 
     # ---- the loop -----------------------------------------------------------------------
 

@@ -18,6 +18,7 @@ from .. import optim, random
 from ..api import loss_and_grad
 from ..backends import namespace_of
 from ..flat import Layout
+from ..layers import arch_of
 
 __all__ = ["Tally", "TrainCarry", "make_train_step"]
 
@@ -38,26 +39,38 @@ def make_train_step(
     dropout: float = 0.0,
     seed: int = 0,
     schedule: str | None = None,
+    nonlinearity: str = "tanh",
 ) -> Callable[[TrainCarry, Any, Any], tuple[TrainCarry, Any, Any]]:
     """The step for ``optimizer`` over parameters laid out by ``layout``.
 
     Returns ``train_step(carry, inputs, targets) -> (carry, loss, norm)``: ``loss``
     the chunk's mean loss in nats per character, ``norm`` the gradient's global norm
     before clipping (recorded by the optimizer's clip, or computed). With ``dropout``
-    > 0 the states before V are dropped with masks drawn from (``seed``, step).
+    > 0 the states before V are dropped with masks drawn from (``seed``, step); in a
+    stack of L layers (any architecture the layout names, :mod:`bptt.layers`) every
+    layer's output is, the L masks drawn in one call as an (L, T, B, K D) array
+    (mask L - 1 before V, mask l between layers l and l + 1). ``carry.hidden`` is
+    (B, D) for one layer, (L K, B, D) for a stack.
     """
+    arch = arch_of(layout.keys)
+    width = arch.directions * layout.shapes[layout.keys.index("W")][0]  # K D
 
     def train_step(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[TrainCarry, Any, Any]:
         xp, device = namespace_of({"carry.params": carry.params, "carry.hidden": carry.hidden})
         params = layout.unflatten(carry.params, xp)  # views
-        mask = None
+        mask = layer_masks = None
         if dropout > 0:  # decided once: the same operations every step
-            shape = (*inputs.shape[:2], carry.hidden.shape[1])  # (T, B, D)
+            shape = (*inputs.shape[:2], width)  # (T, B, K D)
+            if arch.layers > 1:
+                shape = (arch.layers, *shape)  # every layer's mask in one draw
             mask = random.dropout_mask(seed, carry.step, shape, dropout, xp=xp, device=device,
                                        dtype=carry.params.dtype)  # fmt: skip
+            if arch.layers > 1:
+                mask, layer_masks = mask[-1, ...], [mask[i, ...] for i in range(arch.layers - 1)]
         loss, grads, h_last = loss_and_grad(
             params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
-            check_values=False, schedule=schedule,
+            check_values=False, schedule=schedule, nonlinearity=nonlinearity,
+            layer_masks=layer_masks,
         )  # fmt: skip
         g = layout.flatten(grads, xp)  # (N,): one concat
         updates, opt_state = optimizer.update(g, carry.opt_state, carry.params)

@@ -1,0 +1,256 @@
+"""Stacked and bidirectional layers: the one-layer functions of :mod:`bptt.model`, composed.
+
+Pure math, like :mod:`bptt.model`: the namespace ``xp`` it is given and nothing else.
+
+**Parameter layout** (stable; :func:`param_names`). Layer l = 0..L-1, direction
+d = 0 (forward) or 1 (reverse). Cell (l, d) has ``U{s}``, ``W{s}`` and ``b{s}``,
+where the suffix s is empty for (0, 0), ``_l{l}`` for a forward cell of a higher
+layer and ``_l{l}_reverse`` for a reverse cell (torch's ``weight_ih_l{l}_reverse``)::
+
+    U (D, M)      W (D, D)      b (D,)         layer 0, forward: today's names
+    U_l0_reverse  W_l0_reverse  b_l0_reverse   layer 0, reverse (bidirectional)
+    U_l1 (D, K D) W_l1          b_l1           layer 1 reads K D units (K directions)
+    V (C, K D)    c (C,)                       the output reads the last layer
+
+The keys come matrices first, cell by cell (layer by layer, forward before
+reverse), then V, then the biases in the same order and c: for one layer and one
+direction exactly ``U, W, V, b, c``. Layer l > 0 reads the states of layer l - 1,
+its directions concatenated as torch concatenates them ([forward, reverse]).
+
+**Forward** (eqs. B19-B21): layer l runs eq. (19)-(20) on its input; the reverse
+cell runs the same recurrence on the time-flipped input (``xp.flip``, a view on
+NumPy and CuPy) and its states are flipped back. ``layer_masks[l]`` (T, B, K D)
+multiplies layer l's output on its way into layer l + 1 (dropout between layers);
+``dropout_mask`` multiplies the last layer's on its way to V, as for one layer.
+
+**Backward** (:func:`backward`): the vector-Jacobian product of the whole stack for
+any dL/dg (``dlogits``) and any extra dL/dS of the last layer's states
+(``dstates``): the output gradients, then layer by layer from the top the reverse
+recurrence of each cell (eq. B12), its weight gradients (eq. B13) and the
+gradient it sends down (eq. B20), and on request dL/dx (eq. B22) and dL/dh0
+(eq. B23). Nothing here checks arguments (:mod:`bptt.checks` does).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any, NamedTuple
+
+from . import model
+
+__all__ = [
+    "Arch",
+    "Cache",
+    "Forward",
+    "arch_of",
+    "backward",
+    "cell",
+    "forward",
+    "param_names",
+    "suffix",
+]
+
+
+class Arch(NamedTuple):
+    """The shape of a stack: ``layers`` L >= 1 and ``directions`` 1 or 2."""
+
+    layers: int = 1
+    directions: int = 1
+
+    @property
+    def single(self) -> bool:
+        """One layer, one direction: the model of :mod:`bptt.model` alone."""
+        return self.layers == 1 and self.directions == 1
+
+    def cells(self) -> Iterator[tuple[int, int]]:
+        """(layer, direction) in the layout's order: index ``l * directions + d``."""
+        for layer in range(self.layers):
+            for direction in range(self.directions):
+                yield layer, direction
+
+
+def suffix(layer: int, direction: int) -> str:
+    """The name suffix of cell (layer, direction): "", "_l1", "_l0_reverse", ..."""
+    if layer == 0 and direction == 0:
+        return ""
+    return f"_l{layer}" + ("_reverse" if direction else "")
+
+
+def param_names(
+    arch: Arch, *, bias: bool = True, output_bias: bool | None = None
+) -> tuple[str, ...]:
+    """Every key of a stack's parameters, in the layout's order (see the module doc).
+
+    ``bias``: the cells' b; ``output_bias``: c (default: as ``bias``).
+    """
+    cells = [suffix(layer, d) for layer, d in arch.cells()]
+    names = [f"{m}{s}" for s in cells for m in ("U", "W")] + ["V"]
+    if bias:
+        names += [f"b{s}" for s in cells]
+    if bias if output_bias is None else output_bias:
+        names.append("c")
+    return tuple(names)
+
+
+def arch_of(keys: Any) -> Arch:
+    """The architecture the keys of a parameter mapping name (``W_l{l}`` counted from
+    1 up while present; two directions when ``W_l0_reverse`` is there)."""
+    keys = set(keys)
+    layers = 1
+    while f"W_l{layers}" in keys:
+        layers += 1
+    return Arch(layers, 2 if "W_l0_reverse" in keys else 1)
+
+
+def cell(params: Mapping[str, Any], layer: int, direction: int) -> dict[str, Any]:
+    """Cell (layer, direction)'s parameters under the one-layer names U, W and b."""
+    s = suffix(layer, direction)
+    return {"U": params[f"U{s}"], "W": params[f"W{s}"], "b": params.get(f"b{s}")}
+
+
+class Forward(NamedTuple):
+    """What a forward pass returns (``bptt.vjp``'s ``outputs``)."""
+
+    states: Any  # (T, B, K D): the last layer's states, directions concatenated
+    logits: Any  # (T, B, C)
+    h_last: Any  # (B, D) for one cell; (L K, B, D) else, cell l K + d: torch's h_n
+
+
+class Cache(NamedTuple):
+    """What :func:`backward` needs from :func:`forward`."""
+
+    layer_inputs: tuple[Any, ...]  # layer l's x: the inputs, then (T, B, K D) after its mask
+    states: tuple[Any, ...]  # cell l K + d: (T+1, B, D) s_0 .. s_T in the order it ran
+    out_states: Any  # (T, B, K D): what V multiplied
+    dropout_mask: Any  # (T, B, K D) or None
+    layer_masks: Any  # L - 1 arrays (T, B, K D), or None
+    nonlinearity: str
+
+
+def _flip(x: Any, xp: Any) -> Any:
+    """x with its time axis (the first) reversed: a view on NumPy and CuPy."""
+    return xp.flip(x, axis=0)
+
+
+def _h0_of(h0: Any, arch: Arch, layer: int, direction: int) -> Any:
+    if h0 is None or arch.single:
+        return h0  # (B, D) or None
+    return h0[layer * arch.directions + direction, ...]  # (B, D)
+
+
+def forward(
+    params: Mapping[str, Any],
+    inputs: Any,
+    h0: Any,
+    xp: Any,
+    *,
+    nonlinearity: str = "tanh",
+    dropout_mask: Any = None,
+    layer_masks: Any = None,
+    recurrences: Any = model,
+) -> tuple[Forward, Cache]:
+    """The stack over ``inputs`` (T, B) ids or (T, B, M): ``(Forward, Cache)``.
+
+    ``h0`` (B, D) for one cell, (L K, B, D) for L layers of K directions (None:
+    zeros). ``recurrences``: where ``recurrence`` comes from (:mod:`bptt.model`, or a
+    library's version with the same contract and bits).
+    """
+    arch = arch_of(params)
+    x, layer_inputs, all_states, last = inputs, [], [], []
+    for layer in range(arch.layers):
+        if layer > 0 and layer_masks is not None:
+            x = x * layer_masks[layer - 1]  # (T, B, K D): dropout between layers, eq. (B19)
+        layer_inputs.append(x)
+        outs = []
+        for direction in range(arch.directions):
+            p = cell(params, layer, direction)
+            xu = model.input_projection(p, x, xp)  # (T, B, D): U x_t + b, eq. (B1)
+            if direction:
+                xu = _flip(xu, xp)  # the reverse cell runs forward on flipped time, (B21)
+            s0 = _h0_of(h0, arch, layer, direction)
+            states = recurrences.recurrence(p["W"], xu, s0, xp, nonlinearity)  # (T+1, B, D)
+            del xu  # each (T, B, D) array is let go once used
+            all_states.append(states)
+            last.append(states[-1, ...])  # (B, D)
+            outs.append(_flip(states[1:, ...], xp) if direction else states[1:, ...])
+        x = outs[0] if arch.directions == 1 else xp.concat(outs, axis=-1)  # (T, B, K D)
+    logits, out_states = model.output(params, x, dropout_mask, xp)  # (T, B, C), eq. (B3)
+    h_last = last[0] if arch.single else xp.stack(last)  # (B, D) or (L K, B, D)
+    cache = Cache(tuple(layer_inputs), tuple(all_states), out_states, dropout_mask,
+                  layer_masks, nonlinearity)  # fmt: skip
+    return Forward(x, logits, h_last), cache
+
+
+def _renamed(grads: dict[str, Any], s: str) -> dict[str, Any]:
+    return {f"{key}{s}": value for key, value in grads.items()}
+
+
+def _state_grads(
+    params: Mapping[str, Any], dlogits: Any, dstates: Any, cache: Cache, xp: Any
+) -> tuple[dict[str, Any], Any]:
+    """dV, dc (eq. B10) and dL/dS of the last layer's states (eq. B11, plus ``dstates``)."""
+    if dlogits is None:  # V and c were not used by the loss: zero cotangents
+        grads = {"V": xp.zeros_like(params["V"])}
+        if params.get("c") is not None:
+            grads["c"] = xp.zeros_like(params["c"])
+        return grads, dstates
+    grads = model.output_grads(params, dlogits, cache.out_states, xp)  # dV, dc
+    dS = model.state_grads(params, dlogits, cache.dropout_mask, xp)  # (T, B, K D)
+    if dstates is not None:
+        dS = dS + dstates  # a user head's gradient joins the built-in one, eq. (B24)
+    return grads, dS
+
+
+def backward(
+    params: Mapping[str, Any],
+    cache: Cache,
+    dlogits: Any,
+    dstates: Any,
+    xp: Any,
+    *,
+    want_inputs: bool = False,
+    want_h0: bool = False,
+    recurrences: Any = model,
+) -> tuple[dict[str, Any], Any, Any]:
+    """The stack's VJP: ``(grads, d_inputs, d_h0)``, grads keyed and ordered as params.
+
+    ``dlogits`` (T, B, C) and/or ``dstates`` (T, B, K D) (None: zero). ``d_inputs``
+    (T, B, M) for dense inputs when ``want_inputs``, ``d_h0`` shaped as h0 when
+    ``want_h0``; None otherwise.
+    """
+    arch, nl = arch_of(params), cache.nonlinearity
+    grads, dS = _state_grads(params, dlogits, dstates, cache, xp)
+    D = params["W"].shape[0]
+    d_inputs, d_h0 = None, [None] * (arch.layers * arch.directions)
+    for layer in reversed(range(arch.layers)):
+        x = cache.layer_inputs[layer]  # (T, B, M) or (T, B) ids for layer 0
+        down = layer > 0 or want_inputs  # does anything below need dL/dx?
+        dX = None
+        for direction in range(arch.directions):
+            index = layer * arch.directions + direction
+            p, states = cell(params, layer, direction), cache.states[index]
+            dS_d = dS if arch.directions == 1 else dS[..., direction * D : (direction + 1) * D]
+            x_d = x
+            if direction:  # the reverse cell's steps ran on flipped time: so do their grads
+                dS_d, x_d = _flip(dS_d, xp), _flip(x, xp)
+            dZ = recurrences.reverse_recurrence(p["W"], states, dS_d, None, xp, nl)  # (T, B, D)
+            del dS_d
+            if direction == arch.directions - 1:
+                dS = None  # let it go before the products: a lower peak
+            cell_grads = model.weight_grads(p, dZ, states, x_d, xp)  # dW, db, dU, eq. (B13)
+            grads.update(_renamed(cell_grads, suffix(layer, direction)))
+            if want_h0:
+                d_h0[index] = model.initial_state_grads(p["W"], dZ[0, ...])  # (B, D), eq. (B23)
+            if down:
+                dx = model.input_grads(p["U"], dZ, xp)  # (T, B, M_l), eq. (B20)/(B22)
+                dx = _flip(dx, xp) if direction else dx
+                dX = dx if dX is None else dX + dx
+        if layer > 0:
+            mask = None if cache.layer_masks is None else cache.layer_masks[layer - 1]
+            dS = dX if mask is None else dX * mask  # through the dropout between layers
+        else:
+            d_inputs = dX
+    dh0 = None
+    if want_h0:
+        dh0 = d_h0[0] if arch.single else xp.stack(d_h0)  # (B, D) or (L K, B, D)
+    return {key: grads[key] for key in params}, d_inputs, dh0
