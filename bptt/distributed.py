@@ -32,6 +32,7 @@ import sys
 import threading
 import time
 import traceback
+import zlib
 from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
@@ -49,8 +50,11 @@ __all__ = [
     "abort_on_error",
     "as_communicator",
     "gradient_allreduce",
+    "launched_rank",
     "launched_size",
     "mpi",
+    "rank_backend",
+    "share_cpus",
 ]
 
 INSTALL_HINT = "pip install 'bptt[mpi]' (mpi4py and the mpich wheel, which brings mpiexec)"
@@ -131,6 +135,46 @@ class Shard(NamedTuple):
             )
         part = batch // size
         return cls(rank, size, batch, rank * part, (rank + 1) * part)
+
+
+def rank_backend(name: str | None, device: Any, comm: Any) -> Any:
+    """The backend a rank trains on: ``name`` on ``device``; on several ranks with no
+    device named, CuPy (and torch ``cuda``) take GPU ``local_rank % GPUs`` of their
+    machine, so that the ranks of one machine spread over its GPUs."""
+    from . import backends
+
+    resolved = backends.resolve_name(name)
+    if comm.size == 1 or resolved not in ("cupy", "torch"):
+        return backends.get_backend(resolved, device)
+    if resolved == "cupy" and device is None:
+        with contextlib.suppress(Exception):  # no CuPy or no GPU: get_backend says why
+            import cupy
+
+            device = comm.local_rank % max(1, cupy.cuda.runtime.getDeviceCount())
+    elif resolved == "torch" and str(device) == "cuda":
+        import torch
+
+        device = f"cuda:{comm.local_rank % max(1, torch.cuda.device_count())}"
+    return backends.get_backend(resolved, device)
+
+
+def share_cpus(comm: Any) -> str | None:
+    """Several ranks on one machine: give each its share of the CPUs (BPTT_THREADS and
+    the BLAS threads), unless the user chose (BPTT_THREADS, OMP_NUM_THREADS,
+    OPENBLAS_NUM_THREADS or MKL_NUM_THREADS set). Returns a note saying so, or None."""
+    chosen = ("BPTT_THREADS", "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+    if comm.local_size <= 1 or any(os.environ.get(v) for v in chosen):
+        return None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads = max(1, (cpus or 1) // comm.local_size)
+    os.environ["BPTT_THREADS"] = str(threads)  # the NumPy schedules' threads
+    from .numpy_exec.threads import blas_controller
+
+    blas = blas_controller()
+    if blas is not None:
+        blas.limit(limits=threads)  # process-wide, for the rest of the run
+    return (f"{comm.local_size} ranks share this machine's {cpus} CPUs: {threads} thread(s) "
+            "each (set BPTT_THREADS or OMP_NUM_THREADS to choose)")  # fmt: skip
 
 
 # ---- one process ---------------------------------------------------------------------------
@@ -307,24 +351,20 @@ class Communicator:
             self._vote = None
 
     def check_same(self, flat: Any, step: int, backend: Any) -> None:
-        """RanksDivergedError on every rank unless every rank holds the same parameters:
-        two checksums (sum, sum of squares, in float64 where the device has it) of the
-        flat vector on ``backend``, one device read and one all-reduce of four numbers."""
-        xp, be = backend.xp, backend
-        wide = be.supports("float64")
-        p = xp.astype(flat, xp.float64) if wide and flat.dtype != xp.float64 else flat  # (N,)
-        sums = be.to_numpy(xp.stack([xp.sum(p), xp.sum(p * p)])).astype(np.float64)  # (2,)
-        if not np.all(np.isfinite(sums)):
-            return  # a NaN is reported by the loop's own check, at the step it appeared
-        both = np.concatenate([sums, -sums])  # max of -x is -min of x
+        """RanksDivergedError on every rank unless every rank holds the same parameters,
+        to the bit: a CRC-32 of the flat vector's bytes (one host copy of it: none on
+        NumPy), compared with one all-reduce of two integers."""
+        host = np.ascontiguousarray(backend.to_numpy(flat))  # (N,)
+        crc = zlib.crc32(memoryview(host).cast("B"))
+        both = np.array([crc, -crc], dtype=np.int64)  # max of -x is -min of x
         with self.watch("the parameter check"):
             self.comm.Allreduce(self.MPI.IN_PLACE, both, op=self.MPI.MAX)
-        high, low = both[:2], -both[2:]
-        if np.any(high != low):
+        if both[0] != -both[1]:
             raise RanksDivergedError(
-                f"training stopped: the ranks' parameters differ at step {step} (checksums "
-                f"from {low[0]!r} to {high[0]!r}): the ranks no longer train one model. "
-                "The last checkpoint is untouched; resume from it (on any number of ranks)"
+                f"training stopped: the ranks' parameters differ at step {step} (their "
+                f"CRC-32s range from {-both[1]:#010x} to {both[0]:#010x}): the ranks no longer "
+                "train one model. The last checkpoint is untouched; resume from it (on any "
+                "number of ranks)"
             )
 
     def sum_floats(self, value: float) -> float:
@@ -366,7 +406,7 @@ def _first_difference(prints: list[dict[str, str]]) -> str | None:
         for key in sorted(set(fp) | set(prints[0])):
             a, b = prints[0].get(key), fp.get(key)
             if a != b:
-                detail = _differing_field(a, b)
+                detail = _differing_field(a, b, rank)
                 return (
                     f"the ranks were started with different options: {key}{detail} "
                     f"(start every rank with the same command and files)"
@@ -374,17 +414,15 @@ def _first_difference(prints: list[dict[str, str]]) -> str | None:
     return None
 
 
-def _differing_field(a: str | None, b: str | None) -> str:
-    """``.field: rank 0 has X, rank 1 has Y`` for two JSON objects, else the whole values."""
-    try:
-        da, db = json.loads(a or "null"), json.loads(b or "null")
-    except ValueError:
-        da, db = a, b
-    if isinstance(da, dict) and isinstance(db, dict):
-        for field in sorted(set(da) | set(db)):
-            if da.get(field) != db.get(field):
-                return f".{field}: rank 0 has {da.get(field)!r}, another rank {db.get(field)!r}"
-    return f": rank 0 has {da!r}, another rank {db!r}"
+def _differing_field(a: str | None, b: str | None, rank: int) -> str:
+    """``.config.lr: rank 0 has X, rank 1 has Y``: the first leaf where two JSON texts
+    differ, and its two values."""
+    da, db = json.loads(a or "null"), json.loads(b or "null")
+    path = ""
+    while isinstance(da, dict) and isinstance(db, dict):
+        field = next(f for f in sorted(set(da) | set(db)) if da.get(f) != db.get(f))
+        path, da, db = f"{path}.{field}", da.get(field), db.get(field)
+    return f"{path}: rank 0 has {da!r}, rank {rank} {db!r}"
 
 
 class _Watchdog:
