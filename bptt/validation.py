@@ -36,14 +36,19 @@ class ValData:
 
 
 def layout_validation(
-    ids: np.ndarray, *, streams: int, warmup: int, backend: Any, dtype: str
-) -> ValData:
+    ids: np.ndarray, *, streams: int, warmup: int, backend: Any, dtype: str,
+    part: tuple[int, int] = (0, 1),
+) -> ValData | None:  # fmt: skip
     """Split the scored targets ids[1:] into ``streams`` contiguous pieces.
 
     Piece b starts its state ``warmup`` characters before its first scored
     target (never before the start of the text), so that every character is
     predicted from a carried state, as if one stream ran through the whole text,
     while the sequential length is about len(ids) / streams.
+
+    ``part=(i, n)``: only the i-th of n near-equal runs of the pieces (one rank's
+    share; None when it has none); ``count`` stays that of the whole text, so the
+    parts' :func:`evaluate` add up to the whole's.
     """
     n = len(ids) - 1  # targets ids[1..n]
     S = max(1, min(streams, n))
@@ -53,6 +58,11 @@ def layout_validation(
         first, stop = bounds[b], bounds[b + 1]  # scored targets [first, stop)
         start = max(0, first - 1 - warmup)  # first input
         pieces.append((start, first, stop))
+    index, parts = part
+    pieces = pieces[index * S // parts : (index + 1) * S // parts]
+    if not pieces:
+        return None
+    S = len(pieces)
     L = max(stop - 1 - start for start, _, stop in pieces)
     x = np.zeros((L, S), ids.dtype)
     y = np.zeros((L, S), ids.dtype)

@@ -23,7 +23,7 @@ NUMERICS = ("random", "finite_diff")  # may ask backends which library they run 
 POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
                     "backends", "optim", "checkpoint", "data", "validation", "sample", "limits",
                     "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
-                    "dynamic_eval", "pullback", "interop")  # fmt: skip
+                    "dynamic_eval", "pullback", "interop", "distributed", "allreduce")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
 
 

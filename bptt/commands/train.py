@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..allreduce import ALLREDUCE_MODES
 from ._args import (
     FIGURE_SUFFIXES,
     add_backend_arguments,
@@ -133,6 +134,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="raise glibc's malloc thresholds for this process, so that a NumPy step reuses "
         "the memory the last one freed (bptt.malloc; see the README for its measured effect)",
     )  # fmt: skip
+    ranks = parser.add_argument_group("data-parallel (mpiexec -n N bptt train ...; bptt[mpi])")
+    ranks.add_argument(
+        "--distributed", choices=("auto", "mpi", "none"), default="auto",
+        help="auto (the default): data-parallel over MPI when started by mpiexec with 2 or "
+        "more processes, else one process; mpi: always over MPI (also on one rank); none: "
+        "never (each process a run of its own)",
+    )  # fmt: skip
+    ranks.add_argument(
+        "--allreduce", choices=ALLREDUCE_MODES, default="auto",
+        help="how gradients are summed: auto (NumPy: mpi; CuPy: nccl, else host; others: "
+        "host), mpi (on the buffer itself: NumPy, or CuPy with a CUDA-aware MPI), nccl (CuPy), "
+        "host (one host copy of the buffer per step, any backend)",
+    )  # fmt: skip
+    ranks.add_argument(
+        "--rank-timeout", type=nonneg_float, default=300.0, metavar="SECONDS",
+        help="end every rank (MPI_Abort) when one waits this long for the others in a "
+        "collective: a rank that hangs or was cut off (default 300; 0: wait forever)",
+    )  # fmt: skip
 
 
 MODEL_OPTIONS = ("hidden", "layers", "nonlinearity", "dtype", "init", "seq_len", "batch", "seed",
@@ -239,17 +258,18 @@ def _data_options(args: argparse.Namespace, stored: dict[str, Any]) -> dict[str,
     return options
 
 
-def _build(args: argparse.Namespace) -> tuple[Any, str, Path | None]:
+def _build(args: argparse.Namespace, comm: Any) -> tuple[Any, str, Path | None]:
     """The trainer, a note on what a resume changed (the learning rate) or "", and the
     checkpoint file resumed from (None for a new run)."""
-    from .. import backends
     from ..checkpoint import load_checkpoint, resolve_path
     from ..data import load_corpus
+    from ..distributed import rank_backend
     from ..train import TrainConfig, Trainer
 
     if args.text is not None and args.corpus is not None:
         raise ValueError("--text and --corpus: give one of them (the text to train on)")
-    be = backends.get_backend(args.backend, args.device)
+    be = rank_backend(args.backend, args.device, comm)  # on several ranks, a GPU each
+    ranks = {"comm": comm, "allreduce": args.allreduce, "compile": args.compile}
     options = _config_overrides(args)
     if args.resume is None:
         corpus = load_corpus(
@@ -259,7 +279,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, Path | None]:
             max_bytes=args.max_text_size,
         )
         config = TrainConfig(**options)
-        return Trainer.create(corpus, config, backend=be, compile=args.compile), "", None
+        return Trainer.create(corpus, config, backend=be, **ranks), "", None
     path = resolve_path(args.resume)
     ckpt = load_checkpoint(path)
     corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
@@ -272,7 +292,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, str, Path | None]:
         flags = ", ".join("--" + k.replace("_", "-") for k in fixed)
         raise ValueError(f"{flags}: cannot change when resuming (the checkpoint has {stored})")
     overrides = {k: v for k, v in options.items() if k not in MODEL_OPTIONS}
-    trainer = Trainer.resume(ckpt, corpus, backend=be, compile=args.compile, **overrides)
+    trainer = Trainer.resume(ckpt, corpus, backend=be, **ranks, **overrides)
     old_lr = stored.get("lr")
     note = f"; lr {trainer.config.lr:g} (was {old_lr:g})" if old_lr != trainer.config.lr else ""
     return trainer, note, path
@@ -380,6 +400,33 @@ STOP_SIGNALS = tuple(
 )
 
 
+def _communicator(args: argparse.Namespace) -> Any:
+    """bptt.distributed.Local for one process, else a Communicator over MPI.COMM_WORLD;
+    one line and exit 2 (from the launcher's rank 0 only) when MPI is asked for and
+    missing."""
+    from .. import distributed
+
+    wanted = args.distributed == "mpi" or (
+        args.distributed == "auto" and distributed.launched_size() > 1
+    )
+    if not wanted:
+        return distributed.Local()
+    try:
+        return distributed.Communicator(timeout=args.rank_timeout or None)
+    except distributed.MPIUnavailableError as e:
+        size = distributed.launched_size()
+        started = f"started as one of {size} processes; " if size > 1 else ""
+        _refuse(args, f"{started}{e}", root=distributed.launched_rank() == 0)
+
+
+def _refuse(args: argparse.Namespace, message: str, *, root: bool) -> None:
+    """One ``error:`` line and exit 2; on several ranks only rank 0 prints it (every rank
+    has the same line to say: the start-up agreement gave it to all)."""
+    if root:
+        args._parser.error(message)
+    raise SystemExit(2)
+
+
 def run(args: argparse.Namespace) -> int:
     from .. import backends
     from ..checkpoint import CheckpointError
@@ -388,23 +435,35 @@ def run(args: argparse.Namespace) -> int:
     parser = args._parser
     if args.bidirectional:
         parser.error(BIDIRECTIONAL_REFUSED)
+    comm = _communicator(args)
     trainer = None
     try:
-        check_output_path(args.plot, "--plot", suffixes=FIGURE_SUFFIXES)  # before any work
-        if args.plot is not None:
-            import importlib.util
+        with comm.startup(steps=args.steps, minutes=args.minutes):  # every rank built its run,
+            # with the same options: one collective
+            check_output_path(args.plot, "--plot", suffixes=FIGURE_SUFFIXES)  # before any work
+            if args.plot is not None:
+                import importlib.util
 
-            if importlib.util.find_spec("matplotlib") is None:
-                raise ValueError("--plot needs matplotlib: pip install 'bptt[plot]'")
-        trainer, note, resumed = _build(args)
-        if args.steps is not None and args.steps <= trainer.step:
-            raise ValueError(f"--steps {args.steps}: the checkpoint is already at step "
-                             f"{trainer.step}")  # fmt: skip
-        notes = _claim(args, trainer, resumed)
+                if importlib.util.find_spec("matplotlib") is None:
+                    raise ValueError("--plot needs matplotlib: pip install 'bptt[plot]'")
+            trainer, note, resumed = _build(args, comm)
+            if args.steps is not None and args.steps <= trainer.step:
+                raise ValueError(f"--steps {args.steps}: the checkpoint is already at step "
+                                 f"{trainer.step}")  # fmt: skip
+            if args.steps is None and args.minutes is None and DEFAULT_STEPS <= trainer.step:
+                raise ValueError(f"--steps {DEFAULT_STEPS}: the checkpoint is already at step "
+                                 f"{trainer.step}")  # fmt: skip  # the default, on a longer run
+        notes: list[str] = []
+        with comm.startup("claim the run directory") as shared:  # rank 0 alone claims it
+            if comm.is_root:
+                notes = _claim(args, trainer, resumed)
+                shared["directory"] = str(trainer.checkpoint_dir)
+        if not comm.is_root:  # the directory rank 0 writes (named in messages)
+            trainer.checkpoint_dir = Path(shared["directory"])
     except (DataError, CheckpointError, backends.BackendError, ValueError) as e:
         if trainer is not None:
             trainer.unlock_directory()
-        parser.error(str(e))
+        _refuse(args, str(e), root=comm.is_root)
     try:
         return _train(args, trainer, note, notes)
     finally:
@@ -412,20 +471,33 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) -> int:
-    """The run, with its directory locked: banner, signals, the loop, the last lines."""
-    from ..checkpoint import CheckpointError
-    from ..train import NonFiniteError
+    """The run, with its directory locked: banner, signals, the loop, the last lines. On
+    several ranks an error that is not every rank's ends them all (MPI_Abort)."""
+    from ..distributed import abort_on_error
 
-    parser = args._parser
+    with abort_on_error(trainer.comm, prefix="bptt train"):
+        return _train_ranks(args, trainer, note, notes)
+
+
+def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) -> int:
+    from ..checkpoint import CheckpointError
+    from ..distributed import RanksDivergedError
+    from ..train import NonFiniteError, Reporter
+
+    comm = trainer.comm
     if args.tune_malloc:  # reuse what a step frees (bptt.malloc); before the first step
         from ..malloc import tune_malloc
 
         tune_malloc()
     c, be = trainer.config, trainer.backend
     steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
-    if steps is not None and steps <= trainer.step:  # the default 4000 on a longer run
-        parser.error(f"--steps {steps}: the checkpoint is already at step {trainer.step}")
-    print(
+    if comm.size > 1:
+        from ..distributed import share_cpus
+
+        shared = share_cpus(comm) if be.name == "numpy" else None  # threads per rank
+        notes = [*notes, _ranks_note(trainer), *([shared] if shared else [])]
+    say = print if comm.is_root else (lambda *a, **k: None)  # rank 0 alone logs
+    say(
         f"bptt train: {trainer.corpus.source} ({len(trainer.corpus.train):,} train / "
         f"{len(trainer.corpus.val):,} validation chars, {len(trainer.corpus.vocab)} symbols)\n"
         f"  backend {be.name} on {be.device}, {c.dtype}, D={c.hidden} B={c.batch} T={c.seq_len},"
@@ -444,7 +516,9 @@ def _train(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) 
         signal.signal(signum, signal.default_int_handler)  # a second one stops at once
 
     previous = {s: signal.signal(s, on_signal) for s in STOP_SIGNALS}
-    progress = _Progress(steps, trainer.step, args.no_progress, trainer.train_step)
+    progress: Any = Reporter()  # ranks other than 0: silent
+    if comm.is_root:
+        progress = _Progress(steps, trainer.step, args.no_progress, trainer.train_step)
     resume_hint = f"resume with  bptt train --resume {trainer.checkpoint_dir}"
     t0 = time.perf_counter()
     try:
@@ -454,12 +528,14 @@ def _train(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) 
             reporter=progress,
             should_stop=lambda: bool(stop),
         )
-    except (NonFiniteError, CheckpointError) as e:
-        progress.close()
-        print(f"bptt train: {e}", file=sys.stderr)
+    except (NonFiniteError, CheckpointError, RanksDivergedError) as e:  # every rank's
+        _close(progress)
+        say(f"bptt train: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:  # the second signal: no final checkpoint
-        progress.close()
+        _close(progress)
+        if comm.size > 1:
+            raise  # another rank may be past it: abort_on_error ends them all
         print(
             f"bptt train: stopped at step {trainer.step} without a final checkpoint "
             f"(second interrupt); {resume_hint}",
@@ -469,19 +545,31 @@ def _train(args: argparse.Namespace, trainer: Any, note: str, notes: list[str]) 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-        progress.close()
+        _close(progress)
     elapsed = time.perf_counter() - t0
-    print(
+    say(
         f"stopped at step {result.step} after {elapsed:.0f} s: {stop_reason(result, trainer)}\n"
         f"  last validation {result.last_val:.4f} bits/char, best {result.best_val:.4f} "
         f"at step {result.best_step}\n  latest: {result.latest}\n  best:   {result.best}"
     )
-    if args.plot is not None:
+    if args.plot is not None and comm.is_root:
         from ..plot import plot_history
 
         plot_history(trainer.history, args.plot, title=f"{trainer.corpus.source}, D={c.hidden}")
         print(f"  plot:   {args.plot}")
     if result.reason == "interrupted":
-        print(f"interrupted: {resume_hint}  (step {result.step} saved in {result.latest})")
-        return 128 + stop[0]
+        say(f"interrupted: {resume_hint}  (step {result.step} saved in {result.latest})")
+        return 128 + (stop[0] if stop else signal.SIGINT)  # ranks: another rank's signal
     return 0
+
+
+def _close(progress: Any) -> None:
+    if isinstance(progress, _Progress):
+        progress.close()
+
+
+def _ranks_note(trainer: Any) -> str:
+    comm, shard = trainer.comm, trainer.shard
+    hosts = "one machine" if comm.local_size == comm.size else "several machines"
+    return (f"data-parallel: {comm.size} ranks on {hosts} ({comm.local_size} here), "
+            f"{shard.local} of the {shard.batch} streams each; rank 0 writes")  # fmt: skip

@@ -29,6 +29,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data import Corpus, Streams
+from ..distributed import Local, as_communicator
 from ..flat import Layout
 from ..limits import require_memory
 from ..params import init_params
@@ -38,6 +39,7 @@ from ..validation import evaluate, layout_validation
 from .compiled import compile_step
 from .config import RESUMABLE, TrainConfig
 from .feed import EpochFeed
+from .parallel import make_parallel_step
 from .state import RunState
 from .step import Tally, TrainCarry, make_train_step
 
@@ -97,6 +99,13 @@ class Trainer:
 
     Build it with :meth:`create` (new parameters) or :meth:`resume` (from a
     checkpoint), then call :meth:`run`.
+
+    ``comm`` (an mpi4py communicator or a :class:`bptt.distributed.Communicator`):
+    data-parallel training, this process one of its ranks, training on B/N of the
+    streams; every rank builds its Trainer with the same options and calls ``run`` with
+    the same arguments. Rank 0 alone locks the directory and writes checkpoints and
+    samples; see :mod:`bptt.distributed`. ``allreduce`` picks how gradients are summed
+    (:func:`bptt.allreduce.gradient_allreduce`).
     """
 
     def __init__(
@@ -108,8 +117,13 @@ class Trainer:
         checkpoint_dir: str | Path | None = None,
         *,
         compile: str = "auto",
+        comm: Any = None,
+        allreduce: str = "auto",
     ) -> None:
         be = _backend(backend)
+        self.comm = as_communicator(comm)  # bptt.distributed.Local for one process
+        with self.comm.startup(run=_fingerprint(corpus, config, be, state, compile, allreduce)):
+            self.shard = self.comm.shard(config.batch)  # this rank's streams; B % N refused
         corpus.check_fits(batch=config.batch, seq_len=config.seq_len)
         be.require_dtype(config.dtype)  # names the fix (float32, or JAX's x64 switch)
         self.corpus, self.config, self.backend, self.state = corpus, config, be, state
@@ -119,15 +133,27 @@ class Trainer:
         self.lock: RunLock | None = None  # held while the run writes its directory
         self.resumed_at: int | None = None  # the step of the checkpoint a resume started from
         self.optimizer = config.make_optimizer()
-        step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
-                               seed=config.seed, nonlinearity=config.nonlinearity)  # fmt: skip
-        self.train_step = compile_step(step, be, compile)  # .mode, .compile_seconds
+        if isinstance(self.comm, Local):
+            step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
+                                   seed=config.seed, nonlinearity=config.nonlinearity)  # fmt: skip
+            self.train_step = compile_step(step, be, compile)  # .mode, .compile_seconds
+        else:  # the gradient part, the all-reduce, the update part
+            self.train_step = make_parallel_step(
+                self.optimizer, state.layout, self.comm, be, self.shard, dropout=config.dropout,
+                seed=config.seed, compile=compile, allreduce=allreduce,
+                nonlinearity=config.nonlinearity,
+            )  # fmt: skip
         with be.activate():  # CuPy: allocate on this run's GPU, not the current one
             self.feed = EpochFeed(corpus.train, Streams(len(corpus.train), config.batch,
-                                                        config.seq_len), be)  # fmt: skip
+                                                        config.seq_len), be,
+                                  columns=slice(self.shard.start, self.shard.stop))  # fmt: skip
             self.val = layout_validation(corpus.val, streams=config.val_streams,
                                          warmup=config.val_warmup, backend=be,
-                                         dtype=config.dtype)  # fmt: skip
+                                         dtype=config.dtype,
+                                         part=(self.comm.rank, self.comm.size))  # fmt: skip
+            if state.carry.hidden is not None and self.shard.size > 1:  # resumed: this rank's
+                hidden = state.carry.hidden[..., self.shard.start : self.shard.stop, :]
+                state.carry = state.carry._replace(hidden=hidden)  # (..., B/N, D)
             if state.offset < 0:
                 self._begin_epoch()
             else:
@@ -144,12 +170,15 @@ class Trainer:
         backend: Any = None,
         checkpoint_dir: str | Path | None = None,
         compile: str = "auto",
+        comm: Any = None,
+        allreduce: str = "auto",
     ) -> Trainer:
         """A new run: parameters from ``config.seed`` (see :func:`bptt.init_params`).
 
         ``compile``: ``"auto"`` (``jax.jit`` on JAX, none elsewhere), ``"jit"``,
         ``"cuda-graph"`` (CuPy or torch CUDA) or ``"none"``; see
-        :func:`bptt.train.compiled.compile_step`.
+        :func:`bptt.train.compiled.compile_step`. ``comm``, ``allreduce``: data-parallel
+        training (see :class:`Trainer`).
         """
         be, M = _backend(backend), len(corpus.vocab)
         _require_memory(config, M, be)
@@ -165,12 +194,12 @@ class Trainer:
         rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
         carry = TrainCarry(flat, opt_state, None, counter)  # hidden: set by the first epoch
         return cls(corpus, config, be, RunState(carry, layout, rng), checkpoint_dir,
-                   compile=compile)  # fmt: skip
+                   compile=compile, comm=comm, allreduce=allreduce)  # fmt: skip
 
     @classmethod
     def resume(cls, ckpt: Checkpoint, corpus: Corpus, *, backend: Any = None,
                checkpoint_dir: str | Path | None = None, compile: str = "auto",
-               **overrides: Any) -> Trainer:  # fmt: skip
+               comm: Any = None, allreduce: str = "auto", **overrides: Any) -> Trainer:  # fmt: skip
         """Continue the run saved in ``ckpt`` on ``backend``; ``overrides`` from RESUMABLE.
 
         An overridden ``lr`` replaces the stored base rate from the resumed step on:
@@ -209,7 +238,8 @@ class Trainer:
         with be.activate():
             state = run_from_checkpoint(ckpt, optimizer=config.make_optimizer(), backend=be,
                                         dtype=config.dtype)  # fmt: skip
-        trainer = cls(corpus, config, be, state, checkpoint_dir, compile=compile)
+        trainer = cls(corpus, config, be, state, checkpoint_dir, compile=compile, comm=comm,
+                      allreduce=allreduce)  # fmt: skip
         trainer.resumed_at = ckpt.step
         return trainer
 
@@ -233,7 +263,9 @@ class Trainer:
         c, s, xp = self.config, self.state, self.backend.xp
         s.offset, s.chunk = int(s.rng.integers(0, c.seq_len)), 0
         self.feed.begin_epoch(s.offset)
-        shape = (c.batch, c.hidden) if c.layers == 1 else (c.layers, c.batch, c.hidden)
+        shape = (self.shard.local, c.hidden)  # this rank's streams
+        if c.layers > 1:
+            shape = (c.layers, *shape)
         zeros = xp.zeros(shape, dtype=getattr(xp, c.dtype), device=self.backend.device)
         s.carry = s.carry._replace(hidden=zeros)
 
@@ -260,8 +292,12 @@ class Trainer:
         n = sum(math.prod(a.shape) for a in arrays)
         return itemsize * n + 65536  # + history and metadata
 
-    def checkpoint(self) -> Checkpoint:
-        """Host copy of the whole run state."""
+    def checkpoint(self) -> Checkpoint | None:
+        """Host copy of the whole run state (on several ranks: every rank's hidden state
+        gathered on rank 0, which alone gets the checkpoint; None on the others)."""
+        hidden = self.comm.gather_batch(self.state.carry.hidden, self.backend)  # ranks: (B, D)
+        if not self.comm.is_root:
+            return None
         be, corpus, M = self.backend, self.corpus, len(self.corpus.vocab)
         c = self.config
         config = {
@@ -274,7 +310,8 @@ class Trainer:
                      "n_val": len(corpus.val)},
             "backend": {"name": be.name, "device": str(be.device)},
         }  # fmt: skip
-        return run_to_checkpoint(self.state, config=config, vocab=corpus.vocab.chars, backend=be)
+        ckpt = run_to_checkpoint(self.state, config=config, vocab=corpus.vocab.chars, backend=be)
+        return ckpt if hidden is None else dataclasses.replace(ckpt, hidden=hidden)
 
     def save(self, name: str = LATEST) -> Path | None:
         """Write a checkpoint into the checkpoint directory (the caller checked the
@@ -286,24 +323,35 @@ class Trainer:
                                  f"{self.failed_step}; no checkpoint written",
                                  self.failed_step)  # fmt: skip
         target = self.checkpoint_dir / name
-        try:
-            saved = save_checkpoint(target, self.checkpoint())
-        except OSError as e:  # e.g. the disk filled up during the run
-            kept = "is unchanged" if target.exists() else "was never written"
-            raise CheckpointError(
-                f"checkpoint: cannot write {str(target)!r} at step {self.step}: "
-                f"{e.strerror or e}; the previous {name} {kept}"
-            ) from None
+        ckpt = self.checkpoint()  # on several ranks, a gather; rank 0 alone writes
+        with self.comm.startup("write a checkpoint", CheckpointError, save=(name, self.step)):
+            try:
+                saved = None if ckpt is None else save_checkpoint(target, ckpt)
+            except OSError as e:  # e.g. the disk filled up during the run
+                kept = "is unchanged" if target.exists() else "was never written"
+                raise CheckpointError(
+                    f"checkpoint: cannot write {str(target)!r} at step {self.step}: "
+                    f"{e.strerror or e}; the previous {name} {kept}"
+                ) from None
         self.written[name] = self.step
-        return saved
+        return target if saved is None else saved
 
     # ---- validation ---------------------------------------------------------------------
 
     def validate(self) -> float:
-        """Validation bits per character (no dropout), carrying state through the text."""
-        return evaluate(self.params, self.val, nonlinearity=self.config.nonlinearity)
+        """Validation bits per character (no dropout), carrying state through the text
+        (on several ranks each scores its share of the streams; the parts are summed)."""
+        if isinstance(self.comm, Local):
+            return evaluate(self.params, self.val, nonlinearity=self.config.nonlinearity)
+        fn = self.config.nonlinearity
+        part = 0.0 if self.val is None else evaluate(self.params, self.val, nonlinearity=fn)
+        return self.comm.sum_floats(part)
 
     def sample_text(self, length: int | None = None) -> str:
+        """A sample from the model after the first validation character ("" on ranks
+        other than 0: rank 0 alone samples)."""
+        if not self.comm.is_root:
+            return ""
         n = self.config.sample_length if length is None else length
         prime = self.corpus.vocab.decode(self.corpus.val[:1])
         seed = [self.config.seed, 2, self.step]  # apart from the training generator
@@ -330,12 +378,14 @@ class Trainer:
         train = self.corpus.train
         if train.min() < 0 or train.max() >= len(self.corpus.vocab):
             raise ValueError("data: token ids out of range")  # once, on the host
-        locked = self.lock is None and self.checkpoint_dir is not None
-        if locked:
-            self.lock_directory()
+        root = self.comm.is_root  # on several ranks, rank 0 alone locks and writes
+        locked = self.lock is None and self.checkpoint_dir is not None and root
         try:
-            if self.checkpoint_dir is not None:  # a full disk is found now, not at the first save
-                check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
+            with self.comm.startup(steps=steps, minutes=minutes, step=self.step):
+                if locked:
+                    self.lock_directory()
+                if self.checkpoint_dir is not None and root:  # a full disk is found now
+                    check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
             errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
             with errstate, self.backend.activate():  # CuPy: kernels run on this run's GPU
                 return run_loop(self, steps, minutes, reporter or Reporter(), should_stop)
@@ -346,8 +396,9 @@ class Trainer:
     def lock_directory(self) -> None:
         """Take the checkpoint directory's exclusive lock (:class:`bptt.rundir.RunLock`)
         until :meth:`unlock_directory`; :meth:`run` holds it for its duration if the
-        caller does not. CheckpointError when another run holds it."""
-        if self.lock is None and self.checkpoint_dir is not None:
+        caller does not. CheckpointError when another run holds it. On several ranks only
+        rank 0 locks (the others never write the directory)."""
+        if self.lock is None and self.checkpoint_dir is not None and self.comm.is_root:
             self.lock = RunLock(self.checkpoint_dir).acquire()
 
     def unlock_directory(self) -> None:
@@ -383,3 +434,18 @@ class Trainer:
             None if d is None else d / LATEST,
             None if d is None or best["best_step"] is None else d / BEST,
         )  # fmt: skip
+
+
+def _fingerprint(corpus: Corpus, config: TrainConfig, be: backends.Backend, state: RunState,
+                 compile: str, allreduce: str) -> dict[str, Any]:  # fmt: skip
+    """What every rank of a data-parallel run must agree on (compared at start)."""
+    from .. import __version__
+
+    return {
+        "config": dataclasses.asdict(config),
+        "data": {"source": corpus.source, "sha256": corpus.sha256, "n_train": len(corpus.train),
+                 "val_fraction": corpus.val_fraction},
+        "position": {"step": state.step, "epoch": state.epoch, "chunk": state.chunk,
+                     "offset": state.offset},
+        "backend": be.name, "compile": compile, "allreduce": allreduce, "bptt": __version__,
+    }  # fmt: skip

@@ -38,10 +38,13 @@ def run_loop(trainer: Any, steps: int | None, minutes: float | None, reporter: A
     while True:
         if steps is not None and trainer.step >= steps:
             break
-        if deadline is not None and time.monotonic() >= deadline:
+        timed_out = deadline is not None and time.monotonic() >= deadline
+        stopped = should_stop is not None and should_stop()
+        timed_out, stopped = trainer.comm.agree_stop(timed_out, stopped)  # ranks: a step later
+        if timed_out:
             reason = "time"
             break
-        if should_stop is not None and should_stop():
+        if stopped:
             reason = "interrupted"
             break
         loss, norm = trainer.advance()
@@ -58,6 +61,7 @@ def run_loop(trainer: Any, steps: int | None, minutes: float | None, reporter: A
             if stop:
                 reason = "early_stop"
                 break
+    trainer.comm.end_votes()
     if trainer.step > logged_step:
         _log(trainer, tally, logged_step, t_log, reporter, NonFiniteError)
     history = trainer.history
@@ -72,12 +76,15 @@ def run_loop(trainer: Any, steps: int | None, minutes: float | None, reporter: A
 def _log(trainer: Any, tally: Any, since: int, t0: float, reporter: Any, error: type) -> None:
     """The one host read per log interval: mean loss and the non-finite record."""
     xp, be = trainer.backend.xp, trainer.backend
-    total, _, finite = be.to_numpy(xp.stack([tally.loss_sum, tally.running, tally.finite_steps]))
+    with trainer.comm.watch("reading the loss"):  # ranks: a read that waits on the all-reduce
+        total, _, finite = be.to_numpy(xp.stack([tally.loss_sum, tally.running,
+                                                 tally.finite_steps]))  # fmt: skip
     steps = trainer.step - since
     if finite < steps:
         first_bad = since + int(finite) + 1
         trainer.failed_step = first_bad
         raise error(trainer.diverged(first_bad, "loss or gradient"), first_bad)
+    trainer.comm.check_same(trainer.state.carry.params, trainer.step, be)  # ranks: one model
     bpc = float(total) / steps / LN2
     elapsed = max(time.perf_counter() - t0, 1e-9)
     chars_per_s = steps * trainer.config.batch * trainer.config.seq_len / elapsed

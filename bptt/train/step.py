@@ -20,7 +20,7 @@ from ..backends import namespace_of
 from ..flat import Layout
 from ..layers import arch_of
 
-__all__ = ["Tally", "TrainCarry", "make_train_step"]
+__all__ = ["Tally", "TrainCarry", "make_gradients", "make_train_step"]
 
 
 class TrainCarry(NamedTuple):
@@ -28,8 +28,56 @@ class TrainCarry(NamedTuple):
 
     params: Any  # (N,) every parameter, laid out by a Layout
     opt_state: Any  # the optimizer's state over that vector
-    hidden: Any  # (B, D): the state carried into the next chunk (no gradient across)
+    hidden: Any  # (B, D) or (L K, B, D): the state carried into the next chunk (no gradient across)
     step: Any  # 0-d integer: updates done, the dropout stream's counter
+
+
+def make_gradients(
+    layout: Layout,
+    *,
+    dropout: float = 0.0,
+    seed: int = 0,
+    schedule: str | None = None,
+    nonlinearity: str = "tanh",
+    columns: tuple[int, int, int] | None = None,
+) -> Callable[[TrainCarry, Any, Any], tuple[Any, Any, Any]]:
+    """``gradients(carry, inputs, targets) -> (loss, grads, h_last)``: the chunk's mean
+    loss, its gradients by name and the state to carry on.
+
+    With ``dropout`` > 0 the states before V are dropped with masks drawn from
+    (``seed``, step); in a stack of L layers (any architecture the layout names,
+    :mod:`bptt.layers`) every layer's output is, the L masks drawn in one call as an
+    (L, T, B, K D) array (mask L - 1 before V, mask l between layers l and l + 1).
+    ``columns`` = (start, stop, batch): these inputs are streams start:stop of a batch
+    of ``batch`` (one rank's share, :mod:`bptt.train.parallel`), and their masks are
+    those rows of the whole batch's masks, as one process draws them.
+    """
+    arch = arch_of(layout.keys)
+    width = arch.directions * layout.shapes[layout.keys.index("W")][0]  # K D
+
+    def gradients(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[Any, Any, Any]:
+        xp, device = namespace_of({"carry.params": carry.params, "carry.hidden": carry.hidden})
+        params = layout.unflatten(carry.params, xp)  # views
+        mask = layer_masks = None
+        if dropout > 0:  # decided once: the same operations every step
+            batch = inputs.shape[1] if columns is None else columns[2]
+            shape = (inputs.shape[0], batch, width)  # (T, B, K D)
+            if arch.layers > 1:
+                shape = (arch.layers, *shape)  # every layer's mask in one draw
+            mask = random.dropout_mask(seed, carry.step, shape, dropout, xp=xp, device=device,
+                                       dtype=carry.params.dtype)  # fmt: skip
+            if columns is not None:  # this rank's streams: (..., T, B/N, K D)
+                mask = mask[..., columns[0] : columns[1], :]
+            if arch.layers > 1:
+                mask, layer_masks = mask[-1, ...], [mask[i, ...] for i in range(arch.layers - 1)]
+        loss, grads, h_last = loss_and_grad(
+            params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
+            check_values=False, schedule=schedule, nonlinearity=nonlinearity,
+            layer_masks=layer_masks,
+        )  # fmt: skip
+        return loss, grads, h_last
+
+    return gradients
 
 
 def make_train_step(
@@ -45,33 +93,16 @@ def make_train_step(
 
     Returns ``train_step(carry, inputs, targets) -> (carry, loss, norm)``: ``loss``
     the chunk's mean loss in nats per character, ``norm`` the gradient's global norm
-    before clipping (recorded by the optimizer's clip, or computed). With ``dropout``
-    > 0 the states before V are dropped with masks drawn from (``seed``, step); in a
-    stack of L layers (any architecture the layout names, :mod:`bptt.layers`) every
-    layer's output is, the L masks drawn in one call as an (L, T, B, K D) array
-    (mask L - 1 before V, mask l between layers l and l + 1). ``carry.hidden`` is
-    (B, D) for one layer, (L K, B, D) for a stack.
+    before clipping (recorded by the optimizer's clip, or computed). Dropout as in
+    :func:`make_gradients`. ``carry.hidden`` is (B, D) for one layer, (L K, B, D) for
+    a stack.
     """
-    arch = arch_of(layout.keys)
-    width = arch.directions * layout.shapes[layout.keys.index("W")][0]  # K D
+    gradients = make_gradients(layout, dropout=dropout, seed=seed, schedule=schedule,
+                               nonlinearity=nonlinearity)  # fmt: skip
 
     def train_step(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[TrainCarry, Any, Any]:
-        xp, device = namespace_of({"carry.params": carry.params, "carry.hidden": carry.hidden})
-        params = layout.unflatten(carry.params, xp)  # views
-        mask = layer_masks = None
-        if dropout > 0:  # decided once: the same operations every step
-            shape = (*inputs.shape[:2], width)  # (T, B, K D)
-            if arch.layers > 1:
-                shape = (arch.layers, *shape)  # every layer's mask in one draw
-            mask = random.dropout_mask(seed, carry.step, shape, dropout, xp=xp, device=device,
-                                       dtype=carry.params.dtype)  # fmt: skip
-            if arch.layers > 1:
-                mask, layer_masks = mask[-1, ...], [mask[i, ...] for i in range(arch.layers - 1)]
-        loss, grads, h_last = loss_and_grad(
-            params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
-            check_values=False, schedule=schedule, nonlinearity=nonlinearity,
-            layer_masks=layer_masks,
-        )  # fmt: skip
+        xp, _ = namespace_of({"carry.params": carry.params})
+        loss, grads, h_last = gradients(carry, inputs, targets)
         g = layout.flatten(grads, xp)  # (N,): one concat
         updates, opt_state = optimizer.update(g, carry.opt_state, carry.params)
         norm = optim.last_norm(opt_state)
