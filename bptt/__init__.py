@@ -5,7 +5,8 @@ backward code runs on NumPy, CuPy, torch and array_api_strict. The equations
 follow the derivation in ``docs/derivation.md``.
 
 >>> import bptt
->>> params = bptt.init_params(65, 100, 65, dtype="float64", seed=0)
+>>> model = bptt.RNN(65, 100, 65, cell="tanh")
+>>> params = model.init(dtype="float64", seed=0)
 """
 
 from __future__ import annotations
@@ -13,9 +14,8 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 
 from . import backends, interop, optim
-from .api import forward, gradcheck, loss_and_grad
-from .params import init_params
-from .pullback import vjp
+from .functional import forward, gradcheck, init_params, loss_and_grad, vjp
+from .rnn import RNN
 
 try:
     __version__ = version("bptt")
@@ -23,6 +23,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0+unknown"
 
 __all__ = [
+    "RNN",
     "__version__",
     "backends",
     "forward",

@@ -1,7 +1,9 @@
-"""The public functions: forward, loss_and_grad, gradcheck.
+"""A model's forward pass, loss and gradients, and gradient check (what
+:meth:`bptt.RNN.forward`, :meth:`bptt.RNN.loss_and_grad` and :meth:`bptt.RNN.gradcheck`
+run; :mod:`bptt.functional` keeps the older calls on a bare parameter dict).
 
-Each finds the namespace and device once, from the arrays it is given, checks its
-arguments, and returns arrays of the same library, on the same device; the work
+Each takes the model first, finds the namespace and device once, from the arrays it
+is given, checks its arguments, and returns arrays of the same library, on the same device; the work
 runs with that device current (CuPy launches on the current device).
 """
 
@@ -20,11 +22,11 @@ __all__ = ["forward", "gradcheck", "loss_and_grad"]
 
 
 def forward(
+    model: Any,
     params: Any,
     inputs: Any,
     *,
     h0: Any = None,
-    nonlinearity: str = "tanh",
     check_values: bool = True,
     return_state: bool = False,
 ) -> tuple[Any, ...]:
@@ -32,35 +34,33 @@ def forward(
 
     ``inputs``: token ids (T, B), integer, or dense vectors (T, B, M) of the
     parameters' dtype. ``h0`` (B, D) is the state before step 1 (zeros if None).
-    For a stack (:func:`bptt.init_params` with ``num_layers`` or ``bidirectional``)
-    the states are the last layer's, (T, B, K D) with K directions, and ``h0`` is
-    (L K, B, D), one state per cell as torch's ``h_0``. ``nonlinearity``: ``"tanh"``
-    or ``"relu"``. ``return_state=True`` returns ``(states, logits, h_last)``, with
+    For a stack (``layers`` > 1 or ``bidirectional``) the states are the last
+    layer's, (T, B, K D) with K directions, and ``h0`` is (L K, B, D), one state per
+    cell as torch's ``h_0``. ``return_state=True`` returns ``(states, logits, h_last)``, with
     ``h_last`` shaped as ``h0`` (every layer's last state: what a stack carries to the
     next chunk). ``check_values=False`` skips the value checks, the call's one device
     sync.
     """
-    xp, dims = check_call(params, inputs, h0=h0, nonlinearity=nonlinearity)
+    xp, dims = check_call(model, params, inputs, h0=h0)
     with device_context(params["U"]):
         if check_values:
             _check_values(params, inputs, h0=h0, dims=dims, xp=xp)
-        out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity)
+        out, _ = layers.forward(params, inputs, h0, xp, cell=model.cell)
     return tuple(out) if return_state else (out.states, out.logits)
 
 
 def loss_and_grad(
+    model: Any,
     params: Any,
     inputs: Any,
     targets: Any,
     *,
     h0: Any = None,
-    head: str = "softmax",
     mask: Any = None,
     reduction: str = "mean",
     dropout_mask: Any = None,
     check_values: bool = True,
     schedule: str | None = None,
-    nonlinearity: str = "tanh",
     layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """Loss, gradients of every parameter, and the last state, by BPTT.
@@ -70,7 +70,7 @@ def loss_and_grad(
     of ``params``, ``h_last`` (B, D) the state after step T (carry it as the next
     chunk's ``h0``; ``h0`` itself gets no gradient).
 
-    ``head``: ``"softmax"`` (integer targets (T, B)), ``"sigmoid"`` (0/1 targets
+    The model's ``head``: ``"softmax"`` (integer targets (T, B)), ``"sigmoid"`` (0/1 targets
     (T, B, C), or (T, B) when C == 1) or ``"mse"`` (a linear output and the squared
     error against real targets (T, B, C), or (T, B) when C == 1). ``mask`` (T, B),
     boolean or 0/1: masked steps add no loss and no gradient. ``reduction``:
@@ -82,21 +82,20 @@ def loss_and_grad(
     A stack (:mod:`bptt.layers`: ``num_layers`` L, K directions) takes ``h0`` and
     returns ``h_last`` as (L K, B, D), its ``dropout_mask`` is (T, B, K D), and
     ``layer_masks`` holds L - 1 more (T, B, K D), each multiplying a layer's output on
-    its way into the next (dropout between layers). ``nonlinearity``: ``"tanh"``
-    (the default) or ``"relu"``. Any other loss: :func:`bptt.vjp`.
+    its way into the next (dropout between layers). Any other loss: :meth:`bptt.RNN.vjp`.
     ``check_values=False`` skips the value checks, the call's one device sync.
     ``schedule``: how the step runs (:mod:`bptt.schedules`): ``"auto"`` (the
     default, or ``$BPTT_SCHEDULE``), ``"single"``, or the NumPy-only ``"overlap"``
     and ``"split"``; all give the same result to rounding.
     """
     xp, dims = check_call(
-        params, inputs, targets=targets, h0=h0, mask=mask, head=head,
-        reduction=reduction, dropout_mask=dropout_mask, need_targets=True,
-        nonlinearity=nonlinearity, layer_masks=layer_masks,
+        model, params, inputs, targets=targets, h0=h0, mask=mask, reduction=reduction,
+        dropout_mask=dropout_mask, need_targets=True, layer_masks=layer_masks,
     )  # fmt: skip
-    T, B = inputs.shape[:2]
+    head, T, B = model.head, *inputs.shape[:2]
     itemsize = _itemsize(dims.dtype, xp)
-    _, run = schedules.resolve(schedule, xp, T, B, dims.D, itemsize, single=dims.arch.single)
+    single = dims.arch.single and model.gates == 1
+    _, run = schedules.resolve(schedule, xp, T, B, dims.D, itemsize, single=single)
     with device_context(params["U"]):
         if check_values:
             _check_values(
@@ -108,8 +107,7 @@ def loss_and_grad(
         )  # a float, or (T, B)
         return run(
             params, inputs, targets, h0=h0, head=head, weights=weights,
-            dropout_mask=dropout_mask, xp=xp, nonlinearity=nonlinearity,
-            layer_masks=layer_masks,
+            dropout_mask=dropout_mask, xp=xp, cell=model.cell, layer_masks=layer_masks,
         )  # fmt: skip
 
 
@@ -118,19 +116,18 @@ def _itemsize(dtype: Any, xp: Any) -> int:
 
 
 def gradcheck(
+    model: Any,
     params: Any,
     inputs: Any,
     targets: Any,
     *,
     h0: Any = None,
-    head: str = "softmax",
     mask: Any = None,
     reduction: str = "mean",
     dropout_mask: Any = None,
     eps: float = 1e-3,
     max_entries: int | None = None,
     seed: int = 0,
-    nonlinearity: str = "tanh",
     layer_masks: Any = None,
 ) -> float:
     """Worst relative error between BPTT gradients and float64 central differences.
@@ -145,16 +142,16 @@ def gradcheck(
     ``eps``: 4 forward passes each, error O(eps^4)) unless ``max_entries`` limits it
     to that many random entries per parameter, drawn with ``seed``. A NaN anywhere
     (loss, gradient, ``eps``) or a check of no entry raises ``FloatingPointError``
-    or ``ValueError``: a check never passes on what it did not see. Stacks,
-    ``nonlinearity`` and ``layer_masks`` as in :func:`loss_and_grad`; with relu take a
+    or ``ValueError``: a check never passes on what it did not see. Stacks and
+    ``layer_masks`` as in :func:`loss_and_grad`; with a relu cell take a
     small ``eps`` (1e-5): a step of 1e-3 often moves some z_t across relu's kink at 0,
     where the difference quotient is not the derivative.
     """
     xp, dims = check_call(
-        params, inputs, targets=targets, h0=h0, mask=mask, head=head,
-        reduction=reduction, dropout_mask=dropout_mask, need_targets=True,
-        nonlinearity=nonlinearity, layer_masks=layer_masks,
+        model, params, inputs, targets=targets, h0=h0, mask=mask, reduction=reduction,
+        dropout_mask=dropout_mask, need_targets=True, layer_masks=layer_masks,
     )  # fmt: skip
+    head = model.head
     with device_context(params["U"]):
         _check_values(
             params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,
@@ -163,6 +160,5 @@ def gradcheck(
         return finite_difference_check(
             params, inputs, targets, xp=xp, h0=h0, head=head, mask=mask,
             reduction=reduction, dropout_mask=dropout_mask, eps=eps,
-            max_entries=max_entries, seed=seed, nonlinearity=nonlinearity,
-            layer_masks=layer_masks,
+            max_entries=max_entries, seed=seed, cell=model.cell, layer_masks=layer_masks,
         )  # fmt: skip

@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from .cells import CELLS
+
 __all__ = [
     "META_KEYS",
     "MODEL_FIELDS",
@@ -80,7 +82,7 @@ MODEL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     # the architecture (bptt.layers), recorded since stacks: absent means one tanh layer
     "layers": (lambda v: _int(v, 1), "a positive integer"),
     "bidirectional": (lambda v: isinstance(v, bool), "true or false"),
-    "nonlinearity": (lambda v: v in ("tanh", "relu"), "'tanh' or 'relu'"),
+    "nonlinearity": (lambda v: v in CELLS, f"one of {list(CELLS)} (the cell)"),
 }
 MODEL_REQUIRED = ("M", "D", "C", "dtype", "init")  # what every format version stored
 DATA_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
@@ -222,7 +224,7 @@ def check_meta(meta: Any, version: int) -> tuple[dict[str, Any], Any]:
         )
     stored_model = {"layers": 1, "nonlinearity": "tanh", **model}  # older: one tanh layer
     pairs = (("hidden", "D"), ("dtype", "dtype"), ("init", "init"), ("layers", "layers"),
-             ("nonlinearity", "nonlinearity"))  # fmt: skip
+             ("cell", "nonlinearity"))  # fmt: skip
     for key, mine in pairs:
         if getattr(train, key) != stored_model[mine]:
             raise SchemaError(

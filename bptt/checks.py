@@ -14,9 +14,7 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from .backends import namespace_of
-from .heads import HEADS
-from .layers import Arch, arch_of, param_names, suffix
-from .model import NONLINEARITIES
+from .layers import Arch
 
 __all__ = [
     "PARAM_KEYS",
@@ -62,44 +60,24 @@ def _check_dtype(name: str, x: Any, dims: Dims) -> None:
         raise TypeError(f"{name}: dtype {x.dtype} differs from the parameters' {dims.dtype}")
 
 
-def check_params(params: Any) -> Dims:
-    """U (D, M), W (D, D), V (C, K D), optional b (D,) and c (C,), one floating dtype;
-    for a stack, the keys of :func:`bptt.layers.param_names` (U_l{l} of shape (D, K D))."""
-    return _check_params(params, {})[1]
+def check_params(model: Any, params: Any) -> Dims:
+    """``params`` against ``model``'s template (:meth:`bptt.RNN.param_shapes`): the same
+    keys, each the template's shape, one floating dtype, one library and device."""
+    return _check_params(model, params, {})[1]
 
 
-def _expected_keys(arch: Arch) -> str:
-    if arch.single:
-        return "U, W, V and optional b, c"
-    names = ", ".join(param_names(arch, bias=False))
-    return (
-        f"{names} and optional biases (b per cell, c) for {arch.layers} layer(s) of "
-        f"{arch.directions} direction(s)"
-    )
-
-
-def _check_keys(params: Any) -> Arch:
-    if not isinstance(params, Mapping):
-        raise TypeError(f"params: expected a mapping of arrays; got {type(params).__name__}")
-    arch = arch_of(params)
-    missing = [k for k in param_names(arch, bias=False) if params.get(k) is None]
-    if missing:
-        raise ValueError(f"params: missing key(s) {missing}; expected {_expected_keys(arch)}")
-    extra = [k for k in params if k not in param_names(arch)]
-    if extra:
-        raise ValueError(f"params: unknown key(s) {extra}; expected {_expected_keys(arch)}")
-    cell_biases = [params.get(f"b{suffix(l, d)}") is not None for l, d in arch.cells()]
-    if any(cell_biases) and not all(cell_biases):
-        names = [f"b{suffix(l, d)}" for l, d in arch.cells()]
-        raise ValueError(f"params: give every cell's bias ({names}) or none; some are missing")
-    return arch
-
-
-def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
+def _check_params(model: Any, params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
     """:func:`check_params`, and the one namespace of the parameters and ``others``
     (named arrays or None), found in one pass. Returns (xp, dims)."""
-    arch = _check_keys(params)
-    named = {**{f"params[{k!r}]": params[k] for k in params}, **others}
+    if not isinstance(params, Mapping):
+        raise TypeError(f"params: expected a mapping of arrays; got {type(params).__name__}")
+    shapes = model.param_shapes()
+    missing = [k for k in shapes if params.get(k) is None]
+    extra = [k for k in params if k not in shapes and params[k] is not None]
+    if missing or extra:
+        what = f"missing key(s) {missing}" if missing else f"unknown key(s) {extra}"
+        raise ValueError(f"params: {what}; this model ({_describe(model)}) has {list(shapes)}")
+    named = {**{f"params[{k!r}]": params[k] for k in shapes}, **others}
     for name, x in named.items():  # a subclass that means "ignore these entries"
         if type(x).__module__.startswith("numpy.ma"):
             raise TypeError(
@@ -107,61 +85,46 @@ def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
                 "every entry): pass a plain array (x.filled(...)), and mask= for padded steps"
             )
     xp, _ = namespace_of(named)
-    for key in params:
-        if key[0] in "UWV" and params[key].ndim != 2:
-            raise ValueError(
-                f"params['{key}']: expected a matrix; got shape {tuple(params[key].shape)}"
-            )
-    U = params["U"]
-    D, M = U.shape
-    width = arch.directions * D
-    V = params["V"]
-    C = V.shape[0]
-    for layer, direction in arch.cells():
-        s = suffix(layer, direction)
-        fan_in = M if layer == 0 else width
-        if tuple(params[f"U{s}"].shape) != (D, fan_in):
-            what = "(D, M)" if layer == 0 else f"(D, K D) with K = {arch.directions} directions"
-            raise _shape_error(f"params['U{s}']", f"{what} = ({D}, {fan_in})", params[f"U{s}"])
-        if tuple(params[f"W{s}"].shape) != (D, D):
-            raise _shape_error(
-                f"params['W{s}']", f"(D, D) = ({D}, {D}) to match U (D, M) = {tuple(U.shape)}",
-                params[f"W{s}"],
-            )  # fmt: skip
-        b = params.get(f"b{s}")
-        if b is not None and tuple(b.shape) != (D,):
-            raise _shape_error(f"params['b{s}']", f"({D},)", b)
-    if V.shape[1] != width:
-        expected = f"(C, D) with D = {D}" if arch.single else f"(C, K D) with K D = {width}"
-        raise _shape_error("params['V']", f"{expected} to match U {tuple(U.shape)}", V)
-    if params.get("c") is not None and tuple(params["c"].shape) != (C,):
-        raise _shape_error("params['c']", f"({C},)", params["c"])
-    dtype = U.dtype
+    for key, shape in shapes.items():
+        if tuple(params[key].shape) != shape:
+            raise _shape_error(f"params['{key}']", f"{shape} for {_describe(model)}", params[key])
+    dtype = params["U"].dtype
     if not xp.isdtype(dtype, "real floating"):
         raise TypeError(f"params['U']: expected a floating dtype; got {dtype}")
-    for key in params:
-        if params[key] is not None and params[key].dtype != dtype:
+    for key in shapes:
+        if params[key].dtype != dtype:
             raise TypeError(
                 f"params['{key}']: dtype {params[key].dtype} differs from params['U'] {dtype}"
             )
-    return xp, Dims(int(M), int(D), int(C), dtype, arch.layers, arch.directions)
+    dims = Dims(model.input_size, model.hidden_size, model.output_size, dtype, model.layers,
+                model.directions)  # fmt: skip
+    return xp, dims
+
+
+def _describe(model: Any) -> str:
+    """'cell tanh, 2 layers, 1 direction, M 5, D 8, C 5' for messages."""
+    return (
+        f"cell {model.cell}, {model.layers} layer(s), {model.directions} direction(s), "
+        f"M {model.input_size}, D {model.hidden_size}, C {model.output_size}"
+    )
 
 
 def check_call(
+    model: Any,
     params: Any,
     inputs: Any,
     *,
     targets: Any = None,
     h0: Any = None,
     mask: Any = None,
-    head: str = "softmax",
     reduction: str = "mean",
     dropout_mask: Any = None,
     need_targets: bool = False,
-    nonlinearity: str = "tanh",
     layer_masks: Any = None,
 ) -> tuple[Any, Dims]:
-    """Shape, dtype, library and device checks for one call. Returns (xp, dims)."""
+    """Shape, dtype, library and device checks for one call of ``model``. Returns
+    (xp, dims)."""
+    head = model.head
     others = dict(inputs=inputs, targets=targets, h0=h0, mask=mask, dropout_mask=dropout_mask)
     if layer_masks is not None:
         one_array = hasattr(layer_masks, "ndim")  # an array is not a sequence of arrays
@@ -171,15 +134,9 @@ def check_call(
                 f"got {type(layer_masks).__name__}"
             )
         others.update({f"layer_masks[{i}]": m for i, m in enumerate(layer_masks)})
-    xp, dims = _check_params(params, others)
-    if head not in HEADS:
-        raise ValueError(f"head: expected one of {list(HEADS)}; got {head!r}")
+    xp, dims = _check_params(model, params, others)
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}; got {reduction!r}")
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(
-            f"nonlinearity: expected one of {list(NONLINEARITIES)}; got {nonlinearity!r}"
-        )
 
     if inputs.ndim == 2:
         if not xp.isdtype(inputs.dtype, "integral"):

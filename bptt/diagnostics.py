@@ -90,15 +90,14 @@ def state_gradient_sweep(
 
 
 def gradient_flow(
+    rnn: Any,
     params: Any,
     inputs: Any,
     targets: Any,
     *,
     h0: Any = None,
-    head: str = "softmax",
     mask: Any = None,
     reduction: str = "mean",
-    nonlinearity: str = "tanh",
 ) -> GradientFlow:
     """Norms of dL_t/ds_k for all k <= t over one batch, their mean by lag, and W's spectrum.
 
@@ -106,7 +105,8 @@ def gradient_flow(
     recurrent matrix; a bidirectional model is refused (its reverse states are
     reached by the losses of earlier steps, not later ones).
 
-    Arguments as in :func:`bptt.loss_and_grad`: ``inputs`` (T, B) ids or (T, B, M),
+    ``rnn``: the model (:class:`bptt.RNN`, a tanh or relu cell; its head is used).
+    Arguments as in :meth:`bptt.RNN.loss_and_grad`: ``inputs`` (T, B) ids or (T, B, M),
     ``targets``, ``h0`` (B, D), ``head``, ``mask`` (T, B), ``reduction``. L_t is
     step t's share of the reduced loss, L = sum_t L_t (eq. (B8)), so the weights
     of the mask and of ``reduction="mean"`` are included. Arguments are checked
@@ -130,9 +130,12 @@ def gradient_flow(
     :func:`state_gradient_sweep`; O(T^2 B D^2), T sequential matrix products.
     """
     xp, dims = check_call(
-        params, inputs, targets=targets, h0=h0, mask=mask, head=head, reduction=reduction,
-        need_targets=True, nonlinearity=nonlinearity,
+        rnn, params, inputs, targets=targets, h0=h0, mask=mask, reduction=reduction,
+        need_targets=True,
     )  # fmt: skip
+    head, nonlinearity = rnn.head, rnn.cell
+    if rnn.gates != 1:
+        raise ValueError(f"model: gradient_flow measures a vanilla cell; got cell {rnn.cell!r}")
     if dims.directions != 1:
         raise ValueError(
             "params: gradient_flow measures how far back in time losses reach, and a "
@@ -144,7 +147,7 @@ def gradient_flow(
     weights = loss_weights(
         mask, (T, B, dims.C), head=head, reduction=reduction, dtype=dims.dtype, xp=xp
     )
-    out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity)
+    out, _ = layers.forward(params, inputs, h0, xp, cell=rnn.cell)
     S, logits = out.states, out.logits  # (T, B, D) of the last layer, (T, B, C)
     W = params[f"W{layers.suffix(dims.layers - 1, 0)}"]  # (D, D): the last layer's
     terms, dlogits = HEADS[head](logits, targets, xp)

@@ -163,7 +163,7 @@ class WalkCarry(NamedTuple):
     decay: Any  # (N,) or (): the pull toward theta_0 per segment, each in [0, 1]
 
 
-def make_static_step(layout: Layout, nonlinearity: str = "tanh") -> Any:
+def make_static_step(layout: Layout, model: Any) -> Any:
     """``step(carry, inputs, targets) -> (carry, nats)``: score a segment, no update.
 
     The loss is that of :func:`bptt.loss_and_grad`, as the dynamic step scores, so
@@ -176,15 +176,15 @@ def make_static_step(layout: Layout, nonlinearity: str = "tanh") -> Any:
         xp, _ = backends.namespace_of({"carry.params": carry.params})
         params = layout.unflatten(carry.params, xp)  # views
         nats, _, h_last = loss_and_grad(
-            params, inputs, targets, h0=carry.hidden, reduction="sum",
-            nonlinearity=nonlinearity, check_values=False,
+            model, params, inputs, targets, h0=carry.hidden, reduction="sum",
+            check_values=False,
         )  # summed over the segment, eqs. (23), (B8)  # fmt: skip
         return carry._replace(hidden=h_last), nats
 
     return static_step
 
 
-def make_dynamic_step(layout: Layout, nonlinearity: str = "tanh") -> Any:
+def make_dynamic_step(layout: Layout, model: Any) -> Any:
     """``step(carry, inputs, targets) -> (carry, nats)``: score a segment with the
     current weights, then one gradient step on it (the rule lives in the carry)."""
 
@@ -192,8 +192,8 @@ def make_dynamic_step(layout: Layout, nonlinearity: str = "tanh") -> Any:
         xp, _ = backends.namespace_of({"carry.params": carry.params})
         params = layout.unflatten(carry.params, xp)  # views
         nats, grads, h_last = loss_and_grad(
-            params, inputs, targets, h0=carry.hidden, reduction="sum",
-            nonlinearity=nonlinearity, check_values=False,
+            model, params, inputs, targets, h0=carry.hidden, reduction="sum",
+            check_values=False,
         )  # the score (0-d, before any update) and its gradient, by BPTT (eq. B8)  # fmt: skip
         g = layout.flatten(grads, xp) / (inputs.shape[0] * inputs.shape[1])  # (N,): mean loss
         theta = carry.params  # (N,)
@@ -204,7 +204,7 @@ def make_dynamic_step(layout: Layout, nonlinearity: str = "tanh") -> Any:
 
 
 def gradient_rms(params: dict[str, Any], train_ids: np.ndarray, *, seq_len: int, batch: int,
-                 chunks: int | None = None, nonlinearity: str = "tanh") -> Any:  # fmt: skip
+                 chunks: int | None = None, model: Any) -> Any:  # fmt: skip
     """(N,): the root mean square, over chunks of the training text, of the gradient of
     the training loss (mean over a chunk) at ``params``, flat in ``Layout.of(params)``.
 
@@ -232,8 +232,7 @@ def gradient_rms(params: dict[str, Any], train_ids: np.ndarray, *, seq_len: int,
                 data[k * seq_len : (k + 1) * seq_len, ...],
                 data[k * seq_len + 1 : (k + 1) * seq_len + 1, ...],
             )
-            _, grads, h = loss_and_grad(params, x, y, h0=h, nonlinearity=nonlinearity,
-                                        check_values=False)  # fmt: skip
+            _, grads, h = loss_and_grad(model, params, x, y, h0=h, check_values=False)
             g = layout.flatten(grads, xp)  # (N,)
             total = g * g if total is None else total + g * g
         return xp.sqrt(total / n)
@@ -267,33 +266,33 @@ _STEPS: dict[tuple[Any, ...], tuple[Any, Any]] = {}  # (step, compiled step), re
 
 
 def _steps(make: Any, layout: Layout, be: Any, carry: WalkCarry, seq_len: int,
-           compile: str, nonlinearity: str) -> tuple[Any, Any]:  # fmt: skip
-    """The step ``make(layout, nonlinearity)`` and its compiled form, made once per
+           compile: str, model: Any) -> tuple[Any, Any]:  # fmt: skip
+    """The step ``make(layout, model)`` and its compiled form, made once per
     kind, layout, device and carry shapes: a tuning grid on JAX compiles one ``jax.jit``
     step, not one per try."""
     shapes = tuple(tuple(a.shape) for a in (carry.params, carry.step_scale, carry.decay))
     key = (make, layout, be.name, str(be.device), str(carry.params.dtype), shapes, seq_len,
-           compile, nonlinearity)  # fmt: skip
+           compile, model)  # fmt: skip
     if key not in _STEPS:
         if len(_STEPS) >= 16:  # a few kinds and shapes per process: bounded all the same
             _STEPS.clear()
-        step = make(layout, nonlinearity)
+        step = make(layout, model)
         _STEPS[key] = step, compile_step(step, be, compile)
     return _STEPS[key]
 
 
 def _walk(params: dict[str, Any], walk: Walk, make: Any, carry: WalkCarry,
-          compile: str, nonlinearity: str) -> Score:  # fmt: skip
+          compile: str, model: Any) -> Score:  # fmt: skip
     """Warm up the state, then run the step ``make`` makes over every segment; one host
     read. Whole segments after the first run compiled (one traced shape); the first
     (no state yet) and a short last one run the same step eagerly."""
     be = backends.backend_of(next(iter(params.values())))
     layout = Layout.of(params)
-    step, compiled = _steps(make, layout, be, carry, walk.seq_len, compile, nonlinearity)
+    step, compiled = _steps(make, layout, be, carry, walk.seq_len, compile, model)
     scores = []
     with be.activate():
         if walk.warm_inputs is not None:  # unscored, no update
-            warm = make_static_step(layout, nonlinearity)
+            warm = make_static_step(layout, model)
             carry, _ = warm(carry, walk.warm_inputs, walk.warm_targets)
         for a, b in walk.bounds():
             full = b - a == walk.seq_len and carry.hidden is not None
@@ -306,21 +305,21 @@ def _walk(params: dict[str, Any], walk: Walk, make: Any, carry: WalkCarry,
 
 
 def score_static(params: dict[str, Any], walk: Walk, *, compile: str = "auto",
-                 nonlinearity: str = "tanh") -> Score:  # fmt: skip
+                 model: Any) -> Score:  # fmt: skip
     """The walk's characters scored with fixed weights (carrying the state)."""
     carry = _start_carry(params, None, None)
-    return _walk(params, walk, make_static_step, carry, compile, nonlinearity)
+    return _walk(params, walk, make_static_step, carry, compile, model)
 
 
 def score_dynamic(params: dict[str, Any], walk: Walk, update: Update, *, rms: Any = None,
-                  compile: str = "auto", nonlinearity: str = "tanh") -> Score:  # fmt: skip
+                  compile: str = "auto", model: Any) -> Score:  # fmt: skip
     """The walk's characters scored by dynamic evaluation with ``update``.
 
     Each segment is scored before its own gradient step. ``rms``: the (N,) array of
     :func:`gradient_rms`, needed by the "rms" rule. ``params`` are not changed.
     """
     carry = _start_carry(params, update, rms)
-    return _walk(params, walk, make_dynamic_step, carry, compile, nonlinearity)
+    return _walk(params, walk, make_dynamic_step, carry, compile, model)
 
 
 @dataclass
@@ -339,7 +338,7 @@ class DynamicResult:
 def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[Update], *,
                      tune_chars: int, seq_len: int, warmup: int, backend: Any, rms: Any = None,
                      compile: str = "auto",
-                     nonlinearity: str = "tanh") -> DynamicResult:  # fmt: skip
+                     model: Any) -> DynamicResult:  # fmt: skip
     """Choose among ``candidates`` on the targets ids[1 : tune_chars + 1], then score
     ids[tune_chars + 1 :] with fixed weights and with the chosen update, both from the
     trained weights and a state warmed on the ``warmup`` characters before.
@@ -361,7 +360,7 @@ def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[U
         part = layout_walk(ids[: tune_chars + 1], seq_len=seq_len, backend=backend)
         for update in candidates:
             score = score_dynamic(params, part, update, rms=rms, compile=compile,
-                                  nonlinearity=nonlinearity)  # fmt: skip
+                                  model=model)  # fmt: skip
             tuning.append((update, score.bpc))
     finite = [(u, bpc) for u, bpc in tuning if math.isfinite(bpc)]
     chosen = min(finite, key=lambda t: t[1])[0] if finite else candidates[0]
@@ -369,9 +368,9 @@ def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[U
                        backend=backend)  # fmt: skip
     seconds = {"tuning": time.perf_counter() - clock}
     clock = time.perf_counter()
-    static = score_static(params, rest, compile=compile, nonlinearity=nonlinearity)  # one read
+    static = score_static(params, rest, compile=compile, model=model)  # one read
     seconds["static"], clock = time.perf_counter() - clock, time.perf_counter()
     dynamic = score_dynamic(params, rest, chosen, rms=rms, compile=compile,
-                            nonlinearity=nonlinearity)  # fmt: skip
+                            model=model)  # fmt: skip
     seconds["dynamic"] = time.perf_counter() - clock
     return DynamicResult(tuning, chosen, tune_chars, static, dynamic, seconds)

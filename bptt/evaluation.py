@@ -115,12 +115,11 @@ def held_out(vocab: str, config: dict[str, Any], *, text: str | None = None,
     return HeldOut(ids, description, removed)
 
 
-def validation_score(params: dict[str, Any], ids: np.ndarray, *, streams: int, warmup: int,
-                     backend: Any, dtype: str,
-                     nonlinearity: str = "tanh") -> tuple[float, int]:  # fmt: skip
+def validation_score(model: Any, params: dict[str, Any], ids: np.ndarray, *, streams: int,
+                     warmup: int, backend: Any, dtype: str) -> tuple[float, int]:  # fmt: skip
     """(bits per character, characters scored) of ``ids[1:]``, as the training loop's
     validation computes it (:func:`bptt.validation.evaluate`)."""
     with backend.activate():
         val = layout_validation(ids, streams=streams, warmup=warmup, backend=backend,
                                 dtype=dtype)  # fmt: skip
-        return evaluate(params, val, nonlinearity=nonlinearity), val.count
+        return evaluate(model, params, val), val.count

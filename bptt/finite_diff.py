@@ -38,7 +38,7 @@ def finite_difference_check(
     eps: float,
     max_entries: int | None,
     seed: int,
-    nonlinearity: str = "tanh",
+    cell: str = "tanh",
     layer_masks: Any = None,
 ) -> float:
     """The worst relative error of :func:`bptt.gradcheck` (arguments checked there)."""
@@ -65,7 +65,7 @@ def finite_difference_check(
     T, B = inputs.shape[:2]
     C = params["V"].shape[0]
     weights = loss_weights(mask, (T, B, C), head=head, reduction=reduction, dtype=f64, xp=xp)
-    kw = dict(head=head, weights=weights, xp=xp, nonlinearity=nonlinearity,
+    kw = dict(head=head, weights=weights, xp=xp, cell=cell,
               layer_masks=masks64, **as64)  # fmt: skip
 
     def loss_at(p: dict[str, Any]) -> float:

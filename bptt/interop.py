@@ -12,8 +12,9 @@ zeros as ``bias_hh``: the same function either way. The names map cell by cell
 
 with s = "" for layer 0 forward, "_l{l}" and "_l{l}_reverse" otherwise. torch's
 module options follow from the parameters: ``num_layers``, ``bidirectional``,
-``bias`` (the RNN's; the Linear's ``bias`` is c); the nonlinearity is not stored in a
-state dict and is given. Both layouts are time-major (``batch_first=False``).
+``bias`` (the RNN's; the Linear's ``bias`` is c); the nonlinearity is the module's
+(a bare state dict does not hold it: pass ``cell=``). :func:`from_torch` returns the
+model value with the parameters. Both layouts are time-major (``batch_first=False``).
 
 torch is imported only inside these functions. Converting moves data on purpose:
 parameters of another library are copied to the host and become CPU tensors;
@@ -28,10 +29,11 @@ from typing import Any
 import numpy as np
 
 from . import backends
+from .cells import VANILLA
 from .checks import check_params
-from .layers import Arch, arch_of, param_names, suffix
-from .model import NONLINEARITIES
+from .layers import Arch, suffix
 from .params import dtype_name
+from .rnn import RNN
 
 __all__ = ["from_torch", "to_torch", "torch_modules"]
 
@@ -48,11 +50,12 @@ def _to_tensor(x: Any) -> Any:
     return torch.from_numpy(np.array(backends.backend_of(x).to_numpy(x), copy=True))
 
 
-def to_torch(params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(rnn_state_dict, linear_state_dict)`` for ``torch.nn.RNN`` and ``torch.nn.Linear``
-    (load them with ``load_state_dict``; :func:`torch_modules` builds both modules)."""
-    dims = check_params(params)
-    arch = dims.arch
+def to_torch(model: RNN, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(rnn_state_dict, linear_state_dict)`` of ``model``'s ``params`` for
+    ``torch.nn.RNN`` and ``torch.nn.Linear`` (load them with ``load_state_dict``;
+    :func:`torch_modules` builds both modules)."""
+    check_params(model, params)
+    arch = model.arch
     rnn: dict[str, Any] = {}
     for layer, direction in arch.cells():
         s, t = suffix(layer, direction), _torch_suffix(layer, direction)
@@ -108,12 +111,16 @@ def from_torch(
     dtype: Any = None,
     backend: str | None = None,
     device: Any = None,
-) -> dict[str, Any]:
-    """bptt parameters from a ``torch.nn.RNN`` and a ``torch.nn.Linear`` (or their state
-    dicts), on ``backend``/``device`` (default NumPy), of ``dtype`` (default the
-    tensors'), in the layout's key order (:func:`bptt.layers.param_names`). The
-    modules must be time-major (``batch_first=False``, torch's default) and without
-    ``proj_size``."""
+    cell: str | None = None,
+    head: str = "softmax",
+) -> tuple[RNN, dict[str, Any]]:
+    """``(model, params)`` from a ``torch.nn.RNN`` and a ``torch.nn.Linear`` (or their
+    state dicts): the model value (:class:`bptt.RNN`, its cell the module's
+    ``nonlinearity``; for a bare state dict ``cell``, default tanh) and its parameters
+    on ``backend``/``device`` (default NumPy), of ``dtype`` (default the tensors'), in
+    the layout's key order. The modules must be time-major (``batch_first=False``,
+    torch's default) and without ``proj_size``."""
+    cell = _cell_of(rnn, cell)
     for name, module in (("rnn", rnn), ("linear", linear)):
         if getattr(module, "batch_first", False):
             raise ValueError(f"{name}: batch_first=True; bptt's arrays are time-major (T, B, ...)")
@@ -133,36 +140,45 @@ def from_torch(
     host["V"] = _numpy(lin["weight"])
     if "bias" in lin:
         host["c"] = _numpy(lin["bias"])
-    names = param_names(arch, bias=bias, output_bias="bias" in lin)
+    model = RNN.from_params(host, cell=cell, head=head)
     dtype = dtype_name(str(host["U"].dtype) if dtype is None else dtype)
     be = backends.get_backend(backend, device)
     be.require_dtype(dtype)
-    params = {k: be.asarray(host[k].astype(dtype), dtype=dtype) for k in names}
-    check_params(params)  # the shapes fit together (a Linear for another width fails here)
-    return params
+    params = {k: be.asarray(host[k].astype(dtype), dtype=dtype) for k in model.param_names()}
+    check_params(model, params)  # the shapes fit together (a Linear for another width fails)
+    return model, params
+
+
+def _cell_of(rnn: Any, cell: str | None) -> str:
+    """The module's nonlinearity, else ``cell``; both given and different is an error."""
+    found = getattr(rnn, "nonlinearity", None)
+    if found is not None and cell is not None and found != cell:
+        raise ValueError(f"cell: {cell!r}, but the torch module's nonlinearity is {found!r}")
+    name = found or cell or "tanh"
+    if name not in VANILLA:
+        raise ValueError(f"cell: a torch.nn.RNN runs one of {list(VANILLA)}; got {name!r}")
+    return name
 
 
 def _numpy(t: Any) -> np.ndarray:
     return t.detach().cpu().numpy()
 
 
-def torch_modules(params: Mapping[str, Any], *, nonlinearity: str = "tanh") -> tuple[Any, Any]:
-    """``(torch.nn.RNN, torch.nn.Linear)`` holding ``params``: same outputs as
-    :func:`bptt.forward` with this ``nonlinearity`` (the RNN's output through the Linear
-    gives the logits), of the parameters' dtype, on their device if they are torch's."""
+def torch_modules(model: RNN, params: Mapping[str, Any]) -> tuple[Any, Any]:
+    """``(torch.nn.RNN, torch.nn.Linear)`` holding ``model``'s ``params``: the same outputs
+    as ``model.forward`` (the RNN's output through the Linear gives the logits), of the
+    parameters' dtype, on their device if they are torch's."""
     import torch
 
-    if nonlinearity not in NONLINEARITIES:
-        raise ValueError(
-            f"nonlinearity: expected one of {list(NONLINEARITIES)}; got {nonlinearity!r}"
-        )
-    rnn_state, linear_state = to_torch(params)
-    arch = arch_of(params)
+    if model.cell not in VANILLA:
+        raise ValueError(f"model: torch.nn.RNN runs {list(VANILLA)} cells; got {model.cell!r}")
+    rnn_state, linear_state = to_torch(model, params)
+    arch = model.arch
     first = rnn_state["weight_ih_l0"]
     D, M = first.shape
     C, width = linear_state["weight"].shape
     kw = {"dtype": first.dtype, "device": first.device}
-    rnn = torch.nn.RNN(M, D, num_layers=arch.layers, nonlinearity=nonlinearity,
+    rnn = torch.nn.RNN(M, D, num_layers=arch.layers, nonlinearity=model.cell,
                        bias="bias_ih_l0" in rnn_state, bidirectional=arch.directions == 2,
                        **kw)  # fmt: skip
     linear = torch.nn.Linear(width, C, bias="bias" in linear_state, **kw)

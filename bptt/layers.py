@@ -37,6 +37,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any, NamedTuple
 
 from . import model
+from .cells import get_cell
 
 __all__ = [
     "Arch",
@@ -44,7 +45,7 @@ __all__ = [
     "Forward",
     "arch_of",
     "backward",
-    "cell",
+    "cell_params",
     "forward",
     "param_names",
     "suffix",
@@ -77,16 +78,18 @@ def suffix(layer: int, direction: int) -> str:
 
 
 def param_names(
-    arch: Arch, *, bias: bool = True, output_bias: bool | None = None
-) -> tuple[str, ...]:
+    arch: Arch, *, bias: bool = True, output_bias: bool | None = None,
+    extra_biases: tuple[str, ...] = (),
+) -> tuple[str, ...]:  # fmt: skip
     """Every key of a stack's parameters, in the layout's order (see the module doc).
 
-    ``bias``: the cells' b; ``output_bias``: c (default: as ``bias``).
+    ``bias``: the cells' b (and a gated cell's ``extra_biases``, each after its b);
+    ``output_bias``: c (default: as ``bias``).
     """
     cells = [suffix(layer, d) for layer, d in arch.cells()]
     names = [f"{m}{s}" for s in cells for m in ("U", "W")] + ["V"]
     if bias:
-        names += [f"b{s}" for s in cells]
+        names += [f"{m}{s}" for s in cells for m in ("b", *extra_biases)]
     if bias if output_bias is None else output_bias:
         names.append("c")
     return tuple(names)
@@ -102,10 +105,14 @@ def arch_of(keys: Any) -> Arch:
     return Arch(layers, 2 if "W_l0_reverse" in keys else 1)
 
 
-def cell(params: Mapping[str, Any], layer: int, direction: int) -> dict[str, Any]:
-    """Cell (layer, direction)'s parameters under the one-layer names U, W and b."""
+def cell_params(
+    params: Mapping[str, Any], layer: int, direction: int, extra_biases: tuple[str, ...] = ()
+) -> dict[str, Any]:
+    """Cell (layer, direction)'s parameters under the one-layer names U, W, b (and a
+    gated cell's extra biases)."""
     s = suffix(layer, direction)
-    return {"U": params[f"U{s}"], "W": params[f"W{s}"], "b": params.get(f"b{s}")}
+    names = ("U", "W", "b", *extra_biases)
+    return {name: params.get(f"{name}{s}") for name in names}
 
 
 class Forward(NamedTuple):
@@ -114,6 +121,7 @@ class Forward(NamedTuple):
     states: Any  # (T, B, K D): the last layer's states, directions concatenated
     logits: Any  # (T, B, C)
     h_last: Any  # (B, D) for one cell; (L K, B, D) else, cell l K + d: torch's h_n
+    # (a cell with two state parts, LSTM: the pair (h_n, c_n), each shaped so)
 
 
 class Cache(NamedTuple):
@@ -121,10 +129,11 @@ class Cache(NamedTuple):
 
     layer_inputs: tuple[Any, ...]  # layer l's x: the inputs, then (T, B, K D) after its mask
     states: tuple[Any, ...]  # cell l K + d: (T+1, B, D) s_0 .. s_T in the order it ran
+    aux: tuple[Any, ...]  # cell l K + d: what else its backward pass needs (gates, ...)
     out_states: Any  # (T, B, K D): what V multiplied
     dropout_mask: Any  # (T, B, K D) or None
     layer_masks: Any  # L - 1 arrays (T, B, K D), or None
-    nonlinearity: str
+    cell: Any  # the cell (bptt.cells) that ran
 
 
 def _flip(x: Any, xp: Any) -> Any:
@@ -134,8 +143,21 @@ def _flip(x: Any, xp: Any) -> Any:
 
 def _h0_of(h0: Any, arch: Arch, layer: int, direction: int) -> Any:
     if h0 is None or arch.single:
-        return h0  # (B, D) or None
-    return h0[layer * arch.directions + direction, ...]  # (B, D)
+        return h0  # (B, D), a pair of them, or None
+    index = layer * arch.directions + direction
+    if isinstance(h0, tuple):  # a state of two parts (LSTM's (h0, c0))
+        return tuple(part[index, ...] for part in h0)  # (B, D) each
+    return h0[index, ...]  # (B, D)
+
+
+def _stack_last(last: list[Any], arch: Arch, xp: Any) -> Any:
+    """Every cell's last state as h0 is shaped: (B, D) for one cell, else (L K, B, D)
+    (per part, for a state of two parts)."""
+    if arch.single:
+        return last[0]
+    if isinstance(last[0], tuple):
+        return tuple(xp.stack([s[k] for s in last]) for k in range(len(last[0])))
+    return xp.stack(last)  # (L K, B, D)
 
 
 def forward(
@@ -144,7 +166,7 @@ def forward(
     h0: Any,
     xp: Any,
     *,
-    nonlinearity: str = "tanh",
+    cell: Any = "tanh",
     dropout_mask: Any = None,
     layer_masks: Any = None,
     recurrences: Any = model,
@@ -152,32 +174,34 @@ def forward(
     """The stack over ``inputs`` (T, B) ids or (T, B, M): ``(Forward, Cache)``.
 
     ``h0`` (B, D) for one cell, (L K, B, D) for L layers of K directions (None:
-    zeros). ``recurrences``: where ``recurrence`` comes from (:mod:`bptt.model`, or a
-    library's version with the same contract and bits).
+    zeros). ``cell``: a name of :data:`bptt.cells.CELLS` or a cell. ``recurrences``:
+    where the loops come from (:mod:`bptt.model`, or a library's version with the same
+    contract and bits).
     """
-    arch = arch_of(params)
-    x, layer_inputs, all_states, last = inputs, [], [], []
+    arch, kind = arch_of(params), get_cell(cell) if isinstance(cell, str) else cell
+    x, layer_inputs, all_states, all_aux, last = inputs, [], [], [], []
     for layer in range(arch.layers):
         if layer > 0 and layer_masks is not None:
             x = x * layer_masks[layer - 1]  # (T, B, K D): dropout between layers, eq. (B19)
         layer_inputs.append(x)
         outs = []
         for direction in range(arch.directions):
-            p = cell(params, layer, direction)
-            xu = model.input_projection(p, x, xp)  # (T, B, D): U x_t + b, eq. (B1)
+            p = cell_params(params, layer, direction, kind.extra_biases)
+            xu = model.input_projection(p, x, xp)  # (T, B, G D): U x_t + b, eq. (B1)
             if direction:
                 xu = _flip(xu, xp)  # the reverse cell runs forward on flipped time, (B21)
             s0 = _h0_of(h0, arch, layer, direction)
-            states = recurrences.recurrence(p["W"], xu, s0, xp, nonlinearity)  # (T+1, B, D)
-            del xu  # each (T, B, D) array is let go once used
+            states, aux, s_last = kind.recurrence(p, xu, s0, xp, recurrences)  # (T+1, B, D)
+            del xu  # each (T, B, G D) array is let go once used
             all_states.append(states)
-            last.append(states[-1, ...])  # (B, D)
+            all_aux.append(aux)
+            last.append(s_last)  # (B, D), or a pair of them
             outs.append(_flip(states[1:, ...], xp) if direction else states[1:, ...])
         x = outs[0] if arch.directions == 1 else xp.concat(outs, axis=-1)  # (T, B, K D)
     logits, out_states = model.output(params, x, dropout_mask, xp)  # (T, B, C), eq. (B3)
-    h_last = last[0] if arch.single else xp.stack(last)  # (B, D) or (L K, B, D)
-    cache = Cache(tuple(layer_inputs), tuple(all_states), out_states, dropout_mask,
-                  layer_masks, nonlinearity)  # fmt: skip
+    h_last = _stack_last(last, arch, xp)  # shaped as h0
+    cache = Cache(tuple(layer_inputs), tuple(all_states), tuple(all_aux), out_states,
+                  dropout_mask, layer_masks, kind)  # fmt: skip
     return Forward(x, logits, h_last), cache
 
 
@@ -218,9 +242,9 @@ def backward(
     (T, B, M) for dense inputs when ``want_inputs``, ``d_h0`` shaped as h0 when
     ``want_h0``; None otherwise.
     """
-    arch, nl = arch_of(params), cache.nonlinearity
+    arch, kind = arch_of(params), cache.cell
     grads, dS = _state_grads(params, dlogits, dstates, cache, xp)
-    D = params["W"].shape[0]
+    D = params["W"].shape[1]
     d_inputs, d_h0 = None, [None] * (arch.layers * arch.directions)
     for layer in reversed(range(arch.layers)):
         x = cache.layer_inputs[layer]  # (T, B, M) or (T, B) ids for layer 0
@@ -228,21 +252,24 @@ def backward(
         dX = None
         for direction in range(arch.directions):
             index = layer * arch.directions + direction
-            p, states = cell(params, layer, direction), cache.states[index]
+            p, states = (
+                cell_params(params, layer, direction, kind.extra_biases),
+                cache.states[index],
+            )
             dS_d = dS if arch.directions == 1 else dS[..., direction * D : (direction + 1) * D]
             x_d = x
             if direction:  # the reverse cell's steps ran on flipped time: so do their grads
                 dS_d, x_d = _flip(dS_d, xp), _flip(x, xp)
-            dZ = recurrences.reverse_recurrence(p["W"], states, dS_d, None, xp, nl)  # (T, B, D)
+            dXU, dHW, d_h0[index] = kind.reverse_recurrence(
+                p, states, cache.aux[index], dS_d, xp, recurrences, want_h0
+            )  # (T, B, G D) twice (one array for most cells), eq. (B12); dL/ds_0, eq. (B23)
             del dS_d
             if direction == arch.directions - 1:
                 dS = None  # let it go before the products: a lower peak
-            cell_grads = model.weight_grads(p, dZ, states, x_d, xp)  # dW, db, dU, eq. (B13)
+            cell_grads = kind.weight_grads(p, dXU, dHW, states, x_d, xp)  # eq. (B13)
             grads.update(_renamed(cell_grads, suffix(layer, direction)))
-            if want_h0:
-                d_h0[index] = model.initial_state_grads(p["W"], dZ[0, ...])  # (B, D), eq. (B23)
             if down:
-                dx = model.input_grads(p["U"], dZ, xp)  # (T, B, M_l), eq. (B20)/(B22)
+                dx = kind.input_grads(p["U"], dXU, xp)  # (T, B, M_l), eq. (B20)/(B22)
                 dx = _flip(dx, xp) if direction else dx
                 dX = dx if dX is None else dX + dx
         if layer > 0:
@@ -250,7 +277,5 @@ def backward(
             dS = dX if mask is None else dX * mask  # through the dropout between layers
         else:
             d_inputs = dX
-    dh0 = None
-    if want_h0:
-        dh0 = d_h0[0] if arch.single else xp.stack(d_h0)  # (B, D) or (L K, B, D)
+    dh0 = _stack_last(d_h0, arch, xp) if want_h0 else None  # shaped as h0
     return {key: grads[key] for key in params}, d_inputs, dh0

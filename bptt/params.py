@@ -7,9 +7,8 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .layers import Arch, param_names, suffix
 
-__all__ = ["INITS", "dtype_name", "init_params"]
+__all__ = ["INITS", "draw", "dtype_name"]
 
 INITS = ("uniform", "xavier", "orthogonal")
 FLOAT_DTYPES = ("float32", "float64")
@@ -33,74 +32,35 @@ def _orthogonal(rng: np.random.Generator, n: int) -> np.ndarray:
     return q * np.sign(np.diag(r))  # sign fix makes the draw uniform over O(n)
 
 
-def init_params(
-    input_size: int,
-    hidden_size: int,
-    output_size: int,
-    *,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    bias: bool = True,
-    dtype: Any = "float32",
-    seed: int = 0,
-    init: str = "uniform",
-    backend: str | None = None,
+def draw(
+    model: Any, *, seed: int = 0, dtype: Any = "float32", backend: str | None = None,
     device: Any = None,
-) -> dict[str, Any]:
-    """New parameters ``{"U": (D, M), "W": (D, D), "V": (C, D)[, "b": (D,), "c": (C,)]}``.
+) -> dict[str, Any]:  # fmt: skip
+    """New parameters for ``model`` (:meth:`bptt.RNN.init`), in its layout's order.
 
-    M = ``input_size``, D = ``hidden_size``, C = ``output_size``, as in eqs. (24)-(29).
-    ``num_layers`` L > 1 or ``bidirectional`` make a stack with the keys and shapes of
-    :func:`bptt.layers.param_names` (``U_l1`` (D, K D), ``W_l0_reverse``, ...; V
-    (C, K D) for K directions), drawn in that order.
-    Values are drawn in float64 from ``numpy.random.default_rng(seed)`` and then
-    cast and moved with ``xp.asarray(..., device=...)``, so one seed gives the same
-    parameters on every backend (float32 differs from float64 only by rounding).
-
-    ``init``: ``"uniform"`` draws every matrix from U(-1/sqrt(fan_in), 1/sqrt(fan_in));
-    ``"xavier"`` from U(-a, a) with a = sqrt(6 / (fan_in + fan_out)); ``"orthogonal"``
-    makes W a random orthogonal matrix and U, V as ``"uniform"``. Biases start at 0.
-    ``backend``/``device`` as in :func:`bptt.backends.get_backend`.
+    Values are drawn in float64 from ``numpy.random.default_rng(seed)``, matrices first
+    in the layout's order, then cast and moved with one ``asarray`` each, so one seed
+    gives the same parameters on every backend (float32 differs from float64 only by
+    rounding). ``model.initializer``: ``"uniform"`` draws every matrix from
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ``"xavier"`` from U(-a, a) with
+    a = sqrt(6 / (fan_in + fan_out)); ``"orthogonal"`` makes each W a random orthogonal
+    matrix (per gate block) and the rest as ``"uniform"``. Biases start at 0.
     """
-    for name, size in (
-        ("input_size", input_size),
-        ("hidden_size", hidden_size),
-        ("output_size", output_size),
-        ("num_layers", num_layers),
-    ):
-        if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
-            raise ValueError(f"{name}: expected a positive integer; got {size!r}")
-    if not isinstance(bidirectional, bool):
-        raise ValueError(f"bidirectional: expected True or False; got {bidirectional!r}")
-    if init not in INITS:
-        raise ValueError(f"init: expected one of {list(INITS)}; got {init!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected an integer >= 0; got {seed!r}")
     dtype = dtype_name(dtype)
     be = backends.get_backend(backend, device)
     be.require_dtype(dtype)  # names the fix: float32, or JAX's x64 switch
-
-    M, D, C = int(input_size), int(hidden_size), int(output_size)
-    arch = Arch(int(num_layers), 2 if bidirectional else 1)
-    shapes = _shapes(arch, M, D, C)
     rng = np.random.default_rng(seed)
     host: dict[str, np.ndarray] = {}
-    for key in param_names(arch, bias=bias):  # matrices first, in the layout's order
-        fan_out, fan_in = shapes[key] if len(shapes[key]) == 2 else (shapes[key][0], 0)
-        if key[0] in "bc":
+    for key, shape in model.param_shapes().items():  # matrices first, in the layout's order
+        fan_out, fan_in = shape if len(shape) == 2 else (shape[0], 0)
+        if len(shape) == 1:
             host[key] = np.zeros(fan_out)
-        elif init == "xavier":
+        elif model.initializer == "xavier":
             host[key] = _uniform(rng, (fan_out, fan_in), np.sqrt(6.0 / (fan_in + fan_out)))
-        elif init == "orthogonal" and key[0] == "W":
-            host[key] = _orthogonal(rng, D)
+        elif model.initializer == "orthogonal" and key[0] == "W":
+            host[key] = np.concatenate([_orthogonal(rng, fan_in) for _ in range(fan_out // fan_in)])
         else:
             host[key] = _uniform(rng, (fan_out, fan_in), 1.0 / np.sqrt(fan_in))
     return {key: be.asarray(value.astype(dtype), dtype=dtype) for key, value in host.items()}
-
-
-def _shapes(arch: Arch, M: int, D: int, C: int) -> dict[str, tuple[int, ...]]:
-    """Every parameter's shape (eqs. 27-29 for each cell; layer l > 0 reads K D units)."""
-    width = arch.directions * D
-    shapes: dict[str, tuple[int, ...]] = {"V": (C, width), "c": (C,)}
-    for layer, direction in arch.cells():
-        s = suffix(layer, direction)
-        shapes.update({f"U{s}": (D, M if layer == 0 else width), f"W{s}": (D, D), f"b{s}": (D,)})
-    return shapes

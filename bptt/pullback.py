@@ -1,6 +1,6 @@
 """``bptt.vjp``: the forward pass and its pullback, in the manner of ``jax.vjp``.
 
->>> outputs, pullback = bptt.vjp(params, inputs)          # doctest: +SKIP
+>>> outputs, pullback = model.vjp(params, inputs)         # doctest: +SKIP
 >>> dlogits = my_loss_gradient(outputs.logits)            # any loss, (T, B, C)
 >>> grads, d_inputs, d_h0 = pullback(dlogits, with_inputs=True, with_h0=True)
 
@@ -38,11 +38,11 @@ class Cotangents(NamedTuple):
 
 
 def vjp(
+    model: Any,
     params: Any,
     inputs: Any,
     *,
     h0: Any = None,
-    nonlinearity: str = "tanh",
     dropout_mask: Any = None,
     layer_masks: Any = None,
     check_values: bool = True,
@@ -65,9 +65,8 @@ def vjp(
     forward pass does for its inputs.
     """
     xp, dims = check_call(
-        params, inputs, h0=h0, dropout_mask=dropout_mask, nonlinearity=nonlinearity,
-        layer_masks=layer_masks,
-    )  # fmt: skip
+        model, params, inputs, h0=h0, dropout_mask=dropout_mask, layer_masks=layer_masks
+    )
     T, B = inputs.shape[:2]
     recurrences, blas = schedules.execution(xp, B, dims.D)
     with device_context(params["U"]), blas():
@@ -75,7 +74,7 @@ def vjp(
             _check_values(params, inputs, h0=h0, dims=dims, xp=xp, dropout_mask=dropout_mask,
                           layer_masks=layer_masks)  # fmt: skip
         outputs, cache = layers.forward(
-            params, inputs, h0, xp, nonlinearity=nonlinearity, dropout_mask=dropout_mask,
+            params, inputs, h0, xp, cell=model.cell, dropout_mask=dropout_mask,
             layer_masks=layer_masks, recurrences=recurrences,
         )  # fmt: skip
     dense = inputs.ndim == 3

@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .api import forward
 from .data import Vocab
 from .limits import require_memory
 
@@ -53,6 +52,7 @@ def _log_weights(g: Any, temperature: float, xp: Any) -> Any:
 
 
 def sample_ids(
+    model: Any,
     params: dict[str, Any],
     prime_ids: Any,
     *,
@@ -61,7 +61,6 @@ def sample_ids(
     seed: Any = 0,
     h0: Any = None,
     check_values: bool = True,
-    nonlinearity: str = "tanh",
 ) -> np.ndarray:
     """``length`` ids (host, int64) following ``prime_ids`` (P,) ids on the device, P >= 1.
 
@@ -92,9 +91,9 @@ def sample_ids(
     with be.activate():  # CuPy: kernels run on the parameters' GPU
         u = be.asarray(np.random.default_rng(seed).random(length), dtype=dtype)  # (length,)
         last = xp.asarray(C - 1, dtype=be.integer, device=be.device)  # (), made once
-        _, logits, h = forward(
-            params, xp.reshape(prime_ids, (P, 1)), h0=h0, nonlinearity=nonlinearity,
-            check_values=check_values, return_state=True,
+        _, logits, h = model.forward(
+            params, xp.reshape(prime_ids, (P, 1)), h0=h0, check_values=check_values,
+            return_state=True,
         )  # (P, 1, C); h (1, D) or (L K, 1, D)  # fmt: skip
         g = logits[-1, ...]  # (1, C)
         blocks, chosen = [], []  # (1,) ids on the device; never written in place (JAX)
@@ -106,9 +105,8 @@ def sample_ids(
             chosen.append(idx)
             if len(chosen) == BLOCK:
                 blocks, chosen = [*blocks, xp.concat(chosen)], []
-            _, logits, h = forward(params, xp.reshape(idx, (1, 1)), h0=h,
-                                   nonlinearity=nonlinearity, check_values=False,
-                                   return_state=True)  # fmt: skip
+            _, logits, h = model.forward(params, xp.reshape(idx, (1, 1)), h0=h,
+                                         check_values=False, return_state=True)  # fmt: skip
             g = logits[-1, ...]
         if not blocks and not chosen:
             return np.zeros((0,), np.int64)
@@ -116,6 +114,7 @@ def sample_ids(
 
 
 def sample(
+    model: Any,
     params: dict[str, Any],
     vocab: Vocab | str,
     *,
@@ -123,7 +122,6 @@ def sample(
     temperature: float = 1.0,
     prime: str = "",
     seed: Any = 0,
-    nonlinearity: str = "tanh",
 ) -> str:
     """``length`` characters continuing ``prime`` (not included in the result).
 
@@ -139,7 +137,7 @@ def sample(
     be = backends.backend_of(params["U"])
     ids = be.asarray(vocab.encode(prime, name="prime"))  # (P,)
     out = sample_ids(
-        params, ids, length=length, temperature=temperature, seed=seed, check_values=False,
-        nonlinearity=nonlinearity,
+        model, params, ids, length=length, temperature=temperature, seed=seed,
+        check_values=False,
     )  # encode() checked the prime  # fmt: skip
     return vocab.decode(out)

@@ -54,7 +54,7 @@ def loss_and_grad(
     dropout_mask: Any,
     xp: Any,
     recurrences: Any = model,
-    nonlinearity: str = "tanh",
+    cell: str = "tanh",
     layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """The whole step over all T steps: ``(loss, grads, h_last)``, grads keyed as params.
@@ -65,7 +65,7 @@ def loss_and_grad(
     ``h_last`` (B, D), or (L K, B, D) for a stack (:mod:`bptt.layers`).
     """
     out, cache = layers.forward(
-        params, inputs, h0, xp, nonlinearity=nonlinearity, dropout_mask=dropout_mask,
+        params, inputs, h0, xp, cell=cell, dropout_mask=dropout_mask,
         layer_masks=layer_masks, recurrences=recurrences,
     )  # fmt: skip
     _, logits, h_last = out
@@ -87,11 +87,11 @@ def loss(
     weights: Any,
     dropout_mask: Any,
     xp: Any,
-    nonlinearity: str = "tanh",
+    cell: str = "tanh",
     layer_masks: Any = None,
 ) -> Any:
     """The reduced loss alone (0-d): the forward pass and the head."""
-    out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity,
+    out, _ = layers.forward(params, inputs, h0, xp, cell=cell,
                             dropout_mask=dropout_mask, layer_masks=layer_masks)  # fmt: skip
     terms, dlogits = HEADS[head](out.logits, targets, xp)
     return reduce(terms, dlogits, weights, xp)[0]

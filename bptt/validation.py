@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .api import forward
 from .heads import softmax_cross_entropy
 
 __all__ = ["ValData", "evaluate", "layout_validation"]
@@ -76,9 +75,7 @@ def layout_validation(
     return ValData(inputs, targets, backend.asarray(w, dtype=dtype), n, backend.integer)
 
 
-def evaluate(
-    params: dict[str, Any], val: ValData, *, chunk: int = 256, nonlinearity: str = "tanh"
-) -> float:
+def evaluate(model: Any, params: dict[str, Any], val: ValData, *, chunk: int = 256) -> float:
     """Validation loss in bits per character, carrying the state through each stream
     (every layer's, for a stack).
 
@@ -92,8 +89,8 @@ def evaluate(
     for t0 in range(0, L, chunk):
         t1 = min(t0 + chunk, L)
         x = cast(val.inputs[t0:t1, ...])  # (t, S)
-        _, logits, h = forward(params, x, h0=h, nonlinearity=nonlinearity, check_values=False,
-                               return_state=True)  # (t, S, C); h (S, D) or (L, S, D)  # fmt: skip
+        _, logits, h = model.forward(params, x, h0=h, check_values=False, return_state=True)
+        # (t, S, C); h (S, D) or (L, S, D)
         terms, _ = softmax_cross_entropy(logits, cast(val.targets[t0:t1, ...]), xp)  # (t, S)
         total = total + xp.sum(terms * val.weight[t0:t1, ...])  # eq. (23), summed
     nats = float(backends.backend_of(total).to_numpy(total))

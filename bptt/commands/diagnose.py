@@ -136,7 +136,9 @@ def measure(host: dict[str, Any], radius: float | None, ids: Any, args: argparse
     be = backends.get_backend(args.backend, args.device)
     params = {k: be.asarray(v.astype(args.dtype), dtype=args.dtype) for k, v in host.items()}
     inputs, targets = _batch(host, ids, args, be)
-    flow = gradient_flow(params, inputs, targets, nonlinearity=nonlinearity)
+    from ..rnn import RNN
+
+    flow = gradient_flow(RNN.from_params(params, cell=nonlinearity), params, inputs, targets)
     return {
         "norms": be.to_numpy(flow.norms),
         "lag_mean": be.to_numpy(flow.lag_mean),

@@ -129,9 +129,8 @@ def _run(args: argparse.Namespace, best: str) -> int:
     if args.dynamic:
         return _dynamic(args, ckpt, be, params, text.ids, warmup)
     t0 = time.perf_counter()
-    bpc, count = validation_score(params, text.ids, streams=streams, warmup=warmup,
-                                  backend=be, dtype=dtype,
-                                  nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
+    bpc, count = validation_score(ckpt.model, params, text.ids, streams=streams, warmup=warmup,
+                                  backend=be, dtype=dtype)  # fmt: skip
     print(
         f"static: {bpc:.4f} bits/char over {count:,} characters ({streams} streams, "
         f"warm-up {warmup}, as training validates; {time.perf_counter() - t0:.1f} s)"
@@ -165,8 +164,7 @@ def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[A
                                   val_fraction=fraction)  # fmt: skip
     batch = 64
     rms = gradient_rms(params, train_ids, seq_len=args.seq_len, batch=batch,
-                       chunks=args.stats_chunks,
-                       nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
+                       chunks=args.stats_chunks, model=ckpt.model)  # fmt: skip
     where = f"{args.stats_chunks} chunks (B={batch}, T={args.seq_len}) of {source}'s training split"
     return rms, where
 
@@ -184,7 +182,7 @@ def _dynamic(args: argparse.Namespace, ckpt: Any, be: Any, params: dict[str, Any
     )
     result = evaluate_dynamic(params, ids, candidates, tune_chars=args.tune_chars,
                               seq_len=args.seq_len, warmup=warmup, backend=be, rms=rms,
-                              nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
+                              model=ckpt.model)  # fmt: skip
     n = result.tune_chars
     if result.tuning:
         print(f"  settings chosen on the first {n:,} characters, which are not scored:")

@@ -46,13 +46,13 @@ def run(args: argparse.Namespace) -> int:
             dtype = "float32"  # a float64 model samples fine in float32
         params = {k: be.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}
         text = sample(
+            ckpt.model,
             params,
             ckpt.vocab,
             length=args.length,
             temperature=args.temperature,
             prime=args.prime,
             seed=args.seed,
-            nonlinearity=ckpt.architecture["nonlinearity"],
         )
     except (CheckpointError, DataError, backends.BackendError, ValueError) as e:
         parser.error(str(e))

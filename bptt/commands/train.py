@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allreduce import ALLREDUCE_MODES
+from ..cells import CELLS
 from ._args import (
     FIGURE_SUFFIXES,
     add_backend_arguments,
@@ -56,8 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="L stacked recurrent layers (default 1); --dropout then also acts between them",
     )  # fmt: skip
     model.add_argument(
-        "--nonlinearity", choices=("tanh", "relu"), help="of every layer (default tanh)"
-    )
+        "--cell", "--nonlinearity", dest="cell", choices=tuple(CELLS),
+        help="the recurrent cell of every layer (default tanh)",
+    )  # fmt: skip
     model.add_argument(
         "--bidirectional", action="store_true",
         help="refused: a next-character model cannot read the text ahead (see the error)",
@@ -154,7 +156,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
 
 
-MODEL_OPTIONS = ("hidden", "layers", "nonlinearity", "dtype", "init", "seq_len", "batch", "seed",
+MODEL_OPTIONS = ("hidden", "layers", "cell", "dtype", "init", "seq_len", "batch", "seed",
                  "optimizer", "momentum")  # fmt: skip
 
 BIDIRECTIONAL_REFUSED = (
@@ -284,6 +286,8 @@ def _build(args: argparse.Namespace, comm: Any) -> tuple[Any, str, Path | None]:
     ckpt = load_checkpoint(path)
     corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
     stored = ckpt.config["train"]
+    if "nonlinearity" in stored:  # format 2 named the cell by its nonlinearity
+        stored = {**stored, "cell": stored["nonlinearity"]}
     was = {k: stored.get(k, getattr(TrainConfig, k, None)) for k in MODEL_OPTIONS}  # old: defaults
     fixed = [k for k in MODEL_OPTIONS if k in options and options[k] != was[k]]
     if "hidden" in fixed:
@@ -388,9 +392,7 @@ def _settle(args: argparse.Namespace, trainer: Any, resumed: Path | None, direct
 
 def _architecture(c: Any) -> str:
     """ " L=2, relu," for what differs from one tanh layer; "" for the default model."""
-    parts = ([f"L={c.layers}"] if c.layers > 1 else []) + (
-        [c.nonlinearity] if c.nonlinearity != "tanh" else []
-    )
+    parts = ([f"L={c.layers}"] if c.layers > 1 else []) + ([c.cell] if c.cell != "tanh" else [])
     return "".join(f" {part}," for part in parts)
 
 

@@ -34,7 +34,7 @@ SCHEDULES = ("single", "overlap", "split")
 
 def schedule(name: str, T: int, B: int, D: int, *, forced: bool) -> Callable[..., Any]:
     """The NumPy schedule ``name`` for a (T, B, D) step, as a function of
-    ``(params, inputs, targets, *, h0, head, weights, dropout_mask, xp, nonlinearity,
+    ``(params, inputs, targets, *, h0, head, weights, dropout_mask, xp, cell,
     layer_masks)``.
 
     ``forced``: the caller named the schedule (blocks and parts then follow the

@@ -38,7 +38,7 @@ def loss_and_grad(
     xp: Any,
     parts: list[slice],
     run: Callable[..., list[Any]],
-    nonlinearity: str = "tanh",
+    cell: str = "tanh",
     layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """``(loss, grads, h_last)`` as :func:`bptt.step.loss_and_grad`, part by part.
@@ -57,7 +57,7 @@ def loss_and_grad(
             params, cut(inputs), cut(targets), h0=None if h0 is None else h0[..., rows, :],
             head=head, weights=weights if isinstance(weights, float) else cut(weights),
             dropout_mask=cut(dropout_mask), xp=xp, recurrences=recurrences,
-            nonlinearity=nonlinearity, layer_masks=masks,
+            cell=cell, layer_masks=masks,
         )  # fmt: skip
 
     results = run(part_step, parts)

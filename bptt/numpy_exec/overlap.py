@@ -42,7 +42,7 @@ def loss_and_grad(
     xp: Any,
     blocks: list[range],
     worker: Any,
-    nonlinearity: str = "tanh",
+    cell: str = "tanh",
     layer_masks: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """``(loss, grads, h_last)`` as :func:`bptt.step.loss_and_grad`, block by block.
@@ -83,16 +83,14 @@ def loss_and_grad(
     try:
         s = h0  # (B, D) or None
         for k in range(len(blocks)):
-            states[k] = recurrences.recurrence(W, xu[rows[k], ...], s, xp, nonlinearity)  # (19)
+            states[k] = recurrences.recurrence(W, xu[rows[k], ...], s, xp, cell)  # (19)
             s = states[k][-1, ...]
             output_tasks.append(worker.submit(output_block, k))
         xu = None  # every block's U x_t + b is in its states now
         dz = None  # (B, D): dz of the step after the block
         for k in reversed(range(len(blocks))):
             _finish(output_tasks[k], output_block, k)  # block k's dS is ready
-            dZ[k] = recurrences.reverse_recurrence(
-                W, states[k], dS[k], dz, xp, nonlinearity
-            )  # eq. (62)
+            dZ[k] = recurrences.reverse_recurrence(W, states[k], dS[k], dz, xp, cell)  # eq. (62)
             dS[k], dz = None, dZ[k][0, ...]
             weight_tasks.append(worker.submit(weight_block, k))
         for k, task in enumerate(reversed(weight_tasks)):  # the last submitted (k = 0) first

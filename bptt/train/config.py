@@ -7,8 +7,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .. import optim
-from ..model import NONLINEARITIES
+from ..cells import CELLS
 from ..params import INITS, dtype_name
+from ..rnn import RNN
 
 __all__ = ["RESUMABLE", "TrainConfig"]
 
@@ -38,7 +39,7 @@ class TrainConfig:
 
     hidden: int = 256  # D
     layers: int = 1  # L stacked layers (one direction: a next-character model reads the past)
-    nonlinearity: str = "tanh"  # or "relu"
+    cell: str = "tanh"  # the recurrent cell (bptt.cells.CELLS)
     seq_len: int = 100  # T
     batch: int = 64  # B
     optimizer: str = "adam"
@@ -85,10 +86,8 @@ class TrainConfig:
                 raise ValueError(f"{name}: expected an integer >= 0; got {getattr(self, name)!r}")
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {list(INITS)}; got {self.init!r}")
-        if self.nonlinearity not in NONLINEARITIES:
-            raise ValueError(
-                f"nonlinearity: expected one of {list(NONLINEARITIES)}; got {self.nonlinearity!r}"
-            )
+        if self.cell not in CELLS:
+            raise ValueError(f"cell: expected one of {list(CELLS)}; got {self.cell!r}")
         if self.optimizer not in optim.OPTIMIZERS:
             raise ValueError(
                 f"optimizer: expected one of {list(optim.OPTIMIZERS)}; got {self.optimizer!r}"
@@ -109,6 +108,11 @@ class TrainConfig:
         itemsize = 8 if self.dtype == "float64" else 4
         return itemsize * ((2 + slots) * n + (T + 1) * B * D + 2 * T * B * C)
 
+    def model(self, vocab_size: int) -> RNN:
+        """The model this run trains on a vocabulary of ``vocab_size`` characters."""
+        return RNN(vocab_size, self.hidden, vocab_size, cell=self.cell, layers=self.layers,
+                   initializer=self.init)  # fmt: skip
+
     def make_optimizer(self) -> optim.GradientTransformation:
         """Global-norm clipping (``clip`` 0: the norm only recorded), then the optimizer.
 
@@ -128,6 +132,8 @@ class TrainConfig:
         """A config as a checkpoint stored it, with ``overrides``; a format-1 run's
         ``weight_decay`` for sgd, adagrad and rmsprop was an L2 penalty: it becomes ``l2``."""
         stored = dict(stored)
+        if "nonlinearity" in stored:  # format 2 named the cell by its nonlinearity
+            stored["cell"] = stored.pop("nonlinearity")
         if "l2" not in stored and stored.get("optimizer") != "adam":
             stored["l2"], stored["weight_decay"] = stored.get("weight_decay", 0.0), 0.0
         if stored.get("patience") is not None:

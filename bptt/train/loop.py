@@ -32,7 +32,6 @@ from ..data import Corpus, Streams
 from ..distributed import Local, as_communicator
 from ..flat import Layout
 from ..limits import require_memory
-from ..params import init_params
 from ..rundir import RunLock
 from ..sample import sample
 from ..validation import evaluate, layout_validation
@@ -133,15 +132,16 @@ class Trainer:
         self.lock: RunLock | None = None  # held while the run writes its directory
         self.resumed_at: int | None = None  # the step of the checkpoint a resume started from
         self.optimizer = config.make_optimizer()
+        self.model = config.model(len(corpus.vocab))  # what the parameters are
         if isinstance(self.comm, Local):
             step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
-                                   seed=config.seed, nonlinearity=config.nonlinearity)  # fmt: skip
+                                   seed=config.seed, model=self.model)  # fmt: skip
             self.train_step = compile_step(step, be, compile)  # .mode, .compile_seconds
         else:  # the gradient part, the all-reduce, the update part
             self.train_step = make_parallel_step(
                 self.optimizer, state.layout, self.comm, be, self.shard, dropout=config.dropout,
                 seed=config.seed, compile=compile, allreduce=allreduce,
-                nonlinearity=config.nonlinearity,
+                model=self.model,
             )  # fmt: skip
         with be.activate():  # CuPy: allocate on this run's GPU, not the current one
             self.feed = EpochFeed(corpus.train, Streams(len(corpus.train), config.batch,
@@ -184,9 +184,8 @@ class Trainer:
         _require_memory(config, M, be)
         xp = be.xp
         with be.activate():
-            params = init_params(M, config.hidden, M, num_layers=config.layers,
-                                 dtype=config.dtype, seed=config.seed, init=config.init,
-                                 backend=be.name, device=be.device)  # fmt: skip
+            params = config.model(M).init(seed=config.seed, dtype=config.dtype,
+                                          backend=be.name, device=be.device)  # fmt: skip
             layout = Layout.of(params)
             flat = layout.flatten(params, xp)  # (N,)
             counter = xp.zeros((), dtype=be.integer, device=be.device)
@@ -303,7 +302,7 @@ class Trainer:
         config = {
             "model": {"M": M, "D": c.hidden, "C": M, "dtype": c.dtype, "init": c.init,
                       "layers": c.layers, "bidirectional": False,
-                      "nonlinearity": c.nonlinearity},
+                      "nonlinearity": c.cell},
             "train": dataclasses.asdict(c),
             "data": {"source": corpus.source, "sha256": corpus.sha256,
                      "val_fraction": corpus.val_fraction, "n_train": len(corpus.train),
@@ -342,9 +341,8 @@ class Trainer:
         """Validation bits per character (no dropout), carrying state through the text
         (on several ranks each scores its share of the streams; the parts are summed)."""
         if isinstance(self.comm, Local):
-            return evaluate(self.params, self.val, nonlinearity=self.config.nonlinearity)
-        fn = self.config.nonlinearity
-        part = 0.0 if self.val is None else evaluate(self.params, self.val, nonlinearity=fn)
+            return evaluate(self.model, self.params, self.val)
+        part = 0.0 if self.val is None else evaluate(self.model, self.params, self.val)
         return self.comm.sum_floats(part)
 
     def sample_text(self, length: int | None = None) -> str:
@@ -355,8 +353,8 @@ class Trainer:
         n = self.config.sample_length if length is None else length
         prime = self.corpus.vocab.decode(self.corpus.val[:1])
         seed = [self.config.seed, 2, self.step]  # apart from the training generator
-        return prime + sample(self.params, self.corpus.vocab, length=n, prime=prime, seed=seed,
-                              nonlinearity=self.config.nonlinearity)  # fmt: skip
+        return prime + sample(self.model, self.params, self.corpus.vocab, length=n, prime=prime,
+                              seed=seed)  # fmt: skip
 
     # ---- the loop -----------------------------------------------------------------------
 

@@ -21,7 +21,7 @@ def _check_first_chunk(trainer: Any) -> None:
     """The value checks, once, where the run's data and parameters enter: one sync."""
     params, hidden = trainer.params, trainer.hidden
     x, y = trainer.feed.chunk(trainer.state.chunk)
-    xp, dims = check_call(params, x, targets=y, h0=hidden, need_targets=True)
+    xp, dims = check_call(trainer.model, params, x, targets=y, h0=hidden, need_targets=True)
     check_values(params, x, targets=y, h0=hidden, dims=dims, xp=xp)
 
 

@@ -18,7 +18,6 @@ from .. import optim, random
 from ..api import loss_and_grad
 from ..backends import namespace_of
 from ..flat import Layout
-from ..layers import arch_of
 
 __all__ = ["Tally", "TrainCarry", "make_gradients", "make_train_step"]
 
@@ -38,12 +37,13 @@ def make_gradients(
     dropout: float = 0.0,
     seed: int = 0,
     schedule: str | None = None,
-    nonlinearity: str = "tanh",
+    model: Any,
     columns: tuple[int, int, int] | None = None,
 ) -> Callable[[TrainCarry, Any, Any], tuple[Any, Any, Any]]:
     """``gradients(carry, inputs, targets) -> (loss, grads, h_last)``: the chunk's mean
     loss, its gradients by name and the state to carry on.
 
+    ``model``: the :class:`bptt.RNN` the layout's parameters belong to.
     With ``dropout`` > 0 the states before V are dropped with masks drawn from
     (``seed``, step); in a stack of L layers (any architecture the layout names,
     :mod:`bptt.layers`) every layer's output is, the L masks drawn in one call as an
@@ -52,8 +52,8 @@ def make_gradients(
     of ``batch`` (one rank's share, :mod:`bptt.train.parallel`), and their masks are
     those rows of the whole batch's masks, as one process draws them.
     """
-    arch = arch_of(layout.keys)
-    width = arch.directions * layout.shapes[layout.keys.index("W")][0]  # K D
+    arch = model.arch
+    width = arch.directions * model.hidden_size  # K D
 
     def gradients(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[Any, Any, Any]:
         xp, device = namespace_of({"carry.params": carry.params, "carry.hidden": carry.hidden})
@@ -71,9 +71,8 @@ def make_gradients(
             if arch.layers > 1:
                 mask, layer_masks = mask[-1, ...], [mask[i, ...] for i in range(arch.layers - 1)]
         loss, grads, h_last = loss_and_grad(
-            params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
-            check_values=False, schedule=schedule, nonlinearity=nonlinearity,
-            layer_masks=layer_masks,
+            model, params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
+            check_values=False, schedule=schedule, layer_masks=layer_masks,
         )  # fmt: skip
         return loss, grads, h_last
 
@@ -87,7 +86,7 @@ def make_train_step(
     dropout: float = 0.0,
     seed: int = 0,
     schedule: str | None = None,
-    nonlinearity: str = "tanh",
+    model: Any,
 ) -> Callable[[TrainCarry, Any, Any], tuple[TrainCarry, Any, Any]]:
     """The step for ``optimizer`` over parameters laid out by ``layout``.
 
@@ -98,7 +97,7 @@ def make_train_step(
     a stack.
     """
     gradients = make_gradients(layout, dropout=dropout, seed=seed, schedule=schedule,
-                               nonlinearity=nonlinearity)  # fmt: skip
+                               model=model)  # fmt: skip
 
     def train_step(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[TrainCarry, Any, Any]:
         xp, _ = namespace_of({"carry.params": carry.params})

@@ -1,0 +1,72 @@
+"""The recurrent cells a layer can run, behind one interface: what :mod:`bptt.layers`
+composes into stacks and two directions.
+
+Pure math, like :mod:`bptt.model`. A cell of D units with G gates has the parameters
+``U`` (G D, M), ``W`` (G D, D), ``b`` (G D,) or None, and its ``extra_biases`` (D,)
+each; it provides
+
+- ``recurrence(p, xu, s0, xp, executor) -> (H, aux, last)``: ``xu`` (T, B, G D) the
+  hoisted input projection, ``s0`` the state before step 1 (None: zeros), ``H``
+  (T+1, B, D) the hidden states h_0 .. h_T, ``aux`` what the backward pass needs
+  besides, ``last`` the state after step T;
+- ``reverse_recurrence(p, H, aux, dS, xp, executor, want_s0)`` -> ``(dXU, dHW, d_s0)``:
+  dL/d(xu_t) and dL/d(h_{t-1} W^T) (T, B, G D) (the same array when the hidden
+  projection enters as the input's does), and dL/ds_0 when ``want_s0``;
+- ``weight_grads(p, dXU, dHW, H, inputs, xp) -> dict``, ``input_grads(U, dXU, xp)``.
+
+``executor`` is where the loops come from (:mod:`bptt.model`, NumPy's
+:mod:`bptt.numpy_exec.recurrences`, or another library's): its ``recurrence`` and
+``reverse_recurrence`` run the vanilla cell, its ``scan`` (lax.scan's contract,
+:mod:`bptt.scan`) any cell written as a step body.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from . import model
+
+__all__ = ["CELLS", "VANILLA", "Vanilla", "get_cell"]
+
+VANILLA = ("tanh", "relu")
+
+
+class Vanilla:
+    """The Elman cell of eqs. (19)-(20), f = tanh or relu (eq. B17): one gate."""
+
+    gates = 1
+    extra_biases: tuple[str, ...] = ()
+
+    def __init__(self, nonlinearity: str) -> None:
+        self.nonlinearity = nonlinearity
+
+    def __repr__(self) -> str:
+        return f"Vanilla({self.nonlinearity!r})"
+
+    def recurrence(self, p: Any, xu: Any, s0: Any, xp: Any, executor: Any) -> tuple[Any, ...]:
+        states = executor.recurrence(p["W"], xu, s0, xp, self.nonlinearity)  # (T+1, B, D)
+        return states, (), states[-1, ...]
+
+    def reverse_recurrence(
+        self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool
+    ) -> tuple[Any, Any, Any]:
+        dZ = executor.reverse_recurrence(p["W"], H, dS, None, xp, self.nonlinearity)  # eq. (B12)
+        d_s0 = model.initial_state_grads(p["W"], dZ[0, ...]) if want_s0 else None  # eq. (B23)
+        return dZ, dZ, d_s0
+
+    def weight_grads(self, p: Any, dXU: Any, dHW: Any, H: Any, inputs: Any, xp: Any) -> dict:
+        return model.weight_grads(p, dXU, H, inputs, xp)  # dW, db, dU, eq. (B13)
+
+    def input_grads(self, U: Any, dXU: Any, xp: Any) -> Any:
+        return model.input_grads(U, dXU, xp)  # eq. (B20)/(B22)
+
+
+CELLS: dict[str, Any] = {name: Vanilla(name) for name in VANILLA}
+
+
+def get_cell(name: str) -> Any:
+    """The cell called ``name`` (one of :data:`CELLS`)."""
+    try:
+        return CELLS[name]
+    except KeyError:
+        raise ValueError(f"cell: expected one of {list(CELLS)}; got {name!r}") from None
