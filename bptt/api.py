@@ -27,6 +27,7 @@ def forward(
     nonlinearity: str = "tanh",
     check_values: bool = True,
     return_state: bool = False,
+    schedule: str | None = None,
 ) -> tuple[Any, ...]:
     """Run the RNN over ``inputs``: states (T, B, D) and logits (T, B, C). Eqs. (19)-(21).
 
@@ -38,13 +39,17 @@ def forward(
     or ``"relu"``. ``return_state=True`` returns ``(states, logits, h_last)``, with
     ``h_last`` shaped as ``h0`` (every layer's last state: what a stack carries to the
     next chunk). ``check_values=False`` skips the value checks, the call's one device
-    sync.
+    sync. ``schedule``: only the loop matters here (:mod:`bptt.schedules`): on JAX
+    ``"auto"`` runs each recurrence as one ``lax.scan`` under ``jax.jit``,
+    ``"unrolled"`` as a Python loop; ``"scan"`` elsewhere raises.
     """
     xp, dims = check_call(params, inputs, h0=h0, nonlinearity=nonlinearity)
+    recurrences = schedules.forward_recurrences(xp, schedule)
     with device_context(params["U"]):
         if check_values:
             _check_values(params, inputs, h0=h0, dims=dims, xp=xp)
-        out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity)
+        out, _ = layers.forward(params, inputs, h0, xp, nonlinearity=nonlinearity,
+                                recurrences=recurrences)  # fmt: skip
     return tuple(out) if return_state else (out.states, out.logits)
 
 
