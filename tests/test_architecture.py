@@ -20,10 +20,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = ("model", "layers", "heads", "step", "flat", "scan")  # pure: array-API helpers and each other
+MATH = ("model", "layers", "heads", "step", "flat", "scan")  # pure: array-API helpers, each other
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
-POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api", "checks",
-                    "backends", "optim", "checkpoint", "data", "validation", "sample", "limits",
+POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api",
+                    "checks", "backends", "optim", "checkpoint", "data", "validation", "sample",
+                    "limits",
                     "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
                     "dynamic_eval", "pullback", "interop", "distributed", "allreduce")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")

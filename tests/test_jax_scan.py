@@ -194,8 +194,10 @@ def test_the_jitted_step_does_not_grow_with_T(jx, layers: int) -> None:
     """The program of the training step at T = 50 and T = 500: as many equations (one loop
     body per recurrence); unrolled, it grows with T (so this test can fail)."""
     assert _train_step_size(jx, 50, None, layers) == _train_step_size(jx, 500, None, layers)
-    assert _train_step_size(jx, 50, "unrolled", layers) > _train_step_size(jx, 5, "unrolled",
-                                                                             layers) + 100
+    assert (
+        _train_step_size(jx, 50, "unrolled", layers)
+        > _train_step_size(jx, 5, "unrolled", layers) + 100
+    )
 
 
 def test_scan_is_refused_where_there_is_none(jx) -> None:

@@ -1,7 +1,6 @@
 """The loop of a recurrence on JAX: ``jax.lax.scan`` under a trace, Python's otherwise
 (see :mod:`bptt.jax_exec`), and ``jax.jit`` made once per function."""
 
-
 from __future__ import annotations
 
 import functools
