@@ -154,7 +154,7 @@ def recurrence(
         xu = xu[1:, ...]  # (n-1, B, D)
     else:
         head = [s]  # s_0
-    head = [xp.expand_dims(h, axis=0) for h in head]  # (1, B, D) each
+    head = [h[None, ...] for h in head]  # (1, B, D) each, views
     if xu.shape[0] == 0:
         return xp.concat(head, axis=0)  # (n+1, B, D)
     _, (S,) = scan(step, s, (xu,), xp)  # (n or n-1, B, D): the only sequential part
@@ -236,7 +236,7 @@ def reverse_recurrence(
     tail = []
     if dz is None:  # step T: nothing flows back from the future
         dz = dS[-1, ...] * f_prime[-1, ...]  # (B, D)
-        tail = [xp.expand_dims(dz, axis=0)]  # (1, B, D)
+        tail = [dz[None, ...]]  # (1, B, D), a view
         dS, f_prime = dS[:-1, ...], f_prime[:-1, ...]  # (n-1, B, D)
     if dS.shape[0] == 0:
         return xp.concat(tail, axis=0)  # (n, B, D)
