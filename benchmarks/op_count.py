@@ -7,7 +7,7 @@ includes nothing more, but a steady state is what a GPU sees every step). Kernel
 operations that launch device work; views launch none (``benchmarks/proxy.py``).
 
 Run: ``python benchmarks/op_count.py [--T 25,100,200] [--dropout 0.2]``. The same
-count is held exactly by tests/test_sync_free.py: 6 T + 60 kernels at the defaults.
+count is held exactly by tests/test_sync_free.py: 6 T + 62 kernels at the defaults.
 """
 
 from __future__ import annotations

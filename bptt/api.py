@@ -29,6 +29,7 @@ def forward(
     h0: Any = None,
     check_values: bool = True,
     return_state: bool = False,
+    schedule: str | None = None,
 ) -> tuple[Any, ...]:
     """Run the RNN over ``inputs``: states (T, B, D) and logits (T, B, C). Eqs. (19)-(21).
 
@@ -39,13 +40,16 @@ def forward(
     cell as torch's ``h_0``. ``return_state=True`` returns ``(states, logits, h_last)``, with
     ``h_last`` shaped as ``h0`` (every layer's last state: what a stack carries to the
     next chunk). ``check_values=False`` skips the value checks, the call's one device
-    sync.
+    sync. ``schedule``: only the loop matters here (:mod:`bptt.schedules`): on JAX
+    ``"auto"`` runs each recurrence as one ``lax.scan`` under ``jax.jit``,
+    ``"unrolled"`` as a Python loop; ``"scan"`` elsewhere raises.
     """
     xp, dims = check_call(model, params, inputs, h0=h0)
+    recurrences = schedules.forward_recurrences(xp, schedule)
     with device_context(params["U"]):
         if check_values:
             _check_values(params, inputs, h0=h0, dims=dims, xp=xp)
-        out, _ = layers.forward(params, inputs, h0, xp, cell=model.cell)
+        out, _ = layers.forward(params, inputs, h0, xp, cell=model.cell, recurrences=recurrences)
     return tuple(out) if return_state else (out.states, out.logits)
 
 

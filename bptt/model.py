@@ -33,6 +33,8 @@ from typing import Any, NamedTuple
 
 from array_api_compat import device  # x.device, or None for a JAX tracer (jit places it)
 
+from .scan import Scan, python_scan
+
 __all__ = [
     "NONLINEARITIES",
     "Cache",
@@ -126,26 +128,37 @@ def input_projection(params: Any, inputs: Any, xp: Any) -> Any:
     return xp.reshape(xu, (T, B, D))
 
 
-def recurrence(W: Any, xu: Any, s: Any, xp: Any, nonlinearity: str = "tanh") -> Any:
-    """Eqs. (19)-(20) over n steps: the states s_0 .. s_n, (n+1, B, D), stacked once.
+def recurrence(
+    W: Any, xu: Any, s: Any, xp: Any, nonlinearity: str = "tanh", *, scan: Scan = python_scan
+) -> Any:
+    """Eqs. (19)-(20) over n steps: the states s_0 .. s_n, (n+1, B, D).
 
     ``xu`` (n, B, D) holds U x_t + b; ``s`` (B, D) is s_0, the state before the first
-    step (None: zeros, and the first step skips its product). Per step: one product,
-    one sum, one tanh (or relu, eq. B17). s_0 leads the stack so that dW is one
-    product (eq. B13).
+    step (None: zeros, and the first step, peeled, skips its product). Per step: one
+    product, one sum, one tanh (or relu, eq. B17); ``scan`` runs the steps
+    (:mod:`bptt.scan`: a Python loop, or ``jax.lax.scan``). s_0 leads the stack so
+    that dW is one product (eq. B13).
     """
     WT = W.T  # (D, D), transposed once, not per step
     f = activation(nonlinearity, xu, xp)
-    states = [s if s is not None else xp.zeros_like(xu[0, ...])]  # s_0  (B, D)
-    for t in range(xu.shape[0]):  # the only sequential part of the forward pass
-        if s is None:
-            z = xu[t, ...]  # (B, D): U x_1 + b
-        else:
-            z = s @ WT  # (B, D), a fresh array
-            z += xu[t, ...]  # + U x_t + b
+
+    def step(s: Any, x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        z = s @ WT  # (B, D), a fresh array
+        z += x[0]  # + U x_t + b
         s = f(z)  # (B, D), eq. (20)
-        states.append(s)
-    return xp.stack(states)  # (n+1, B, D)
+        return s, (s,)
+
+    if s is None:  # s_0 = 0: step 1 is f(U x_1 + b), no product
+        s = f(xu[0, ...])  # (B, D)
+        head = [xp.zeros_like(s), s]  # s_0, s_1
+        xu = xu[1:, ...]  # (n-1, B, D)
+    else:
+        head = [s]  # s_0
+    head = [h[None, ...] for h in head]  # (1, B, D) each, views
+    if xu.shape[0] == 0:
+        return xp.concat(head, axis=0)  # (n+1, B, D)
+    _, (S,) = scan(step, s, (xu,), xp)  # (n or n-1, B, D): the only sequential part
+    return xp.concat([*head, S], axis=0)  # (n+1, B, D)
 
 
 def output(params: Any, states: Any, dropout_mask: Any, xp: Any) -> tuple[Any, Any]:
@@ -199,31 +212,36 @@ def state_grads(params: Any, dlogits: Any, dropout_mask: Any, xp: Any) -> Any:
 
 
 def reverse_recurrence(
-    W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str = "tanh"
-) -> Any:
+    W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str = "tanh", *,
+    scan: Scan = python_scan,
+) -> Any:  # fmt: skip
     """The backward recurrence (eqs. 62, B12) over n steps, last step first: dz (n, B, D).
 
     ``states`` (n+1, B, D) holds s_0 .. s_n as :func:`recurrence` returns them (s_0
     unused), ``dS`` (n, B, D) the output gradients; ``dz`` (B, D) is dz of the step
-    after these (None after step T). tanh' = 1 - s^2 (relu': s > 0, eq. B17) for all
-    n steps is one pass first; then each step is one product, one sum and one
-    product by f'.
+    after these (None after step T: the last step, peeled, has no product). tanh' =
+    1 - s^2 (relu': s > 0, eq. B17) for all n steps is one pass first; then each step
+    is one product, one sum and one product by f', run by ``scan`` in reverse.
     """
-    n = dS.shape[0]
-    s = states[1:, ...]  # (n, B, D)
-    f_prime = derivative(s, nonlinearity, xp)  # (n, B, D), eq. (62) or (B17)
-    dZ = [None] * n
-    for t in range(n - 1, -1, -1):
-        if dz is None:  # step T: nothing flows back from the future
-            dz = dS[t, ...] * f_prime[t, ...]  # (B, D)
-        else:
-            # dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2): the tanh' factor that eqs.
-            # (13)-(15) drop, inside the product that eq. (63) reorders
-            g = dz @ W  # (B, D): W^T dz_{t+1} as row vectors, a fresh array
-            g += dS[t, ...]  # + dS_t
-            dz = g * f_prime[t, ...]  # (B, D)
-        dZ[t] = dz
-    return xp.stack(dZ)  # (n, B, D)
+    f_prime = derivative(states[1:, ...], nonlinearity, xp)  # (n, B, D), eq. (62) or (B17)
+
+    def step(dz: Any, x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        # dz_t = (dS_t + W^T dz_{t+1}) * (1 - s_t^2): the tanh' factor that eqs.
+        # (13)-(15) drop, inside the product that eq. (63) reorders
+        g = dz @ W  # (B, D): W^T dz_{t+1} as row vectors, a fresh array
+        g += x[0]  # + dS_t
+        dz = g * x[1]  # (B, D)
+        return dz, (dz,)
+
+    tail = []
+    if dz is None:  # step T: nothing flows back from the future
+        dz = dS[-1, ...] * f_prime[-1, ...]  # (B, D)
+        tail = [dz[None, ...]]  # (1, B, D), a view
+        dS, f_prime = dS[:-1, ...], f_prime[:-1, ...]  # (n-1, B, D)
+    if dS.shape[0] == 0:
+        return xp.concat(tail, axis=0)  # (n, B, D)
+    _, (dZ,) = scan(step, dz, (dS, f_prime), xp, reverse=True)  # (n or n-1, B, D)
+    return xp.concat([dZ, *tail], axis=0) if tail else dZ  # (n, B, D)
 
 
 def weight_grads(params: Any, dZ: Any, states: Any, inputs: Any, xp: Any) -> dict[str, Any]:

@@ -9,6 +9,13 @@ environment variable ``BPTT_SCHEDULE`` sets the default for calls that pass none
 A stack (several layers or two directions, :mod:`bptt.layers`) runs ``"single"`` or
 ``"split"``: ``"overlap"`` interleaves one recurrence with its products and is
 refused for a stack (``"auto"`` then runs ``"single"``).
+
+The loop of each recurrence (:mod:`bptt.scan`) is the library's: on JAX ``"auto"``
+and ``"single"`` run it as one ``jax.lax.scan`` under a trace (:mod:`bptt.jax_exec`:
+a jitted step whose program does not grow with T), which ``"scan"`` names
+explicitly; ``"unrolled"`` is the Python loop, one copy of the step body per time
+step in a traced program (JAX) and the single schedule elsewhere. ``"scan"`` on a
+library without one raises.
 """
 
 from __future__ import annotations
@@ -19,12 +26,12 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from . import model, numpy_exec, step
+from . import jax_exec, model, numpy_exec, step
 from .backends import namespace_library
 
-__all__ = ["ENV_VAR", "SCHEDULES", "execution", "resolve", "resolve_name"]
+__all__ = ["ENV_VAR", "SCHEDULES", "execution", "forward_recurrences", "resolve", "resolve_name"]
 
-SCHEDULES = ("auto", "single", "overlap", "split")
+SCHEDULES = ("auto", "single", "overlap", "split", "scan", "unrolled")
 ENV_VAR = "BPTT_SCHEDULE"
 
 
@@ -46,6 +53,7 @@ def resolve(
     direction (a stack cannot run ``"overlap"``)."""
     name = resolve_name(schedule)
     library = namespace_library(xp)
+    _refuse_scan(name, library)
     if library != "numpy":
         if name in numpy_exec.SCHEDULES[1:]:
             raise ValueError(
@@ -53,7 +61,11 @@ def resolve(
                 f"arrays only; these are {library} arrays: use 'single' "
                 "or 'auto'"
             )
-        return "single", step.loss_and_grad
+        if library == "jax" and name != "unrolled":
+            return "scan", functools.partial(step.loss_and_grad, recurrences=jax_exec.recurrences)
+        return name if name == "unrolled" else "single", step.loss_and_grad
+    if name == "unrolled":  # NumPy's single schedule is its Python loop
+        return name, numpy_exec.schedule("single", T, B, D, forced=True)
     if name == "overlap" and not single:
         raise ValueError(
             "schedule: 'overlap' interleaves the products of one recurrence with the next "
@@ -68,10 +80,37 @@ def resolve(
     return name, numpy_exec.schedule(name, T, B, D, forced=forced)
 
 
-def execution(xp: Any, B: int, D: int) -> tuple[Any, Callable[[], Any]]:
-    """``(recurrences, context)`` for a pass that is not a whole step (:func:`bptt.vjp`):
-    NumPy's own recurrences (same bits, written into their results) under the BLAS
-    thread limit the single schedule uses; the pure ones elsewhere."""
-    if namespace_library(xp) != "numpy":
+def execution(
+    xp: Any, B: int, D: int, schedule: str | None = None
+) -> tuple[Any, Callable[[], Any]]:
+    """``(recurrences, context)`` for a pass that is not a whole step (:func:`bptt.vjp`,
+    :func:`bptt.forward`): NumPy's own recurrences (same bits, written into their
+    results) under the BLAS thread limit the single schedule uses; on JAX the scanned
+    ones (:mod:`bptt.jax_exec`) unless ``schedule`` is ``"unrolled"``; the pure ones
+    elsewhere. ``schedule`` as :func:`resolve_name` reads it; only the loop matters
+    here."""
+    library = namespace_library(xp)
+    _refuse_scan(resolve_name(schedule), library)
+    if library == "jax":
+        unrolled = resolve_name(schedule) == "unrolled"
+        return (model if unrolled else jax_exec.recurrences), contextlib.nullcontext
+    if library != "numpy":
         return model, contextlib.nullcontext
     return numpy_exec.recurrences, functools.partial(numpy_exec.blas_context, B, D)
+
+
+def forward_recurrences(xp: Any, schedule: str | None = None) -> Any:
+    """The recurrences of a forward pass alone (:func:`bptt.forward`): the scanned ones
+    on JAX unless ``schedule`` is ``"unrolled"``, the pure ones of :mod:`bptt.model`
+    elsewhere (on NumPy as before, with the BLAS threads the caller has)."""
+    name, library = resolve_name(schedule), namespace_library(xp)
+    _refuse_scan(name, library)
+    return jax_exec.recurrences if library == "jax" and name != "unrolled" else model
+
+
+def _refuse_scan(name: str, library: str) -> None:
+    if name == "scan" and library != "jax":
+        raise ValueError(
+            f"schedule: 'scan' runs each recurrence as one jax.lax.scan and needs JAX "
+            f"arrays; these are {library} arrays: use 'single', 'unrolled' or 'auto'"
+        )

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from . import backends
+from . import backends, jax_exec
 from .heads import softmax_cross_entropy
 
 __all__ = ["ValData", "evaluate", "layout_validation"]
@@ -75,6 +75,16 @@ def layout_validation(
     return ValData(inputs, targets, backend.asarray(w, dtype=dtype), n, backend.integer)
 
 
+def _chunk_nats(model: Any, params: dict[str, Any], inputs: Any, targets: Any, weight: Any,
+                h: Any) -> tuple[Any, Any]:  # fmt: skip
+    """The weighted nats of one chunk (0-d) and the state after it: on JAX one jitted
+    program per chunk length (its recurrence one ``lax.scan``)."""
+    xp, _ = backends.namespace_of({"params['U']": params["U"]})
+    _, logits, h = model.forward(params, inputs, h0=h, check_values=False, return_state=True)
+    terms, _ = softmax_cross_entropy(logits, targets, xp)  # (t, S, C) -> (t, S)
+    return xp.sum(terms * weight), h  # eq. (23), summed
+
+
 def evaluate(model: Any, params: dict[str, Any], val: ValData, *, chunk: int = 256) -> float:
     """Validation loss in bits per character, carrying the state through each stream
     (every layer's, for a stack).
@@ -82,16 +92,15 @@ def evaluate(model: Any, params: dict[str, Any], val: ValData, *, chunk: int = 2
     One host read at the end. ``chunk`` bounds memory: (chunk, S, D) states at a time.
     """
     xp, _ = backends.namespace_of({"params['U']": params["U"]})
-    L = val.inputs.shape[0]
+    L, on_jax = val.inputs.shape[0], backends.namespace_library(xp) == "jax"
     total = xp.zeros((), dtype=params["U"].dtype, device=params["U"].device)
     h = None
     cast = (lambda ids: ids) if val.index is None else (lambda ids: xp.astype(ids, val.index))
+    run = jax_exec.jit(_chunk_nats, ("model",)) if on_jax else _chunk_nats
     for t0 in range(0, L, chunk):
         t1 = min(t0 + chunk, L)
-        x = cast(val.inputs[t0:t1, ...])  # (t, S)
-        _, logits, h = model.forward(params, x, h0=h, check_values=False, return_state=True)
-        # (t, S, C); h (S, D) or (L, S, D)
-        terms, _ = softmax_cross_entropy(logits, cast(val.targets[t0:t1, ...]), xp)  # (t, S)
-        total = total + xp.sum(terms * val.weight[t0:t1, ...])  # eq. (23), summed
+        nats, h = run(model, params, cast(val.inputs[t0:t1, ...]),
+                      cast(val.targets[t0:t1, ...]), val.weight[t0:t1, ...], h)  # fmt: skip
+        total = total + nats
     nats = float(backends.backend_of(total).to_numpy(total))
     return nats / (val.count * LN2)

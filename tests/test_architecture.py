@@ -6,6 +6,8 @@
   layer (backends) which library an array belongs to.
 - Nothing under bptt/ imports torch, jax or cupy at module level; only backends/
   (lazily) and the compiled-step module (inside the functions that need them).
+- JAX is imported (inside functions) by its execution layer only: bptt/jax_exec/ and
+  the compiled-step module; no JAX branch in the math.
 - No module calls a private name of another bptt module.
 """
 
@@ -18,17 +20,11 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = (
-    "model",
-    "layers",
-    "heads",
-    "step",
-    "flat",
-    "scan",
-)  # pure: array-API helpers and each other
+MATH = ("model", "layers", "heads", "step", "flat", "scan", "cells")  # pure math
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
-POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
-                    "backends", "optim", "checkpoint", "data", "validation", "sample", "limits",
+POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api",
+                    "checks", "backends", "optim", "checkpoint", "data", "validation", "sample",
+                    "limits",
                     "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
                     "dynamic_eval", "pullback", "interop", "distributed", "allreduce")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
@@ -77,6 +73,18 @@ def test_no_array_library_imported_at_module_level() -> None:
     for path in PACKAGE.rglob("*.py"):
         for module, _ in _imports(path, top_level_only=True):
             assert module.split(".")[0] not in LIBRARIES, (path, module)
+
+
+JAX_USERS = {PACKAGE / "train" / "compiled.py", *(PACKAGE / "jax_exec").glob("*.py")}
+
+
+def test_jax_is_imported_by_its_execution_layer_only() -> None:
+    users = set()
+    for path in PACKAGE.rglob("*.py"):
+        if any(m.split(".")[0] in ("jax", "jaxlib") for m, _ in
+               _imports(path, top_level_only=False)):  # fmt: skip
+            users.add(path)
+    assert users and users <= JAX_USERS, sorted(str(p) for p in users - JAX_USERS)
 
 
 def test_no_private_names_of_other_modules() -> None:

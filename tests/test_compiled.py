@@ -109,7 +109,8 @@ def test_the_trace_has_no_host_callback_and_the_proof_can_fail(jax64) -> None:
     jaxpr = jax64.make_jaxpr(trainer.train_step.step)(trainer.state.carry, x, y)
     text = str(jaxpr)
     assert "callback" not in text and "debug" not in text
-    assert "while" not in text and "cond" not in text  # unrolled: a fixed program
+    assert "while" not in text and "cond" not in text  # a fixed program, no data-driven loop
+    assert text.count("scan[") == 2  # the two recurrences, each one lax.scan of fixed length
 
     step = make_train_step(trainer.optimizer, trainer.state.layout)
 

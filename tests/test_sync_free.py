@@ -8,9 +8,10 @@ through compat, one-argument ``where``, ``unique_*``) raises SyncProne, and ever
 ``asarray`` of host data is counted as a transfer.
 
 The budget (README, "The GPU path"): a training step at the default settings
-(Adam, clipping, float32, no dropout) launches exactly ``6 T + 60`` kernels
+(Adam, clipping, float32, no dropout) launches exactly ``6 T + 62`` kernels
 -- per time step 3 in the forward recurrence (product, sum, tanh) and 3 in the
-backward one (product, sum, product by tanh') -- plus 3 views per time step.
+backward one (product, sum, product by tanh') -- plus 3 views per time step; each
+recurrence stacks its steps once and joins them to its first or last (peeled) step once.
 Dropout adds a constant (the device generator), whatever T.
 """
 
@@ -36,7 +37,7 @@ from bptt.train import TrainCarry, TrainConfig, layout_validation, make_train_st
 from bptt.validation import evaluate
 
 STRICT = "array_api_strict"
-KERNELS_PER_STEP, VIEWS_PER_STEP, KERNELS_FIXED = 6, 3, 60
+KERNELS_PER_STEP, VIEWS_PER_STEP, KERNELS_FIXED = 6, 3, 62
 B, M, D = 3, 5, 4
 TO_NUMPY = backends.Backend.to_numpy  # before the fixture refuses it
 
@@ -153,8 +154,8 @@ def test_loss_and_grad_variants_never_sync(pbe: ProxyBackend, variant: str) -> N
     assert pbe.ns.transfers == 0 and pbe.reads == 0
 
 
-def test_kernel_budget_is_6T_plus_60(pbe: ProxyBackend) -> None:
-    """Exactly linear in T, 6 kernels and 3 views per time step, 60 kernels besides."""
+def test_kernel_budget_is_6T_plus_62(pbe: ProxyBackend) -> None:
+    """Exactly linear in T, 6 kernels and 3 views per time step, 62 kernels besides."""
     counts = {T: train_steps(pbe, T) for T in (2, 3, 5, 9)}
     kernels = {T: ns.kernels for T, ns in counts.items()}
     views = {T: ns.views for T, ns in counts.items()}

@@ -7,7 +7,7 @@ value-dependent control flow and no host sync, so it can be compiled as a whole:
   call's shapes (one compiled step serves the whole run: the optimizer's count and
   the dropout counter are traced values);
 - ``"cuda-graph"``: captured once as a CUDA graph on CuPy or torch CUDA and replayed
-  every step: one launch instead of ~6 T + 60 kernels. The step then reads its
+  every step: one launch instead of ~6 T + 62 kernels. The step then reads its
   inputs from, and writes the new carry into, static device buffers (a replay reads
   the addresses the capture saw); the carry it returns *is* those buffers.
 - ``"none"``: call the step as it is (NumPy, array_api_strict, torch CPU).

@@ -1,0 +1,29 @@
+"""The two recurrences of :mod:`bptt.model` driven by :func:`bptt.jax_exec.scan`.
+
+The ``recurrences`` seam of :mod:`bptt.layers` and :mod:`bptt.step` (as
+:mod:`bptt.numpy_exec.recurrences` is NumPy's): the same step bodies, the same
+contract; under ``jax.jit`` each recurrence is one ``lax.scan`` (equal to the
+unrolled loop to rounding: XLA may fuse the loop body differently), eagerly the
+Python loop of :mod:`bptt.model` bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import model
+from .loop import scan
+
+__all__ = ["recurrence", "reverse_recurrence", "scan"]
+
+
+def recurrence(W: Any, xu: Any, s: Any, xp: Any, nonlinearity: str = "tanh") -> Any:
+    """As :func:`bptt.model.recurrence`: s_0 .. s_n, (n+1, B, D), eqs. (19)-(20)."""
+    return model.recurrence(W, xu, s, xp, nonlinearity, scan=scan)
+
+
+def reverse_recurrence(
+    W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str = "tanh"
+) -> Any:
+    """As :func:`bptt.model.reverse_recurrence`: dz_n .. dz_1, (n, B, D), eq. (62)."""
+    return model.reverse_recurrence(W, states, dS, dz, xp, nonlinearity, scan=scan)
