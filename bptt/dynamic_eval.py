@@ -36,9 +36,11 @@ import numpy as np
 
 from . import backends
 from .api import loss_and_grad
+from .backends import device_context
 from .data import Streams
 from .flat import Layout
 from .train.compiled import compile_step
+from .train.step import make_plan
 
 __all__ = [
     "RULES",
@@ -163,6 +165,23 @@ class WalkCarry(NamedTuple):
     decay: Any  # (N,) or (): the pull toward theta_0 per segment, each in [0, 1]
 
 
+def _segment_loss_and_grad(layout: Layout, model: Any) -> Any:
+    """``f(carry, inputs, targets) -> (nats, grads, h_last)``: the segment's summed loss by
+    the pure step of its schedule, resolved once per segment shape
+    (:func:`bptt.train.step.make_plan`), as :func:`bptt.loss_and_grad` computes it."""
+    plan = make_plan(model, None, "sum")
+
+    def summed(carry: WalkCarry, inputs: Any, targets: Any) -> tuple[Any, Any, Any]:
+        xp, _ = backends.namespace_of({"carry.params": carry.params})
+        params = layout.unflatten(carry.params, xp)  # views
+        run, weights = plan(xp, *inputs.shape[:2], carry.params.dtype)
+        with device_context(carry.params):
+            return run(params, inputs, targets, h0=carry.hidden, head=model.head,
+                       weights=weights, dropout_mask=None, xp=xp, cell=model.cell)  # fmt: skip
+
+    return summed
+
+
 def make_static_step(layout: Layout, model: Any) -> Any:
     """``step(carry, inputs, targets) -> (carry, nats)``: score a segment, no update.
 
@@ -172,13 +191,10 @@ def make_static_step(layout: Layout, model: Any) -> Any:
     are dropped (under ``jax.jit`` they are never computed).
     """
 
+    summed = _segment_loss_and_grad(layout, model)
+
     def static_step(carry: WalkCarry, inputs: Any, targets: Any) -> tuple[WalkCarry, Any]:
-        xp, _ = backends.namespace_of({"carry.params": carry.params})
-        params = layout.unflatten(carry.params, xp)  # views
-        nats, _, h_last = loss_and_grad(
-            model, params, inputs, targets, h0=carry.hidden, reduction="sum",
-            check_values=False,
-        )  # summed over the segment, eqs. (23), (B8)  # fmt: skip
+        nats, _, h_last = summed(carry, inputs, targets)  # summed over the segment, eq. (B8)
         return carry._replace(hidden=h_last), nats
 
     return static_step
@@ -188,13 +204,12 @@ def make_dynamic_step(layout: Layout, model: Any) -> Any:
     """``step(carry, inputs, targets) -> (carry, nats)``: score a segment with the
     current weights, then one gradient step on it (the rule lives in the carry)."""
 
+    summed = _segment_loss_and_grad(layout, model)
+
     def dynamic_step(carry: WalkCarry, inputs: Any, targets: Any) -> tuple[WalkCarry, Any]:
         xp, _ = backends.namespace_of({"carry.params": carry.params})
-        params = layout.unflatten(carry.params, xp)  # views
-        nats, grads, h_last = loss_and_grad(
-            model, params, inputs, targets, h0=carry.hidden, reduction="sum",
-            check_values=False,
-        )  # the score (0-d, before any update) and its gradient, by BPTT (eq. B8)  # fmt: skip
+        # the score (0-d, before any update) and its gradient, by BPTT (eq. B8)
+        nats, grads, h_last = summed(carry, inputs, targets)
         g = layout.flatten(grads, xp) / (inputs.shape[0] * inputs.shape[1])  # (N,): mean loss
         theta = carry.params  # (N,)
         new = theta - carry.step_scale * g + carry.decay * (carry.anchor - theta)  # (N,)

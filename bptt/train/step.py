@@ -14,12 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .. import optim, random
-from ..api import loss_and_grad
-from ..backends import namespace_of
+from .. import optim, random, schedules
+from ..backends import device_context, namespace_of
 from ..flat import Layout
+from ..heads import loss_weights
 
-__all__ = ["Tally", "TrainCarry", "make_gradients", "make_train_step"]
+__all__ = ["Tally", "TrainCarry", "make_gradients", "make_plan", "make_train_step"]
 
 
 class TrainCarry(NamedTuple):
@@ -29,6 +29,29 @@ class TrainCarry(NamedTuple):
     opt_state: Any  # the optimizer's state over that vector
     hidden: Any  # (B, D) or (L K, B, D): the state carried into the next chunk (no gradient across)
     step: Any  # 0-d integer: updates done, the dropout stream's counter
+
+
+def make_plan(model: Any, schedule: str | None, reduction: str) -> Callable[..., Any]:
+    """``plan(xp, T, B, dtype) -> (run, weights)``: the pure step of the schedule chosen
+    for (T, B) chunks of ``model`` (:func:`bptt.schedules.resolve`, taking the arguments
+    of :func:`bptt.step.loss_and_grad`) and the loss weights of ``reduction``, resolved on
+    the first chunk of each shape: a step built on it reads no environment and checks
+    no argument when it runs."""
+    resolved: dict[tuple[Any, ...], tuple[Any, Any]] = {}
+    single = model.arch.single and model.gates == 1
+
+    def plan(xp: Any, T: int, B: int, dtype: Any) -> tuple[Any, Any]:
+        key = (xp.__name__, T, B, str(dtype))
+        if key not in resolved:
+            itemsize = xp.finfo(dtype).bits // 8
+            _, run = schedules.resolve(schedule, xp, T, B, model.hidden_size, itemsize,
+                                       single=single)  # fmt: skip
+            weights = loss_weights(None, (T, B, model.output_size), head=model.head,
+                                   reduction=reduction, dtype=dtype, xp=xp)  # fmt: skip
+            resolved[key] = run, weights
+        return resolved[key]
+
+    return plan
 
 
 def make_gradients(
@@ -43,7 +66,10 @@ def make_gradients(
     """``gradients(carry, inputs, targets) -> (loss, grads, h_last)``: the chunk's mean
     loss, its gradients by name and the state to carry on.
 
-    ``model``: the :class:`bptt.RNN` the layout's parameters belong to.
+    ``model``: the :class:`bptt.RNN` the layout's parameters belong to. The step calls
+    the pure step of the schedule chosen for its shape (:mod:`bptt.schedules`),
+    resolved once per chunk shape with the loss weights; no argument check runs per
+    step (the trainer checks the first chunk, values included).
     With ``dropout`` > 0 the states before V are dropped with masks drawn from
     (``seed``, step); in a stack of L layers (any architecture the layout names,
     :mod:`bptt.layers`) every layer's output is, the L masks drawn in one call as an
@@ -54,6 +80,7 @@ def make_gradients(
     """
     arch = model.arch
     width = arch.directions * model.hidden_size  # K D
+    plan = make_plan(model, schedule, "mean")
 
     def gradients(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[Any, Any, Any]:
         xp, device = namespace_of({"carry.params": carry.params, "carry.hidden": carry.hidden})
@@ -70,11 +97,20 @@ def make_gradients(
                 mask = mask[..., columns[0] : columns[1], :]
             if arch.layers > 1:
                 mask, layer_masks = mask[-1, ...], [mask[i, ...] for i in range(arch.layers - 1)]
-        loss, grads, h_last = loss_and_grad(
-            model, params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
-            check_values=False, schedule=schedule, layer_masks=layer_masks,
-        )  # fmt: skip
-        return loss, grads, h_last
+        run, weights = plan(xp, *inputs.shape[:2], carry.params.dtype)
+        with device_context(carry.params):
+            return run(
+                params,
+                inputs,
+                targets,
+                h0=carry.hidden,
+                head=model.head,
+                weights=weights,
+                dropout_mask=mask,
+                xp=xp,
+                cell=model.cell,
+                layer_masks=layer_masks,
+            )  # the pure step: (loss, grads, h_last)
 
     return gradients
 
