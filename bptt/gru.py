@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .gates import gate_scale, stack_states, weight_grads as _weight_grads, zero_state
+from .gates import gate_scale, stack_states, zero_state
+from .gates import weight_grads as _weight_grads
 from .model import input_grads, input_projection
 from .scan import Scan, python_scan
 
@@ -75,7 +76,7 @@ def recurrence(
     (T, B, D) the hidden part of n, h_{t-1} W_n^T + b_hn: what the backward pass needs.
     """
     W, b_hn = p["W"], p.get("b_hn")
-    T, B, GD = xu.shape
+    GD = xu.shape[2]
     D = GD // 3
     WT = (W * gate_scale((True, True, False), W, xp)[:, None]).T  # (D, 3D): r, z halved, (G5)
     x_rz = xu[..., : 2 * D] * 0.5  # (T, B, 2D): halved input part of r, z, eq. (G5)
@@ -114,7 +115,7 @@ def reverse_recurrence(
     """
     W = p["W"]
     RZ, N, Q = aux
-    T, B, D = dS.shape
+    B, D = dS.shape[1:]
     r, z = RZ[..., :D], RZ[..., D:]  # (T, B, D) each
     dn = (1 - z) * (1 - N * N)  # dA^n / dh  (T, B, D), eq. (G8)
     F = xp.stack([dn * Q * (r * (1 - r)), (H[:-1, ...] - N) * (z * (1 - z)), dn * r], axis=2)

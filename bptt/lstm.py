@@ -31,7 +31,8 @@ from typing import Any
 
 import numpy as np
 
-from .gates import gate_scale, stack_states, weight_grads as _weight_grads, zero_state
+from .gates import gate_scale, stack_states, zero_state
+from .gates import weight_grads as _weight_grads
 from .model import input_grads, input_projection
 from .scan import Scan, python_scan
 
@@ -77,7 +78,7 @@ def recurrence(
     cell state before each step) and ``TC`` (T, B, D) tanh(c_1) .. tanh(c_T).
     """
     W = p["W"]
-    T, B, GD = xu.shape
+    GD = xu.shape[2]
     D = GD // 4
     scale = gate_scale(SIGMOID, W, xp)  # (4D,): 1/2 on i, f, o, eq. (G5)
     WT = (W * scale[:, None]).T  # (D, 4D)
@@ -115,7 +116,7 @@ def reverse_recurrence(
     """
     W = p["W"]
     A, G, C, TC = aux
-    T, B, D = dS.shape
+    B, D = dS.shape[1:]
     i, f, o = A[..., :D], A[..., D : 2 * D], A[..., 3 * D :]  # (T, B, D) each
     dc_dh = o * (1 - TC * TC)  # (T, B, D), eq. (L7)
     F = xp.stack([G * (i * (1 - i)), C * (f * (1 - f)), i * (1 - G * G), TC * (o * (1 - o))],

@@ -46,7 +46,8 @@ class Case:
 
 def make_case(cell: str, rng: np.random.Generator, *, T: int = 5, B: int = 3, M: int = 4,
               D: int = 6, C: int = 3, bias: bool = True, ids: bool = True, h0: bool = False,
-              head: str = "softmax", mask: bool = False, dtype: Any = np.float64) -> Case:  # fmt: skip
+              head: str = "softmax", mask: bool = False,
+              dtype: Any = np.float64) -> Case:  # fmt: skip
     G = CELLS[cell].GATES
     s = 1.0 / np.sqrt(D)
     w = {
@@ -69,7 +70,9 @@ def make_case(cell: str, rng: np.random.Generator, *, T: int = 5, B: int = 3, M:
         m[0, 0] = True
     s0 = None
     if h0:
-        parts = [rng.uniform(-0.9, 0.9, (B, D)).astype(dtype) for _ in range(CELLS[cell].STATE_PARTS)]
+        parts = [
+            rng.uniform(-0.9, 0.9, (B, D)).astype(dtype) for _ in range(CELLS[cell].STATE_PARTS)
+        ]
         s0 = parts[0] if cell == "gru" else tuple(parts)
     return Case(cell, w, x, y, head, m, s0, C)
 
@@ -116,7 +119,7 @@ def reference(case: Case, reduction: str = "mean") -> dict[str, Any]:
     Gradients of bias_ih and bias_hh are mapped to ours by the sums of eq. (G6)/(L5).
     """
     w = {k: torch.tensor(v, dtype=torch.float64) for k, v in case.torch_weights.items()}
-    G, M = w["weight_ih"].shape
+    M = w["weight_ih"].shape[1]
     D = w["weight_hh"].shape[1]
     bias = "bias_ih" in w
     Net = torch.nn.GRU if case.cell == "gru" else torch.nn.LSTM
@@ -165,7 +168,10 @@ def reference(case: Case, reduction: str = "mean") -> dict[str, Any]:
             gr["b"] = gih
             assert torch.allclose(gih, ghh, rtol=1e-13, atol=0)
         gr["c"] = lin.bias.grad
-    res: dict[str, Any] = {"loss": float(loss.detach()), "grads": {k: v.numpy() for k, v in gr.items()}}
+    res: dict[str, Any] = {
+        "loss": float(loss.detach()),
+        "grads": {k: v.numpy() for k, v in gr.items()},
+    }
     if case.cell == "gru":
         res["last"] = last[0].detach().numpy()
     else:
