@@ -17,7 +17,7 @@ from array_api_compat import device  # x.device, or None for a JAX tracer (jit p
 
 from .model import column_sums, is_token_ids, one_hot
 
-__all__ = ["gate_scale", "stack_states", "weight_grads", "zero_state"]
+__all__ = ["gate_scale", "scaled_transpose", "stack_states", "weight_grads", "zero_state"]
 
 
 def gate_scale(sigmoid: Sequence[bool], like: Any, xp: Any) -> Any:
@@ -31,6 +31,15 @@ def gate_scale(sigmoid: Sequence[bool], like: Any, xp: Any) -> Any:
     dev = device(like)
     blocks = [xp.full((D,), 0.5 if s else 1.0, dtype=like.dtype, device=dev) for s in sigmoid]
     return xp.concat(blocks)  # (G D,)
+
+
+def scaled_transpose(W: Any, sigmoid: Sequence[bool], xp: Any) -> Any:
+    """W^T (D, G D) with the sigmoid gates' columns halved (eq. (G5)), made once per call
+    as a fresh row-major array: the per-step product h @ W^T is then a plain GEMM (on
+    NumPy twice as fast as through the transposed view at D = 100)."""
+    D = W.shape[1]
+    blocks = [W[k * D : (k + 1) * D, ...].T for k in range(len(sigmoid))]  # (D, D) views
+    return xp.concat([b * 0.5 if s else b for b, s in zip(blocks, sigmoid, strict=True)], axis=1)
 
 
 def zero_state(xu: Any, D: int, xp: Any) -> Any:

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .gates import gate_scale, stack_states, zero_state
+from .gates import scaled_transpose, stack_states, zero_state
 from .gates import weight_grads as _weight_grads
 from .model import input_grads, input_projection
 from .scan import Scan, python_scan
@@ -78,7 +78,7 @@ def recurrence(
     W, b_hn = p["W"], p.get("b_hn")
     GD = xu.shape[2]
     D = GD // 3
-    WT = (W * gate_scale((True, True, False), W, xp)[:, None]).T  # (D, 3D): r, z halved, (G5)
+    WT = scaled_transpose(W, (True, True, False), xp)  # (D, 3D): r, z halved, eq. (G5)
     x_rz = xu[..., : 2 * D] * 0.5  # (T, B, 2D): halved input part of r, z, eq. (G5)
     h0 = s0 if s0 is not None else zero_state(xu, D, xp)  # (B, D)
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from .gates import gate_scale, stack_states, zero_state
+from .gates import gate_scale, scaled_transpose, stack_states, zero_state
 from .gates import weight_grads as _weight_grads
 from .model import input_grads, input_projection
 from .scan import Scan, python_scan
@@ -81,7 +81,7 @@ def recurrence(
     GD = xu.shape[2]
     D = GD // 4
     scale = gate_scale(SIGMOID, W, xp)  # (4D,): 1/2 on i, f, o, eq. (G5)
-    WT = (W * scale[:, None]).T  # (D, 4D)
+    WT = scaled_transpose(W, SIGMOID, xp)  # (D, 4D), the same halving
     xs = xu * scale  # (T, B, 4D), halved once for all steps
     h0, c0 = s0 if s0 is not None else (zero_state(xu, D, xp), zero_state(xu, D, xp))
 
