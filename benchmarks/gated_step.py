@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     for label in args.sizes:
         size = SIZES[label]
         for name in args.cells:
-            cases = [Case("bptt", bptt_step(CELLS[name], size)), Case("torch", torch_step(name, size))]
+            cases = [Case("bptt", bptt_step(CELLS[name], size)),
+                     Case("torch", torch_step(name, size))]  # fmt: skip
             time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
             ours, theirs = (stats(c.samples)["median"] for c in cases)
             print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {theirs:.2f} | "
