@@ -70,7 +70,7 @@ def param_shapes(M: int, D: int, *, bias: bool = True) -> dict[str, tuple[int, .
 def recurrence(
     p: Mapping[str, Any], xu: Any, s0: Any, xp: Any, scan: Scan = python_scan
 ) -> tuple[Any, tuple[Any, ...], Any]:
-    """Eqs. (L1)-(L5) over T steps: ``(H, (A, G, C, TC), (h_T, c_T))``.
+    """Eqs. (L1)-(L4), (G5) over T steps: ``(H, (A, G, C, TC), (h_T, c_T))``.
 
     ``xu`` (T, B, 4D) is U x_t + b; ``s0`` the pair (h_0, c_0) of (B, D) arrays (None:
     zeros). ``H`` (T+1, B, D) holds h_0 .. h_T. ``A`` (T, B, 4D) holds i, f, (1 + g)/2,
