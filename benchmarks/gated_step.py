@@ -28,7 +28,7 @@ import numpy as np
 from bench_cases import SIZES, Size, data
 from bench_timing import Case, stats, time_blocks
 
-from bptt import gru, heads, lstm, model
+from bptt import gru, heads, lstm, malloc, model
 
 CELLS = {"gru": gru, "lstm": lstm}
 
@@ -90,12 +90,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--reps", type=int, default=5, help="blocks per contender")
     parser.add_argument("--min-block", type=float, default=0.5, help="seconds per block")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's malloc thresholds (by default raised for both "
+                        "contenders, as bench_step.py does: bptt.malloc.tune_malloc)")  # fmt: skip
     args = parser.parse_args(argv)
+    tuned = False if args.default_malloc else malloc.tune_malloc()
     import torch
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or ''}"
           f" numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads), float32, median ms per step over {args.reps} interleaved blocks")  # fmt: skip
+          f"threads), float32, median ms per step over {args.reps} interleaved blocks, "
+          f"malloc tuned: {tuned}")  # fmt: skip
     print("| size | cell | bptt (NumPy) ms | torch ms | torch / bptt |")
     print("|---|---|---|---|---|")
     for label in args.sizes:

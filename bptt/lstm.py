@@ -116,11 +116,13 @@ def reverse_recurrence(
     """
     W = p["W"]
     A, G, C, TC = aux
-    B, D = dS.shape[1:]
+    T, B, D = dS.shape
     i, f, o = A[..., :D], A[..., D : 2 * D], A[..., 3 * D :]  # (T, B, D) each
     dc_dh = o * (1 - TC * TC)  # (T, B, D), eq. (L7)
-    F = xp.stack([G * (i * (1 - i)), C * (f * (1 - f)), i * (1 - G * G), TC * (o * (1 - o))],
-                 axis=2)  # (T, B, 4, D): dA_t = [dc, dc, dc, dh]_t * F_t, eq. (L8)  # fmt: skip
+    # sigma' = s (1 - s) on i, f, o, eq. (G5); on A's third block (1 + g)/2 it is
+    # (1 - g^2)/4, so 4 i times it is dA^g's factor i (1 - g^2): one product for all
+    S = xp.reshape(A * (1 - A), (T, B, 4, D))  # (T, B, 4, D), contiguous passes
+    F = S * xp.stack([G, C, 4 * i, TC], axis=2)  # (T, B, 4, D): dA_t = [dc, dc, dc, dh]_t F_t
 
     def step(carry: tuple[Any, Any], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
         g, dc_next = carry  # dA_{t+1} W and dc_{t+1} f_{t+1}, (B, D) each
