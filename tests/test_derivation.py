@@ -18,23 +18,26 @@ ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "derivation.md").read_text(encoding="utf-8")
 CODE = {p: p.read_text(encoding="utf-8") for p in sorted((ROOT / "bptt").rglob("*.py"))}
 
-# "eq. (44)", "eq. 22", "eqs. (19)-(21)", "eqs. 67, 72", "eqs. (13)-(15) and (63)", "eq. (B12)"
+# "eq. (44)", "eq. 22", "eqs. (19)-(21)", "eqs. 67, 72", "eqs. (13)-(15) and (63)", "eq. (B12)",
+# and the gated cells' "eq. (G7)", "eqs. (L6)-(L8)"
 CITATION = re.compile(
-    r"\beqs?\.\s*(\(?B?\d+\)?(?:\s*(?:-|\u2013|,|and)\s*\(?B?\d+\)?)*)", re.IGNORECASE
+    r"\beqs?\.\s*(\(?[BGL]?\d+\)?(?:\s*(?:-|\u2013|,|and)\s*\(?[BGL]?\d+\)?)*)", re.IGNORECASE
 )
-TAG = re.compile(r"\\tag\{(B?\d+)\}")
+TAG = re.compile(r"\\tag\{([BGL]?\d+)\}")
+PREFIXES = ("B", "G", "L")  # the seed's numbers have none
 
 
 def expand(text: str) -> list[str]:
-    """'(13)-(15) and (63)' -> ['13', '14', '15', '63']; 'B1' ranges likewise."""
-    tokens = re.findall(r"B?\d+|-|\u2013", text)
+    """'(13)-(15) and (63)' -> ['13', '14', '15', '63']; 'B1', 'G1', 'L1' ranges likewise."""
+    tokens = re.findall(r"[BGL]?\d+|-|\u2013", text.upper())
     out: list[str] = []
     i = 0
     while i < len(tokens):
         if tokens[i] in ("-", "\u2013") and out and i + 1 < len(tokens):
             first, last = out[-1], tokens[i + 1]
-            prefix = "B" if first.startswith("B") else ""
-            lo, hi = int(first.lstrip("B")), int(last.lstrip("B"))
+            prefix = first[0] if first[0] in PREFIXES else ""
+            assert last.startswith(prefix), text
+            lo, hi = int(first.lstrip("BGL")), int(last.lstrip("BGL"))
             assert lo < hi, text
             out += [f"{prefix}{n}" for n in range(lo + 1, hi + 1)]
             i += 2
@@ -50,6 +53,7 @@ def test_expand_reads_every_citation_form() -> None:
     assert expand("(13)-(15) and (63)") == ["13", "14", "15", "63"]
     assert expand("67, 72") == ["67", "72"]
     assert expand("(B11)-(B13)") == ["B11", "B12", "B13"]
+    assert expand("(G7)-(G9), (L9)") == ["G7", "G8", "G9", "L9"]
 
 
 def defined() -> list[str]:
@@ -77,7 +81,7 @@ def test_every_seed_equation_is_restated_once() -> None:
     tags = defined()
     duplicates = sorted({t for t in tags if tags.count(t) > 1})
     assert not duplicates, duplicates
-    numbers = sorted(int(t) for t in tags if not t.startswith("B"))
+    numbers = sorted(int(t) for t in tags if t.isdigit())
     assert numbers == list(range(1, 74))
 
 
@@ -87,7 +91,7 @@ def table_rows() -> list[tuple[str, str]]:
     rows = []
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("|") and re.fullmatch(r"\(B?\d+\).*", cells[0]):
+        if line.startswith("|") and re.fullmatch(r"\([BGL]?\d+\).*", cells[0]):
             rows.append((cells[0], cells[-1]))
     return rows
 
@@ -187,5 +191,17 @@ def test_the_stack_relu_mse_and_pullback_equations_are_cited_where_the_table_say
     where = cited()
     rows = {n: code for eqs, code in table_rows() for n in expand(eqs)}
     for n in [f"B{i}" for i in range(17, 25)]:
+        named = {_module_file(m) for m in re.findall(r"`(bptt(?:\.\w+)+)`", rows[n])}
+        assert where.get(n, set()) & named, (n, sorted(named), sorted(where.get(n, ())))
+
+
+def test_the_gated_cell_equations_are_cited_where_the_table_says() -> None:
+    """(G1)-(G11), (L1)-(L10): all defined, and each that a function computes is cited
+    (``eq. (G7)``) in a module that its table row names."""
+    tags = set(defined())
+    assert {f"G{i}" for i in range(1, 12)} | {f"L{i}" for i in range(1, 11)} <= tags
+    where = cited()
+    rows = {n: code for eqs, code in table_rows() for n in expand(eqs)}
+    for n in sorted(t for t in tags if t[0] in "GL" and rows[t] != "step"):
         named = {_module_file(m) for m in re.findall(r"`(bptt(?:\.\w+)+)`", rows[n])}
         assert where.get(n, set()) & named, (n, sorted(named), sorted(where.get(n, ())))

@@ -1,0 +1,119 @@
+"""One training step of a one-layer GRU and LSTM: bptt's cells on NumPy against torch.
+
+A step is forward + backward for the softmax head (mean cross-entropy), token-id
+inputs, biases on, float32, at the sizes of ``bench_cases.py`` (S1-S3):
+
+- ``bptt``: :mod:`bptt.gru` / :mod:`bptt.lstm` composed with ``bptt.model`` (the input
+  projection as a gather, the output layer) and ``bptt.heads`` (as the integrator's
+  generic stack will compose them), on NumPy arrays;
+- ``torch``: ``torch.nn.GRU`` / ``torch.nn.LSTM`` + ``Linear`` + ``CrossEntropyLoss`` +
+  ``backward()`` (autograd), one-hot inputs made once, outside the timing.
+
+Contenders run interleaved (``bench_timing.time_blocks``); the table gives the median
+ms per step over the blocks and torch / bptt (> 1: bptt is faster).
+
+    .venv/bin/python benchmarks/gated_step.py                 # S1 S2 S3, both cells
+    .venv/bin/python benchmarks/gated_step.py --sizes S1 --cells gru --reps 9
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from bench_cases import SIZES, Size, data
+from bench_timing import Case, stats, time_blocks
+
+from bptt import gru, heads, lstm, malloc, model
+
+CELLS = {"gru": gru, "lstm": lstm}
+
+
+def bptt_step(cell: Any, size: Size, seed: int = 0) -> Callable[[], Any]:
+    """Our one-layer step on NumPy float32: the loss and every gradient."""
+    rng = np.random.default_rng(seed)
+    s = np.float32(1 / np.sqrt(size.D))
+    p = {k: rng.uniform(-s, s, shape).astype(np.float32)
+         for k, shape in cell.param_shapes(size.M, size.D).items()}  # fmt: skip
+    p["V"] = rng.uniform(-s, s, (size.C, size.D)).astype(np.float32)
+    p["c"] = np.zeros(size.C, np.float32)
+    x, y = data(size, seed)
+    weight = heads.loss_weights(None, (size.T, size.B, size.C), head="softmax",
+                                reduction="mean", dtype=np.float32, xp=np)  # fmt: skip
+
+    def step() -> Any:
+        xu = model.input_projection(p, x, np)  # (T, B, G D): a gather
+        H, aux, _ = cell.recurrence(p, xu, None, np)
+        logits, _ = model.output(p, H[1:], None, np)
+        terms, dlogits = heads.softmax_cross_entropy(logits, y, np)
+        loss, dlogits = heads.reduce(terms, dlogits, weight, np)
+        grads = model.output_grads(p, dlogits, H[1:], np)
+        dS = model.state_grads(p, dlogits, None, np)
+        dXU, dHW, _ = cell.reverse_recurrence(p, H, aux, dS, np)
+        grads.update(cell.weight_grads(p, dXU, dHW, H, x, np))
+        return loss, grads
+
+    return step
+
+
+def torch_step(name: str, size: Size, seed: int = 0) -> Callable[[], Any]:
+    """torch.nn.GRU / LSTM + Linear + CrossEntropyLoss + backward, float32 on the CPU."""
+    import torch
+
+    torch.manual_seed(seed)
+    rnn = (torch.nn.GRU if name == "gru" else torch.nn.LSTM)(size.M, size.D)
+    lin = torch.nn.Linear(size.D, size.C)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    x, y = (torch.as_tensor(a) for a in data(size, seed))
+    X = torch.nn.functional.one_hot(x, size.M).float()  # (T, B, M), outside the timing
+    Y = y.reshape(-1)
+    params = [*rnn.parameters(), *lin.parameters()]
+
+    def step() -> Any:
+        for q in params:
+            q.grad = None
+        out, _ = rnn(X)
+        loss = loss_fn(lin(out).reshape(-1, size.C), Y)
+        loss.backward()
+        return loss
+
+    return step
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
+    parser.add_argument("--reps", type=int, default=5, help="blocks per contender")
+    parser.add_argument("--min-block", type=float, default=0.5, help="seconds per block")
+    parser.add_argument("--default-malloc", action="store_true",
+                        help="keep glibc's malloc thresholds (by default raised for both "
+                        "contenders, as bench_step.py does: bptt.malloc.tune_malloc)")  # fmt: skip
+    args = parser.parse_args(argv)
+    tuned = False if args.default_malloc else malloc.tune_malloc()
+    import torch
+
+    print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or ''}"
+          f" numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
+          f"threads), float32, median ms per step over {args.reps} interleaved blocks, "
+          f"malloc tuned: {tuned}")  # fmt: skip
+    print("| size | cell | bptt (NumPy) ms | torch ms | torch / bptt |")
+    print("|---|---|---|---|---|")
+    for label in args.sizes:
+        size = SIZES[label]
+        for name in args.cells:
+            cases = [Case("bptt", bptt_step(CELLS[name], size)),
+                     Case("torch", torch_step(name, size))]  # fmt: skip
+            time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
+            ours, theirs = (stats(c.samples)["median"] for c in cases)
+            print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {theirs:.2f} | "
+                  f"{theirs / ours:.2f} |", flush=True)  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
