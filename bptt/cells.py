@@ -24,17 +24,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import model
+from . import gru, lstm, model
+from .scan import python_scan
 
-__all__ = ["CELLS", "VANILLA", "Vanilla", "get_cell"]
+__all__ = ["CELLS", "GATED", "GATED_MODULES", "VANILLA", "Gated", "Vanilla", "get_cell"]
 
 VANILLA = ("tanh", "relu")
+GATED = ("gru", "lstm")
 
 
 class Vanilla:
     """The Elman cell of eqs. (19)-(20), f = tanh or relu (eq. B17): one gate."""
 
     gates = 1
+    state_parts = 1
     extra_biases: tuple[str, ...] = ()
 
     def __init__(self, nonlinearity: str) -> None:
@@ -61,7 +64,41 @@ class Vanilla:
         return model.input_grads(U, dXU, xp)  # eq. (B20)/(B22)
 
 
+class Gated:
+    """A gated cell written as step bodies (:mod:`bptt.gru`, :mod:`bptt.lstm`): its
+    loops run on the executor's ``scan`` (the Python loop where it has none)."""
+
+    def __init__(self, name: str, module: Any) -> None:
+        self.name, self.module = name, module
+        self.gates, self.state_parts = module.GATES, module.STATE_PARTS
+        self.extra_biases: tuple[str, ...] = module.EXTRA_BIASES
+
+    def __repr__(self) -> str:
+        return f"Gated({self.name!r})"
+
+    def recurrence(self, p: Any, xu: Any, s0: Any, xp: Any, executor: Any) -> tuple[Any, ...]:
+        return self.module.recurrence(p, xu, s0, xp, scan=_scan(executor))  # (H, aux, last)
+
+    def reverse_recurrence(
+        self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool
+    ) -> tuple[Any, Any, Any]:
+        dXU, dHW, d_s0 = self.module.reverse_recurrence(p, H, aux, dS, xp, scan=_scan(executor))
+        return dXU, dHW, (d_s0 if want_s0 else None)
+
+    def weight_grads(self, p: Any, dXU: Any, dHW: Any, H: Any, inputs: Any, xp: Any) -> dict:
+        return self.module.weight_grads(p, dXU, dHW, H, inputs, xp)
+
+    def input_grads(self, U: Any, dXU: Any, xp: Any) -> Any:
+        return self.module.input_grads(U, dXU, xp)
+
+
+def _scan(executor: Any) -> Any:
+    return getattr(executor, "scan", python_scan)
+
+
+GATED_MODULES: dict[str, Any] = {"gru": gru, "lstm": lstm}
 CELLS: dict[str, Any] = {name: Vanilla(name) for name in VANILLA}
+CELLS.update({name: Gated(name, module) for name, module in GATED_MODULES.items()})
 
 
 def get_cell(name: str) -> Any:

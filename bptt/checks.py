@@ -125,7 +125,9 @@ def check_call(
     """Shape, dtype, library and device checks for one call of ``model``. Returns
     (xp, dims)."""
     head = model.head
-    others = dict(inputs=inputs, targets=targets, h0=h0, mask=mask, dropout_mask=dropout_mask)
+    h0_parts = _h0_parts(model, h0)
+    others = dict(inputs=inputs, targets=targets, mask=mask, dropout_mask=dropout_mask)
+    others.update(h0_parts)
     if layer_masks is not None:
         one_array = hasattr(layer_masks, "ndim")  # an array is not a sequence of arrays
         if isinstance(layer_masks, Mapping) or one_array or not hasattr(layer_masks, "__len__"):
@@ -160,10 +162,10 @@ def check_call(
     if T == 0 or B == 0:
         raise ValueError(f"inputs: T and B must be at least 1; got shape {tuple(inputs.shape)}")
 
-    if h0 is not None:
-        if tuple(h0.shape) != _h0_shape(dims, B):
-            raise _shape_error("h0", f"{dims.h0_shape} = {_h0_shape(dims, B)}", h0)
-        _check_dtype("h0", h0, dims)
+    for name, part in h0_parts.items():
+        if tuple(part.shape) != _h0_shape(dims, B):
+            raise _shape_error(name, f"{dims.h0_shape} = {_h0_shape(dims, B)}", part)
+        _check_dtype(name, part, dims)
     width = "(T, B, D)" if dims.arch.single else "(T, B, K D)"
     if dropout_mask is not None:
         if tuple(dropout_mask.shape) != (T, B, dims.width):
@@ -233,6 +235,31 @@ def _dropout_ok(dropout_mask: Any, xp: Any) -> Any:
     return one_scale & ((top == 0) | ((top >= 1) & (top <= MAX_KEEP_SCALE)))
 
 
+def _h0_parts(model: Any, h0: Any) -> dict[str, Any]:
+    """h0 by name: ``{"h0": h0}``, or for a cell whose state has two parts (LSTM's
+    (h, c)) ``{"h0[0]": h0, "h0[1]": c0}``; {} for None."""
+    if h0 is None:
+        return {}
+    parts = model.state_parts
+    if parts == 1:
+        if isinstance(h0, (tuple, list)):
+            raise TypeError(
+                f"h0: a {model.cell} cell's state is one array; got a {type(h0).__name__}"
+            )
+        return {"h0": h0}
+    if not isinstance(h0, tuple) or len(h0) != parts:
+        raise TypeError(
+            f"h0: a {model.cell} cell's state is a tuple of {parts} arrays (h0, c0); "
+            f"got {type(h0).__name__}"
+        )
+    return {f"h0[{i}]": part for i, part in enumerate(h0)}
+
+
+def state_parts(h0: Any) -> tuple[Any, ...]:
+    """The arrays of a state: one, or the parts of a tuple (LSTM's (h, c))."""
+    return () if h0 is None else tuple(h0) if isinstance(h0, tuple) else (h0,)
+
+
 def _h0_shape(dims: Dims, B: int) -> tuple[int, ...]:
     cells = dims.layers * dims.directions
     return (B, dims.D) if dims.arch.single else (cells, B, dims.D)
@@ -268,8 +295,7 @@ def _value_conditions(
         conds.append(xp.all((inputs >= 0) & (inputs < dims.M)))
     else:
         conds.append(xp.all(xp.isfinite(inputs)))
-    if h0 is not None:
-        conds.append(xp.all(xp.isfinite(h0)))
+    conds += [xp.all(xp.isfinite(part)) for part in state_parts(h0)]
     if mask is not None:
         if not xp.isdtype(mask.dtype, "bool"):
             conds.append(xp.all((mask == 0) | (mask == 1)))
@@ -343,7 +369,7 @@ def _explain(
             raise ValueError(f"inputs: token ids must lie in [0, {dims.M}); {_range(inputs, xp)}")
     elif not bool(xp.all(xp.isfinite(inputs))):
         raise ValueError("inputs: contains NaN or infinite values")
-    if h0 is not None and not bool(xp.all(xp.isfinite(h0))):
+    if not all(bool(xp.all(xp.isfinite(part))) for part in state_parts(h0)):
         raise ValueError("h0: contains NaN or infinite values")
     if mask is not None:
         if not xp.isdtype(mask.dtype, "bool"):

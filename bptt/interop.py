@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 
 from . import backends
-from .cells import VANILLA
+from .cells import GATED_MODULES, VANILLA, get_cell
 from .checks import check_params
-from .layers import Arch, suffix
+from .layers import Arch, cell_params, suffix
 from .params import dtype_name
 from .rnn import RNN
 
@@ -51,23 +51,45 @@ def _to_tensor(x: Any) -> Any:
 
 
 def to_torch(model: RNN, params: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(rnn_state_dict, linear_state_dict)`` of ``model``'s ``params`` for
-    ``torch.nn.RNN`` and ``torch.nn.Linear`` (load them with ``load_state_dict``;
-    :func:`torch_modules` builds both modules)."""
+    """``(rnn_state_dict, linear_state_dict)`` of ``model``'s ``params`` for the torch module
+    of its cell (``torch.nn.RNN``, ``GRU`` or ``LSTM``) and ``torch.nn.Linear`` (load them
+    with ``load_state_dict``; :func:`torch_modules` builds both modules)."""
     check_params(model, params)
-    arch = model.arch
+    extra = get_cell(model.cell).extra_biases
     rnn: dict[str, Any] = {}
-    for layer, direction in arch.cells():
-        s, t = suffix(layer, direction), _torch_suffix(layer, direction)
-        rnn[f"weight_ih{t}"] = _to_tensor(params[f"U{s}"])
-        rnn[f"weight_hh{t}"] = _to_tensor(params[f"W{s}"])
-        if params.get(f"b{s}") is not None:
-            rnn[f"bias_ih{t}"] = _to_tensor(params[f"b{s}"])  # b = bias_ih + bias_hh
-            rnn[f"bias_hh{t}"] = rnn[f"bias_ih{t}"] * 0
+    for layer, direction in model.arch.cells():
+        p = cell_params(params, layer, direction, extra)
+        w_ih, w_hh, b_ih, b_hh = _to_torch_cell(model.cell, p)
+        t = _torch_suffix(layer, direction)
+        rnn.update({f"weight_ih{t}": w_ih, f"weight_hh{t}": w_hh})
+        if b_ih is not None:
+            rnn.update({f"bias_ih{t}": b_ih, f"bias_hh{t}": b_hh})
     linear = {"weight": _to_tensor(params["V"])}
     if params.get("c") is not None:
         linear["bias"] = _to_tensor(params["c"])
     return rnn, linear
+
+
+def _to_torch_cell(cell: str, p: Mapping[str, Any]) -> tuple[Any, ...]:
+    """One cell's (weight_ih, weight_hh, bias_ih, bias_hh) as tensors: the vanilla cell's
+    b as bias_ih with zeros as bias_hh; a gated cell's by its module (eqs. G6, L5)."""
+    if cell in VANILLA:
+        b = None if p.get("b") is None else _to_tensor(p["b"])
+        return _to_tensor(p["U"]), _to_tensor(p["W"]), b, None if b is None else b * 0
+    import torch
+
+    host = {k: np.asarray(backends.backend_of(v).to_numpy(v)) for k, v in p.items()
+            if v is not None}  # fmt: skip
+    like = p["U"] if isinstance(p["U"], torch.Tensor) else None
+    out = GATED_MODULES[cell].to_torch_cell(host)
+    return tuple(None if a is None else _tensor_like(a, like) for a in out)
+
+
+def _tensor_like(a: np.ndarray, like: Any) -> Any:
+    import torch
+
+    t = torch.from_numpy(np.array(a, copy=True))
+    return t if like is None else t.to(device=like.device, dtype=like.dtype)
 
 
 def _state(module: Any, name: str) -> Mapping[str, Any]:
@@ -77,17 +99,17 @@ def _state(module: Any, name: str) -> Mapping[str, Any]:
     return state
 
 
-def _arch_of_torch(rnn: Mapping[str, Any]) -> tuple[Arch, bool]:
+def _arch_of_torch(rnn: Mapping[str, Any], gates: int) -> tuple[Arch, bool]:
     if "weight_ih_l0" not in rnn or "weight_hh_l0" not in rnn:
         raise ValueError(
-            f"rnn: expected a torch.nn.RNN state dict (weight_ih_l0, weight_hh_l0, ...); got "
-            f"keys {sorted(rnn)[:6]}"
+            f"rnn: expected a torch.nn.RNN, GRU or LSTM state dict (weight_ih_l0, weight_hh_l0, "
+            f"...); got keys {sorted(rnn)[:6]}"
         )
     rows, D = tuple(rnn["weight_hh_l0"].shape)
-    if rows != D:
+    if rows != gates * D:
         raise ValueError(
-            f"rnn: weight_hh_l0 has shape {(rows, D)}, not the (D, D) of a torch.nn.RNN (an "
-            "LSTM or a GRU stacks 4 or 3 gates): bptt's cell is the vanilla RNN"
+            f"rnn: weight_hh_l0 has shape {(rows, D)}, not the ({gates} D, D) = "
+            f"({gates * D}, {D}) of this cell's {gates} gate(s) (RNN 1, GRU 3, LSTM 4)"
         )
     layers = 1
     while f"weight_hh_l{layers}" in rnn:
@@ -114,29 +136,37 @@ def from_torch(
     cell: str | None = None,
     head: str = "softmax",
 ) -> tuple[RNN, dict[str, Any]]:
-    """``(model, params)`` from a ``torch.nn.RNN`` and a ``torch.nn.Linear`` (or their
-    state dicts): the model value (:class:`bptt.RNN`, its cell the module's
-    ``nonlinearity``; for a bare state dict ``cell``, default tanh) and its parameters
-    on ``backend``/``device`` (default NumPy), of ``dtype`` (default the tensors'), in
-    the layout's key order. The modules must be time-major (``batch_first=False``,
-    torch's default) and without ``proj_size``."""
-    cell = _cell_of(rnn, cell)
+    """``(model, params)`` from a ``torch.nn.RNN``, ``GRU`` or ``LSTM`` and a
+    ``torch.nn.Linear`` (or their state dicts): the model value (:class:`bptt.RNN`, its
+    cell the module's: ``nonlinearity`` for an RNN, ``"gru"``, ``"lstm"``; for a bare
+    state dict the gate count of its shapes, and ``cell`` for the RNN's nonlinearity,
+    default tanh) and its parameters on ``backend``/``device`` (default NumPy), of
+    ``dtype`` (default the tensors'), in the layout's key order. The modules must be
+    time-major (``batch_first=False``, torch's default) and without ``proj_size``."""
     for name, module in (("rnn", rnn), ("linear", linear)):
         if getattr(module, "batch_first", False):
             raise ValueError(f"{name}: batch_first=True; bptt's arrays are time-major (T, B, ...)")
         if getattr(module, "proj_size", 0):
-            raise ValueError(f"{name}: proj_size is an LSTM option; expected a torch.nn.RNN")
+            raise ValueError(
+                f"{name}: proj_size={module.proj_size}: an LSTM whose h is projected to fewer "
+                "units than its cell state is not a cell bptt has (its W would read h of "
+                "another size than c); build the LSTM without proj_size"
+            )
     r, lin = _state(rnn, "rnn"), _state(linear, "linear")
-    arch, bias = _arch_of_torch(r)
+    cell = _cell_of(rnn, r, cell)
+    arch, bias = _arch_of_torch(r, get_cell(cell).gates)
     if "weight" not in lin:
         raise ValueError(f"linear: expected a torch.nn.Linear state dict; got keys {sorted(lin)}")
     host: dict[str, np.ndarray] = {}
     for layer, direction in arch.cells():
         s, t = suffix(layer, direction), _torch_suffix(layer, direction)
-        host[f"U{s}"] = _numpy(r[f"weight_ih{t}"])
-        host[f"W{s}"] = _numpy(r[f"weight_hh{t}"])
-        if bias:
-            host[f"b{s}"] = _numpy(r[f"bias_ih{t}"]) + _numpy(r[f"bias_hh{t}"])
+        w_ih, w_hh = _numpy(r[f"weight_ih{t}"]), _numpy(r[f"weight_hh{t}"])
+        b_ih, b_hh = (_numpy(r[f"bias_ih{t}"]), _numpy(r[f"bias_hh{t}"])) if bias else (None, None)
+        if cell in VANILLA:  # b = bias_ih + bias_hh: only the sum enters
+            p = {"U": w_ih, "W": w_hh} | ({"b": b_ih + b_hh} if bias else {})
+        else:
+            p = GATED_MODULES[cell].from_torch_cell(w_ih, w_hh, b_ih, b_hh)  # eqs. G6, L5
+        host.update({f"{key}{s}": value for key, value in p.items()})
     host["V"] = _numpy(lin["weight"])
     if "bias" in lin:
         host["c"] = _numpy(lin["bias"])
@@ -149,15 +179,25 @@ def from_torch(
     return model, params
 
 
-def _cell_of(rnn: Any, cell: str | None) -> str:
-    """The module's nonlinearity, else ``cell``; both given and different is an error."""
-    found = getattr(rnn, "nonlinearity", None)
-    if found is not None and cell is not None and found != cell:
-        raise ValueError(f"cell: {cell!r}, but the torch module's nonlinearity is {found!r}")
-    name = found or cell or "tanh"
-    if name not in VANILLA:
-        raise ValueError(f"cell: a torch.nn.RNN runs one of {list(VANILLA)}; got {name!r}")
-    return name
+def _cell_of(module: Any, state: Mapping[str, Any], cell: str | None) -> str:
+    """The module's cell (torch.nn.RNN's nonlinearity, GRU, LSTM), else the one the state
+    dict's gate count names (a vanilla one: ``cell``, default tanh); a ``cell`` that
+    disagrees is an error."""
+    kind = type(module).__name__
+    if kind == "RNN":
+        found = module.nonlinearity
+    elif kind in ("GRU", "LSTM"):
+        found = kind.lower()
+    else:  # a state dict: G D rows of weight_hh_l0 for D columns
+        w = state.get("weight_hh_l0")
+        gates = 0 if w is None or len(w.shape) != 2 else w.shape[0] // max(w.shape[1], 1)
+        found = {3: "gru", 4: "lstm"}.get(gates)
+        if found is None:
+            found = cell or "tanh"
+    if cell is not None and found != cell:
+        raise ValueError(f"cell: {cell!r}, but the torch module's cell is {found!r}")
+    get_cell(found)
+    return found
 
 
 def _numpy(t: Any) -> np.ndarray:
@@ -170,17 +210,18 @@ def torch_modules(model: RNN, params: Mapping[str, Any]) -> tuple[Any, Any]:
     parameters' dtype, on their device if they are torch's."""
     import torch
 
-    if model.cell not in VANILLA:
-        raise ValueError(f"model: torch.nn.RNN runs {list(VANILLA)} cells; got {model.cell!r}")
     rnn_state, linear_state = to_torch(model, params)
     arch = model.arch
     first = rnn_state["weight_ih_l0"]
     D, M = first.shape
     C, width = linear_state["weight"].shape
     kw = {"dtype": first.dtype, "device": first.device}
-    rnn = torch.nn.RNN(M, D, num_layers=arch.layers, nonlinearity=model.cell,
-                       bias="bias_ih_l0" in rnn_state, bidirectional=arch.directions == 2,
-                       **kw)  # fmt: skip
+    stack = dict(num_layers=arch.layers, bias="bias_ih_l0" in rnn_state,
+                 bidirectional=arch.directions == 2, **kw)  # fmt: skip
+    if model.cell in VANILLA:
+        rnn = torch.nn.RNN(M, D, nonlinearity=model.cell, **stack)
+    else:
+        rnn = {"gru": torch.nn.GRU, "lstm": torch.nn.LSTM}[model.cell](M, D // model.gates, **stack)
     linear = torch.nn.Linear(width, C, bias="bias" in linear_state, **kw)
     rnn.load_state_dict(rnn_state)
     linear.load_state_dict(linear_state)

@@ -55,7 +55,8 @@ def _flag(name: str, value: Any) -> None:
 class RNN:
     """A recurrent network: M inputs, D hidden units per cell, C outputs.
 
-    ``cell``: ``"tanh"`` or ``"relu"`` (eqs. 19-20, B17); ``layers`` L stacked layers,
+    ``cell``: ``"tanh"`` or ``"relu"`` (eqs. 19-20, B17), ``"gru"`` (eqs. G1-G5) or
+    ``"lstm"`` (eqs. L1-L4; its state is the pair (h, c)); ``layers`` L stacked layers,
     each reading the one below (eq. B19); ``bidirectional``: a second cell per layer
     running on reversed time (eq. B21), K = 2 directions; ``bias``: the cells' b and
     the output's c; ``head``: the output and its loss, ``"softmax"`` (class ids),
@@ -97,6 +98,11 @@ class RNN:
     @property
     def directions(self) -> int:
         return self.arch.directions
+
+    @property
+    def state_parts(self) -> int:
+        """The arrays of a cell's state: 1, or 2 for LSTM's (h, c) (h0 is then a pair)."""
+        return get_cell(self.cell).state_parts
 
     @property
     def gates(self) -> int:

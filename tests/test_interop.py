@@ -97,8 +97,10 @@ def test_what_cannot_be_converted_is_refused() -> None:
     rnn, linear = torch.nn.RNN(4, 5, batch_first=True), torch.nn.Linear(5, 3)
     with pytest.raises(ValueError, match="batch_first=True"):
         interop.from_torch(rnn, linear)
-    with pytest.raises(ValueError, match=r"not the \(D, D\) of a torch.nn.RNN \(an LSTM"):
-        interop.from_torch(torch.nn.LSTM(4, 5).state_dict(), linear)
+    with pytest.raises(ValueError, match="cell: 'tanh', but the torch module's cell is 'lstm'"):
+        interop.from_torch(torch.nn.LSTM(4, 5).state_dict(), linear, cell="tanh")
+    with pytest.raises(ValueError, match="proj_size=2: an LSTM whose h is projected"):
+        interop.from_torch(torch.nn.LSTM(4, 5, proj_size=2), linear)
     state = torch.nn.RNN(4, 5, num_layers=2).state_dict()
     del state["bias_hh_l1"]
     with pytest.raises(ValueError, match=r"rnn: keys \['bias_hh_l1'\] are missing"):
@@ -107,7 +109,7 @@ def test_what_cannot_be_converted_is_refused() -> None:
         interop.from_torch(torch.nn.RNN(4, 5), torch.nn.Linear(7, 3))
     with pytest.raises(TypeError, match="expected a torch module or its state dict"):
         interop.from_torch(torch.nn.RNN(4, 5), 3)
-    with pytest.raises(ValueError, match="cell: 'tanh', but the torch module's nonlinearity"):
+    with pytest.raises(ValueError, match="cell: 'tanh', but the torch module's cell is 'relu'"):
         interop.from_torch(torch.nn.RNN(4, 5, nonlinearity="relu"), linear, cell="tanh")
     with pytest.raises(ValueError, match="cell: expected one of"):
         bptt.RNN(3, 4, 2, cell="gelu")
