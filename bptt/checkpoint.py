@@ -90,7 +90,7 @@ class Checkpoint:
         """M, D and C of the stored parameters, and their number of layers."""
         from .layers import arch_of
 
-        D, M = self.params["U"].shape
+        M, D = self.params["U"].shape[1], self.params["W"].shape[1]  # W (G D, D)
         layers = arch_of(self.params).layers
         return {"M": int(M), "D": int(D), "C": int(self.params["V"].shape[0]), "layers": layers}
 

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .cells import CELLS
+from .rnn import RNN
 
 __all__ = [
     "META_KEYS",
@@ -127,27 +128,18 @@ TRAIN_KEYS = {
 TRAIN_KEYS[2] = (*TRAIN_KEYS[1], "l2")
 
 
-def _arch(model: Mapping[str, Any]) -> Any:
-    from .layers import Arch
-
-    return Arch(model.get("layers", 1), 2 if model.get("bidirectional", False) else 1)
+def stored_model(model: Mapping[str, Any]) -> Any:
+    """The :class:`bptt.RNN` a (checked) stored model configuration describes: the
+    template its members are checked against (absent fields: one tanh layer)."""
+    return RNN(model["M"], model["D"], model["C"], cell=model.get("nonlinearity", "tanh"),
+               layers=model.get("layers", 1), bidirectional=model.get("bidirectional", False),
+               initializer=model["init"])  # fmt: skip
 
 
 def parameter_shapes(model: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
     """The parameters a (checked) model configuration defines, by name, with their
-    shapes, in the layout's order (:func:`bptt.layers.param_names`): for one layer
-    U (D, M), W (D, D), V (C, D), b (D,), c (C,); for L layers of K directions each
-    cell's U{s} (D, M for layer 0, else K D), W{s} (D, D), b{s} (D,), and V (C, K D)."""
-    from .layers import param_names, suffix
-
-    M, D, C = model["M"], model["D"], model["C"]
-    arch = _arch(model)
-    K = arch.directions
-    shapes: dict[str, tuple[int, ...]] = {"V": (C, K * D), "c": (C,)}
-    for layer, direction in arch.cells():
-        s = suffix(layer, direction)
-        shapes.update({f"U{s}": (D, M if layer == 0 else K * D), f"W{s}": (D, D), f"b{s}": (D,)})
-    return {k: shapes[k] for k in param_names(arch)}
+    shapes, in the layout's order: the template :meth:`bptt.RNN.param_shapes`."""
+    return stored_model(model).param_shapes()
 
 
 def is_bias(name: str) -> bool:
@@ -156,10 +148,9 @@ def is_bias(name: str) -> bool:
 
 
 def hidden_shape(model: Mapping[str, Any], batch: int) -> tuple[int, ...]:
-    """The carried state: (B, D) for one cell, (L K, B, D) for a stack."""
-    arch = _arch(model)
-    cells = arch.layers * arch.directions
-    return (batch, model["D"]) if cells == 1 else (cells, batch, model["D"])
+    """The carried state: (B, D) for one cell, (L K, B, D) for a stack, with a leading
+    axis of 2 for LSTM's (h, c) (:meth:`bptt.RNN.carry_shape`)."""
+    return stored_model(model).carry_shape(batch)
 
 
 def _fields(

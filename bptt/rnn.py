@@ -137,6 +137,22 @@ class RNN:
         D = self.hidden_size
         return (batch, D) if self.arch.single else (cells, batch, D)
 
+    def carry_shape(self, batch: int) -> tuple[int, ...]:
+        """The state a training run carries between chunks as ONE array: h0's shape, with
+        a leading axis of the state's parts for LSTM ((2, ...): h, then c)."""
+        shape = self.state_shape(batch)
+        return shape if self.state_parts == 1 else (self.state_parts, *shape)
+
+    def pack_state(self, state: Any, xp: Any) -> Any:
+        """A state as :meth:`carry_shape` holds it: itself, or its parts stacked."""
+        return state if self.state_parts == 1 else xp.stack(state)
+
+    def unpack_state(self, carried: Any) -> Any:
+        """:meth:`pack_state` undone: h0 as the model takes it (None stays None)."""
+        if carried is None or self.state_parts == 1:
+            return carried
+        return tuple(carried[i, ...] for i in range(self.state_parts))
+
     def config(self) -> dict[str, Any]:
         """The fields as a JSON-ready dict (what a checkpoint stores)."""
         return dataclasses.asdict(self)

@@ -103,7 +103,8 @@ class TrainConfig:
         parameters, their gradient, the optimizer's moments, one chunk's states (T+1, B, D)
         and its logits and probabilities (T, B, C)."""
         D, T, B = self.hidden, self.seq_len, self.batch
-        n = D * M + D * D + C * D + D + C  # parameters
+        model = RNN(M, D, C, cell=self.cell, layers=self.layers)
+        n = sum(math.prod(shape) for shape in model.param_shapes().values())  # parameters
         slots = {"adam": 2, "rmsprop": 1, "adagrad": 1}.get(self.optimizer, int(self.momentum > 0))
         itemsize = 8 if self.dtype == "float64" else 4
         return itemsize * ((2 + slots) * n + (T + 1) * B * D + 2 * T * B * C)

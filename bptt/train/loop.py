@@ -262,9 +262,7 @@ class Trainer:
         c, s, xp = self.config, self.state, self.backend.xp
         s.offset, s.chunk = int(s.rng.integers(0, c.seq_len)), 0
         self.feed.begin_epoch(s.offset)
-        shape = (self.shard.local, c.hidden)  # this rank's streams
-        if c.layers > 1:
-            shape = (c.layers, *shape)
+        shape = self.model.carry_shape(self.shard.local)  # this rank's streams
         zeros = xp.zeros(shape, dtype=getattr(xp, c.dtype), device=self.backend.device)
         s.carry = s.carry._replace(hidden=zeros)
 

@@ -19,7 +19,7 @@ LN2 = math.log(2.0)
 
 def _check_first_chunk(trainer: Any) -> None:
     """The value checks, once, where the run's data and parameters enter: one sync."""
-    params, hidden = trainer.params, trainer.hidden
+    params, hidden = trainer.params, trainer.model.unpack_state(trainer.hidden)
     x, y = trainer.feed.chunk(trainer.state.chunk)
     xp, dims = check_call(trainer.model, params, x, targets=y, h0=hidden, need_targets=True)
     check_values(params, x, targets=y, h0=hidden, dims=dims, xp=xp)

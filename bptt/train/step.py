@@ -27,7 +27,7 @@ class TrainCarry(NamedTuple):
 
     params: Any  # (N,) every parameter, laid out by a Layout
     opt_state: Any  # the optimizer's state over that vector
-    hidden: Any  # (B, D) or (L K, B, D): the state carried into the next chunk (no gradient across)
+    hidden: Any  # (B, D) or (L K, B, D) (LSTM: (2, ...), h and c): carried to the next chunk
     step: Any  # 0-d integer: updates done, the dropout stream's counter
 
 
@@ -99,18 +99,12 @@ def make_gradients(
                 mask, layer_masks = mask[-1, ...], [mask[i, ...] for i in range(arch.layers - 1)]
         run, weights = plan(xp, *inputs.shape[:2], carry.params.dtype)
         with device_context(carry.params):
-            return run(
-                params,
-                inputs,
-                targets,
-                h0=carry.hidden,
-                head=model.head,
-                weights=weights,
-                dropout_mask=mask,
-                xp=xp,
-                cell=model.cell,
+            loss, grads, h_last = run(
+                params, inputs, targets, h0=model.unpack_state(carry.hidden), head=model.head,
+                weights=weights, dropout_mask=mask, xp=xp, cell=model.cell,
                 layer_masks=layer_masks,
-            )  # the pure step: (loss, grads, h_last)
+            )  # the pure step  # fmt: skip
+        return loss, grads, model.pack_state(h_last, xp)  # one carried array, (2, ...) for LSTM
 
     return gradients
 
