@@ -136,6 +136,9 @@ def test_the_command_line(text, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--resume", run, "--steps", "9", "--layers", "3"])
     assert e.value.code == 2 and "--layers: cannot change when resuming" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # --nonlinearity: --cell's older name
+        cli.main(["train", "--resume", run, "--steps", "9", "--nonlinearity", "tanh"])
+    assert e.value.code == 2 and "--cell: cannot change when resuming" in capsys.readouterr().err
     assert cli.main(["sample", run, "--length", "20", "--prime", "if"]) == 0
     assert len(capsys.readouterr().out) >= 20
     assert cli.main(["diagnose", run, "--seq-len", "10", "--batch", "4"]) == 0
