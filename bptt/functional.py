@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rnn import RNN
+from .rnn import INITIALIZERS, RNN
 
 __all__ = ["forward", "gradcheck", "init_params", "loss_and_grad", "vjp"]
 
@@ -30,6 +30,8 @@ def init_params(
 ) -> dict[str, Any]:
     """``RNN(input_size, hidden_size, output_size, layers=num_layers, bidirectional=...,
     bias=..., initializer=init).init(seed=..., dtype=..., backend=..., device=...)``."""
+    if init not in INITIALIZERS:  # named as this call names it (RNN says initializer)
+        raise ValueError(f"init: expected one of {list(INITIALIZERS)}; got {init!r}")
     model = RNN(input_size, hidden_size, output_size, layers=num_layers,
                 bidirectional=bidirectional, bias=bias, initializer=init)  # fmt: skip
     return model.init(seed=seed, dtype=dtype, backend=backend, device=device)
