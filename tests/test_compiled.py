@@ -111,7 +111,7 @@ def test_the_trace_has_no_host_callback_and_the_proof_can_fail(jax64) -> None:
     assert "callback" not in text and "debug" not in text
     assert "while" not in text and "cond" not in text  # unrolled: a fixed program
 
-    step = make_train_step(trainer.optimizer, trainer.state.layout)
+    step = make_train_step(trainer.optimizer, trainer.state.layout, model=trainer.model)
 
     def reads_the_loss(carry, inputs, targets):
         out = step(carry, inputs, targets)
