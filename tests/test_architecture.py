@@ -1,9 +1,9 @@
 """The layering of docs/architecture.md, held by reading each module's imports.
 
-- The math (model, layers, heads, step, flat) imports no execution policy, no training,
-  no command line and no backend selection: only array-API helpers and each
-  other. The numerics beside it (random, finite_diff) may also ask the device
-  layer (backends) which library an array belongs to.
+- The math (model, cells, layers, heads, step, flat, scan) imports no execution policy,
+  no training, no command line, no backend selection and not the public API (rnn,
+  functional): only array-API helpers and each other. The numerics beside it (random,
+  finite_diff) may also ask the device layer (backends) which library an array belongs to.
 - Nothing under bptt/ imports torch, jax or cupy at module level; only backends/
   (lazily) and the compiled-step module (inside the functions that need them).
 - No module calls a private name of another bptt module.
@@ -18,19 +18,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = (
-    "model",
-    "layers",
-    "heads",
-    "step",
-    "flat",
-    "scan",
-)  # pure: array-API helpers and each other
+MATH = ("model", "cells", "layers", "heads", "step", "flat", "scan")  # pure: each other only
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
                     "backends", "optim", "checkpoint", "data", "validation", "sample", "limits",
                     "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
-                    "dynamic_eval", "pullback", "interop", "distributed", "allreduce")  # fmt: skip
+                    "dynamic_eval", "pullback", "interop", "distributed", "allreduce",
+                    "rnn", "functional")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
 
 
