@@ -115,9 +115,8 @@ def _flat_train_step(bptt: Any, params: Any, x: Any, y: Any) -> Any:
     layout = Layout.of(params)
     flat = layout.flatten(params, np)
     carry = TrainCarry(flat, opt.init(flat), None, np.zeros((), np.int64))
-    if hasattr(bptt, "RNN"):  # the model value travels with the step
-        M = params["U"].shape[1]
-        step = make_train_step(opt, layout, model=bptt.RNN(M, D, params["V"].shape[0]))
+    if hasattr(bptt, "RNN"):  # the model value: the step takes it
+        step = make_train_step(opt, layout, model=bptt.RNN.from_params(params))
     else:
         step = make_train_step(opt, layout)
     return lambda: step(carry, x, y)

@@ -31,14 +31,15 @@ def main(setting: str) -> None:
 
         tune_malloc()
     B, T, D, M = 64, 100, 256, 128
-    params = bptt.init_params(M, D, M, dtype="float32", seed=0)
+    model = bptt.RNN(M, D, M)
+    params = model.init(dtype="float32", seed=0)
     rng = np.random.default_rng(0)
     x, y = rng.integers(0, M, (T, B)), rng.integers(0, M, (T, B))
     layout = Layout.of(params)
     flat = layout.flatten(params, np)
     opt = TrainConfig(hidden=D, batch=B, seq_len=T).make_optimizer()
     carry = TrainCarry(flat, opt.init(flat), np.zeros((B, D), np.float32), np.zeros((), np.int64))
-    step = make_train_step(opt, layout)
+    step = make_train_step(opt, layout, model=model)
     for _ in range(3):
         carry, _, _ = step(carry, x, y)
     faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -18,7 +18,6 @@ from typing import Any
 import numpy as np
 from proxy import Array, Namespace
 
-import bptt
 from bptt import backends
 from bptt.flat import Layout
 from bptt.train import TrainCarry, TrainConfig, make_train_step
@@ -30,8 +29,8 @@ def count(T: int, *, B: int = 3, D: int = 4, M: int = 5, **options: Any) -> dict
     be = backends.get_backend("array_api_strict", "device1")
     ns = Namespace(be.xp)
     config = TrainConfig(hidden=D, batch=B, seq_len=T, **options)
-    host = bptt.init_params(M, D, M, dtype=config.dtype, seed=0, backend=be.name,
-                            device=be.device)  # fmt: skip
+    model = config.model(M)
+    host = model.init(dtype=config.dtype, seed=0, backend=be.name, device=be.device)
     params = {k: Array(v, ns) for k, v in host.items()}
     layout, opt = Layout.of(params), config.make_optimizer()
     flat = layout.flatten(params, ns)
@@ -39,7 +38,7 @@ def count(T: int, *, B: int = 3, D: int = 4, M: int = 5, **options: Any) -> dict
     carry = TrainCarry(
         flat, opt.init(flat), hidden, ns.zeros((), dtype=be.integer, device=be.device)
     )
-    step = make_train_step(opt, layout, dropout=config.dropout, seed=config.seed)
+    step = make_train_step(opt, layout, dropout=config.dropout, seed=config.seed, model=model)
     rng = np.random.default_rng(0)
     x = Array(be.asarray(rng.integers(0, M, (T, B))), ns)
     y = Array(be.asarray(rng.integers(0, M, (T, B))), ns)

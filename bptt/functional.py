@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .rnn import RNN
+from .cells import CELLS
+from .rnn import INITIALIZERS, RNN
 
 __all__ = ["forward", "gradcheck", "init_params", "loss_and_grad", "vjp"]
 
@@ -30,14 +31,23 @@ def init_params(
 ) -> dict[str, Any]:
     """``RNN(input_size, hidden_size, output_size, layers=num_layers, bidirectional=...,
     bias=..., initializer=init).init(seed=..., dtype=..., backend=..., device=...)``."""
+    if init not in INITIALIZERS:  # named as this call names it (RNN says initializer)
+        raise ValueError(f"init: expected one of {list(INITIALIZERS)}; got {init!r}")
     model = RNN(input_size, hidden_size, output_size, layers=num_layers,
                 bidirectional=bidirectional, bias=bias, initializer=init)  # fmt: skip
     return model.init(seed=seed, dtype=dtype, backend=backend, device=device)
 
 
+def _model(params: Any, nonlinearity: Any, **fields: Any) -> RNN:
+    """The model ``params`` fit, with cell ``nonlinearity`` (refused naming this call's word)."""
+    if not isinstance(nonlinearity, str) or nonlinearity not in CELLS:
+        raise ValueError(f"nonlinearity: expected one of {list(CELLS)}; got {nonlinearity!r}")
+    return RNN.from_params(params, cell=nonlinearity, **fields)
+
+
 def forward(params: Any, inputs: Any, *, nonlinearity: str = "tanh", **kwargs: Any) -> Any:
     """:meth:`bptt.RNN.forward` of the model ``params`` fit (``nonlinearity``: its cell)."""
-    return RNN.from_params(params, cell=nonlinearity).forward(params, inputs, **kwargs)
+    return _model(params, nonlinearity).forward(params, inputs, **kwargs)
 
 
 def loss_and_grad(
@@ -45,7 +55,7 @@ def loss_and_grad(
     head: str = "softmax", **kwargs: Any,
 ) -> Any:  # fmt: skip
     """:meth:`bptt.RNN.loss_and_grad` of the model ``params`` fit, with this cell and head."""
-    model = RNN.from_params(params, cell=nonlinearity, head=head)
+    model = _model(params, nonlinearity, head=head)
     return model.loss_and_grad(params, inputs, targets, **kwargs)
 
 
@@ -54,10 +64,10 @@ def gradcheck(
     head: str = "softmax", **kwargs: Any,
 ) -> float:  # fmt: skip
     """:meth:`bptt.RNN.gradcheck` of the model ``params`` fit, with this cell and head."""
-    model = RNN.from_params(params, cell=nonlinearity, head=head)
+    model = _model(params, nonlinearity, head=head)
     return model.gradcheck(params, inputs, targets, **kwargs)
 
 
 def vjp(params: Any, inputs: Any, *, nonlinearity: str = "tanh", **kwargs: Any) -> Any:
     """:meth:`bptt.RNN.vjp` of the model ``params`` fit (``nonlinearity``: its cell)."""
-    return RNN.from_params(params, cell=nonlinearity).vjp(params, inputs, **kwargs)
+    return _model(params, nonlinearity).vjp(params, inputs, **kwargs)

@@ -233,8 +233,8 @@ def _infer(params: Any, fields: dict[str, Any]) -> RNN:
         if getattr(params[key], "ndim", None) != 2:
             shape = tuple(getattr(params[key], "shape", ()))
             raise ValueError(f"params['{key}']: expected a matrix; got shape {shape}")
-    M = params["U"].shape[1]
-    D = int(params["W"].shape[-1])
+    G_D, M = params["U"].shape  # (G D, M): the other shapes are checked against U's
+    D = int(G_D) // cell.gates
     inferred = dict(
         input_size=int(M), hidden_size=D, output_size=int(params["V"].shape[0]),
         layers=arch.layers, bidirectional=arch.directions == 2, bias=all(present),

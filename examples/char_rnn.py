@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> float:
         )
 
         # 2. Model and optimizer; their state lives on the device.
-        params = bptt.init_params(M, D, M, seed=args.seed, backend=be.name, device=be.device)
+        model = bptt.RNN(M, D, M)  # one tanh layer, softmax head
+        params = model.init(seed=args.seed, backend=be.name, device=be.device)
         opt = optim.chain(optim.clip_by_global_norm(5.0), optim.adam(args.lr))
         state = opt.init(params)
         rng = np.random.default_rng([args.seed, 1])  # epoch offsets
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> float:
                     device=be.device,
                     dtype=xp.float32,
                 )  # on the device
-            loss, grads, h = bptt.loss_and_grad(
+            loss, grads, h = model.loss_and_grad(
                 params, x, y, h0=h, dropout_mask=mask, check_values=step == 1
             )
             updates, state = opt.update(grads, state, params)  # clip, then Adam
@@ -101,7 +102,7 @@ def main(argv: list[str] | None = None) -> float:
                 loss_sum = xp.zeros((), dtype=xp.float32, device=be.device)
                 if not math.isfinite(train_bpc):
                     raise SystemExit(f"the loss became non-finite by step {step}")
-                val_bpc = evaluate(params, val)
+                val_bpc = evaluate(model, params, val)
                 rate = step * B * T / (time.perf_counter() - t0)
                 print(
                     f"step {step}: train {train_bpc:.3f}, validation {val_bpc:.3f} bits/char, "
@@ -109,9 +110,9 @@ def main(argv: list[str] | None = None) -> float:
                 )
                 print(
                     "  | "
-                    + sample(params, corpus.vocab, length=120, prime="The ", seed=step).replace(
-                        "\n", "\n  | "
-                    )
+                    + sample(
+                        model, params, corpus.vocab, length=120, prime="The ", seed=step
+                    ).replace("\n", "\n  | ")
                 )
         return val_bpc
 

@@ -1,9 +1,9 @@
 """The layering of docs/architecture.md, held by reading each module's imports.
 
-- The math (model, layers, heads, step, flat) imports no execution policy, no training,
-  no command line and no backend selection: only array-API helpers and each
-  other. The numerics beside it (random, finite_diff) may also ask the device
-  layer (backends) which library an array belongs to.
+- The math (model, cells, layers, heads, step, flat, scan) imports no execution policy,
+  no training, no command line, no backend selection and not the public API (rnn,
+  functional): only array-API helpers and each other. The numerics beside it (random,
+  finite_diff) may also ask the device layer (backends) which library an array belongs to.
 - Nothing under bptt/ imports torch, jax or cupy at module level; only backends/
   (lazily) and the compiled-step module (inside the functions that need them).
 - JAX is imported (inside functions) by its execution layer only: bptt/jax_exec/ and
@@ -20,13 +20,14 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = ("model", "layers", "heads", "step", "flat", "scan", "cells")  # pure math
+MATH = ("model", "cells", "gru", "lstm", "gates", "layers", "heads", "step", "flat", "scan")
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api",
                     "checks", "backends", "optim", "checkpoint", "data", "validation", "sample",
                     "limits",
                     "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
-                    "dynamic_eval", "pullback", "interop", "distributed", "allreduce")  # fmt: skip
+                    "dynamic_eval", "pullback", "interop", "distributed", "allreduce",
+                    "rnn", "functional")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
 
 

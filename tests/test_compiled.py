@@ -112,7 +112,7 @@ def test_the_trace_has_no_host_callback_and_the_proof_can_fail(jax64) -> None:
     assert "while" not in text and "cond" not in text  # a fixed program, no data-driven loop
     assert text.count("scan[") == 2  # the two recurrences, each one lax.scan of fixed length
 
-    step = make_train_step(trainer.optimizer, trainer.state.layout)
+    step = make_train_step(trainer.optimizer, trainer.state.layout, model=trainer.model)
 
     def reads_the_loss(carry, inputs, targets):
         out = step(carry, inputs, targets)

@@ -100,6 +100,6 @@ def test_training_and_sampling_run_inside_activate(
     assert device.entered > created
     assert inside == [1, 1, 1]  # every training step ran with the device current
     before = device.entered
-    sample_module.sample_ids(trainer.params, be.asarray(np.array([1])), length=3)
+    sample_module.sample_ids(trainer.model, trainer.params, be.asarray(np.array([1])), length=3)
     assert device.entered > before
     assert device.depth == 0

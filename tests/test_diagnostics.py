@@ -58,6 +58,13 @@ def torch_state_gradient_norms(host: dict[str, Any]) -> np.ndarray:
     return norms
 
 
+def flow_of(prob: Any, **kwargs: Any) -> Any:
+    """:func:`gradient_flow` of a :func:`make_problem` problem: its model carries the head."""
+    kwargs = {**prob.kwargs, **kwargs}
+    model = bptt.RNN.from_params(prob.params, head=kwargs.pop("head", "softmax"))
+    return gradient_flow(model, prob.params, prob.inputs, prob.targets, **kwargs)
+
+
 def lag_mean_of(norms: np.ndarray, steps: np.ndarray) -> np.ndarray:
     """Mean of each subdiagonal over the counting rows: the definition, written plainly."""
     T = norms.shape[0]
@@ -84,7 +91,7 @@ def test_matches_torch_autograd(be64, cfg: dict) -> None:
     if cfg["mask"]:  # one step that no sequence counts: its row is zero, its loss is absent
         prob.host["mask"][2, :] = False
         prob.kwargs["mask"] = be64.asarray(prob.host["mask"])
-    flow = gradient_flow(prob.params, prob.inputs, prob.targets, **prob.kwargs)
+    flow = flow_of(prob)
     ref = torch_state_gradient_norms(prob.host)
     steps = np.ones(6, bool) if not cfg["mask"] else prob.host["mask"].any(axis=1)
     assert_close(flow.norms, ref, be64, rtol=1e-10, atol=1e-300)
@@ -99,9 +106,9 @@ def test_matches_torch_autograd(be64, cfg: dict) -> None:
 def test_float32_on_every_backend(be) -> None:
     """float32 on every backend and device (no_float64 and device1 included) agrees with float64."""
     prob = make_problem(be, np.random.default_rng(5), T=5, B=2, dtype="float32", mask=True)
-    flow = gradient_flow(prob.params, prob.inputs, prob.targets, **prob.kwargs)
+    flow = flow_of(prob)
     ref = make_problem(NUMPY_BACKEND, np.random.default_rng(5), T=5, B=2, mask=True)
-    want = gradient_flow(ref.params, ref.inputs, ref.targets, **ref.kwargs)
+    want = flow_of(ref)
     assert flow.norms.dtype == prob.params["W"].dtype
     assert_close(flow.norms, want.norms, be, rtol=1e-4, atol=1e-9)
     assert_close(flow.lag_mean, want.lag_mean, be, rtol=1e-4)
@@ -144,7 +151,8 @@ def test_bound_and_linear_regime() -> None:
             "W": r * Q,
             "V": rng.standard_normal((2, D)),
         }
-        flow = gradient_flow(params, rng.integers(0, 3, (T, 4)), rng.integers(0, 2, (T, 4)))
+        model = bptt.RNN.from_params(params)
+        flow = gradient_flow(model, params, rng.integers(0, 3, (T, 4)), rng.integers(0, 2, (T, 4)))
         assert flow.spectral_radius == pytest.approx(
             r
         ) and flow.max_singular_value == pytest.approx(r)
@@ -158,7 +166,7 @@ def test_bound_and_linear_regime() -> None:
         np.testing.assert_allclose(flow.lag_mean, rows_mean * r ** np.arange(T), rtol=1e-6)
     # saturated states: far below the linear prediction for r = 2
     params["U"] = 3 * rng.standard_normal((D, 3))
-    flow = gradient_flow(params, rng.integers(0, 3, (T, 4)), rng.integers(0, 2, (T, 4)))
+    flow = gradient_flow(model, params, rng.integers(0, 3, (T, 4)), rng.integers(0, 2, (T, 4)))
     assert flow.lag_mean[T - 1] / flow.lag_mean[0] < 0.1 * 2.0 ** (T - 1)
 
 
@@ -166,7 +174,7 @@ def test_lag_that_no_counting_step_reaches_is_nan() -> None:
     prob = make_problem(NUMPY_BACKEND, np.random.default_rng(1), T=4, B=2)
     mask = np.zeros((4, 2), bool)
     mask[1, 0] = True  # only step 2 of sequence 0 counts: lags 0 and 1 only
-    flow = gradient_flow(prob.params, prob.inputs, prob.targets, mask=mask)
+    flow = flow_of(prob, mask=mask)
     assert np.array_equal(flow.steps, [False, True, False, False])
     assert np.all(flow.norms[[0, 2, 3]] == 0) and np.all(flow.norms[1, :2] > 0)
     assert np.array_equal(flow.lag_mean[:2], flow.norms[1, [1, 0]])

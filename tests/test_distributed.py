@@ -72,11 +72,12 @@ def _simulated_ranks(be, cfg: train.TrainConfig, size: int, steps: int):
     """Parameters after ``steps`` of the parts on ``size`` simulated ranks (their buffers
     summed here), and after the one-process step, from the same start."""
     trainer = train.Trainer.create(small_corpus(), cfg, backend=be)
-    carry, layout, fn = trainer.state.carry, trainer.state.layout, cfg.nonlinearity
+    carry, layout, model = trainer.state.carry, trainer.state.layout, trainer.model
+    assert model.cell == cfg.cell and model.layers == cfg.layers
     one = make_train_step(trainer.optimizer, layout, dropout=cfg.dropout, seed=cfg.seed,
-                          nonlinearity=fn)  # fmt: skip
+                          model=model)  # fmt: skip
     shards = [distributed.Shard.of(cfg.batch, r, size) for r in range(size)]
-    parts = [(make_gradient_part(layout, s, dropout=cfg.dropout, seed=cfg.seed, nonlinearity=fn),
+    parts = [(make_gradient_part(layout, s, dropout=cfg.dropout, seed=cfg.seed, model=model),
               make_update_part(trainer.optimizer, layout, s)) for s in shards]  # fmt: skip
     ranks = [carry._replace(hidden=carry.hidden[..., s.start : s.stop, :]) for s in shards]
     single, norms = carry, []
@@ -109,7 +110,7 @@ def test_ranks_of_a_relu_stack_step_as_one_process() -> None:
     """Two layers (a mask per layer, each cut to the rank's streams), relu, 4 ranks."""
     from bptt import backends
 
-    cfg = config("adam", layers=2, nonlinearity="relu", batch=8)
+    cfg = config("adam", layers=2, cell="relu", batch=8)
     ranks, single, _ = _simulated_ranks(backends.get_backend("numpy"), cfg, 4, STEPS)
     assert all(np.array_equal(ranks[0], r) for r in ranks[1:])
     np.testing.assert_allclose(ranks[0], single, rtol=0, atol=1e-13 * np.abs(single).max())
@@ -159,11 +160,12 @@ def test_jax_runs_the_parts_jitted_apart_with_a_host_copy_between() -> None:
         cfg = config("adam", seq_len=2, hidden=4)
         trainer = train.Trainer.create(small_corpus(), cfg, backend=be)
         layout, carry = trainer.state.layout, trainer.state.carry
-        one = compile_step(make_train_step(trainer.optimizer, layout, dropout=cfg.dropout,
-                                           seed=cfg.seed), be, "jit")  # fmt: skip
+        step = make_train_step(trainer.optimizer, layout, dropout=cfg.dropout, seed=cfg.seed,
+                               model=trainer.model)  # fmt: skip
+        one = compile_step(step, be, "jit")
         parts = make_parallel_step(trainer.optimizer, layout, _OneRank(), be,
                                    distributed.Shard.of(cfg.batch, 0, 1), dropout=cfg.dropout,
-                                   seed=cfg.seed)  # fmt: skip
+                                   seed=cfg.seed, model=trainer.model)  # fmt: skip
         assert parts.mode == "jit" and "one host copy of the flat buffer" in parts.description
         a = b = carry
         for k in range(2):
@@ -197,13 +199,14 @@ def test_validation_parts_add_up_to_the_whole() -> None:
 
     be, corpus = backends.get_backend("numpy"), small_corpus()
     trainer = train.Trainer.create(corpus, small_config(), backend=be)
-    whole = evaluate(trainer.params, layout_validation(corpus.val, streams=4, warmup=8,
-                                                       backend=be, dtype="float64"))  # fmt: skip
+    model = trainer.model
+    val = layout_validation(corpus.val, streams=4, warmup=8, backend=be, dtype="float64")
+    whole = evaluate(model, trainer.params, val)
     for parts in (2, 3, 6):  # 6 parts of 4 streams: two ranks score nothing
         vals = [layout_validation(corpus.val, streams=4, warmup=8, backend=be, dtype="float64",
                                   part=(i, parts)) for i in range(parts)]  # fmt: skip
         assert sum(v is None for v in vals) == max(0, parts - 4)
-        total = sum(evaluate(trainer.params, v) for v in vals if v is not None)
+        total = sum(evaluate(model, trainer.params, v) for v in vals if v is not None)
         assert total == pytest.approx(whole, rel=1e-13)
 
 
@@ -245,7 +248,7 @@ def test_all_reduce_modes_a_backend_cannot_run_are_refused() -> None:
     assert "host copy" in allreduce.gradient_allreduce(None, strict, "auto").description
     with pytest.raises(ValueError, match="cuda-graph: not with data-parallel"):
         make_parallel_step(None, None, None, numpy, distributed.Shard.of(4, 0, 2),
-                           compile="cuda-graph")  # fmt: skip
+                           compile="cuda-graph", model=None)  # fmt: skip
 
 
 # ---- under mpiexec -n 2 -------------------------------------------------------------------

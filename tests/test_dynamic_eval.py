@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt import backends, cli, dynamic_eval
+from bptt import api, backends, cli, dynamic_eval
 from bptt.data import Streams
 from bptt.dynamic_eval import (
     Update,
@@ -23,11 +23,12 @@ from bptt.dynamic_eval import (
 
 NUMPY = backends.get_backend("numpy")
 M, D, T = 7, 12, 8
+MODEL = bptt.RNN(M, D, M)
 
 
 def _params(be=NUMPY, dtype="float64", seed=3, hidden=D):
-    return bptt.init_params(M, hidden, M, dtype=dtype, seed=seed, backend=be.name,
-                            device=be.device)  # fmt: skip
+    model = MODEL.replace(hidden_size=hidden)
+    return model.init(dtype=dtype, seed=seed, backend=be.name, device=be.device)
 
 
 def _repeated(n: int = 120, seed: int = 0) -> np.ndarray:
@@ -73,23 +74,24 @@ def _replay(params, ids, update, rms=None):
     return np.asarray(before), np.asarray(after)
 
 
-def _rms_of(params, ids):
-    return gradient_rms(params, ids, seq_len=T, batch=3)
+def _rms_of(params, ids, model=MODEL):
+    return gradient_rms(params, ids, seq_len=T, batch=3, model=model)
 
 
 @pytest.mark.parametrize("rule", ["sgd", "rms"])
 def test_each_segment_is_scored_before_its_update(rule: str) -> None:
+    model = MODEL.replace(hidden_size=32)
     params, ids = _params(hidden=32), _repeated(40)
-    rms = _rms_of(params, _repeated(300, seed=1)) if rule == "rms" else None
+    rms = _rms_of(params, _repeated(300, seed=1), model) if rule == "rms" else None
     update = Update("sgd", 1.0, 0.01) if rule == "sgd" else Update("rms", 1e-2, 0.01, 1e-4)
     walk = layout_walk(ids, seq_len=T, backend=NUMPY)
-    got = score_dynamic(params, walk, update, rms=rms)
+    got = score_dynamic(params, walk, update, rms=rms, model=model)
     before, after = _replay(params, ids, update, rms)
     assert got.segments.shape == before.shape == (math.ceil((len(ids) - 1) / T),)
     np.testing.assert_allclose(got.segments, before, rtol=1e-10)
     # the test can tell: a segment scored after its own update scores better, clearly
     assert np.mean(after < before - 1e-3) > 0.9, after - before
-    static = score_static(params, walk)
+    static = score_static(params, walk, model=model)
     assert got.segments[0] == static.segments[0]  # nothing learned yet
     second = slice(len(before) // 2 + 1, None)  # segments wholly in the repeated half
     assert got.segments[second].sum() < 0.93 * static.segments[second].sum()  # it adapted
@@ -102,11 +104,11 @@ def test_a_zero_step_is_static_evaluation_exactly(be) -> None:
     dtype = "float64" if be.supports("float64") else "float32"
     params, ids = _params(be, dtype), _repeated(30)[: 5 * T + 1]
     walk = layout_walk(ids, seq_len=T, backend=be)
-    static = score_static(params, walk)
+    static = score_static(params, walk, model=MODEL)
     n = sum(int(np.prod(v.shape)) for v in params.values())
     rms = be.asarray(np.random.default_rng(0).random(n) + 0.1, dtype=dtype)  # any RMS will do
     for update in (Update("sgd", 0.0, 0.0), Update("rms", 0.0, 0.0, 1e-4)):
-        dynamic = score_dynamic(params, walk, update, rms=rms)
+        dynamic = score_dynamic(params, walk, update, rms=rms, model=MODEL)
         assert np.array_equal(dynamic.segments, static.segments), update
     # and the static walk is the forward pass carried through the text (to rounding)
     host = {k: be.to_numpy(v) for k, v in params.items()}
@@ -121,27 +123,28 @@ def test_warm_up_and_a_short_last_segment() -> None:
     params, ids = _params(), _repeated(30)
     walk = layout_walk(ids, seq_len=T, start=9, warmup=20, backend=NUMPY)
     assert walk.bounds()[-1][1] - walk.bounds()[-1][0] < T
-    static = score_static(params, walk)
+    static = score_static(params, walk, model=MODEL)
     nats, _ = _segment_nats(params, ids[:-1, None], ids[1:, None], None)
     skipped, _ = _segment_nats(params, ids[:8, None], ids[1:9, None], None)
     assert static.nats == pytest.approx(nats - skipped, rel=1e-10)
     assert static.count == len(ids) - 9
-    dynamic = score_dynamic(params, walk, Update("sgd", 0.0))
+    dynamic = score_dynamic(params, walk, Update("sgd", 0.0), model=MODEL)
     assert np.array_equal(dynamic.segments, static.segments)
 
 
 def test_the_steps_are_the_librarys_bptt(monkeypatch) -> None:
-    """One bptt.loss_and_grad call per segment, and the update uses its gradient."""
+    """One loss_and_grad call per segment, and the update uses its gradient."""
     calls = []
 
     def counting(*args, **kwargs):
-        calls.append(args[1].shape)
-        return bptt.loss_and_grad(*args, **kwargs)
+        assert args[0] is MODEL  # the model it was given
+        calls.append(args[2].shape)  # (model, params, inputs, targets)
+        return api.loss_and_grad(*args, **kwargs)
 
     monkeypatch.setattr(dynamic_eval, "loss_and_grad", counting)
     params, ids = _params(), _repeated(30)
     walk = layout_walk(ids, seq_len=T, backend=NUMPY)
-    got = score_dynamic(params, walk, Update("sgd", 0.5))
+    got = score_dynamic(params, walk, Update("sgd", 0.5), model=MODEL)
     assert calls == [(T, 1)] * (len(walk.bounds()) - 1) + [((len(ids) - 2) % T + 1, 1)]
     before, _ = _replay(params, ids, Update("sgd", 0.5))
     np.testing.assert_allclose(got.segments, before, rtol=1e-10)
@@ -149,7 +152,7 @@ def test_the_steps_are_the_librarys_bptt(monkeypatch) -> None:
 
 def test_gradient_rms_over_training_chunks() -> None:
     params, ids = _params(), _repeated(200, seed=2)
-    rms = gradient_rms(params, ids, seq_len=T, batch=3, chunks=4)
+    rms = gradient_rms(params, ids, seq_len=T, batch=3, chunks=4, model=MODEL)
     matrix = Streams(len(ids), 3, T).epoch_matrix(ids, 0)
     h, total = None, 0.0
     for k in range(4):
@@ -158,14 +161,14 @@ def test_gradient_rms_over_training_chunks() -> None:
         total = total + np.concatenate([grads[key].ravel() for key in params]) ** 2
     np.testing.assert_allclose(rms, np.sqrt(total / 4), rtol=1e-12)
     with pytest.raises(ValueError, match="too few for chunks"):
-        gradient_rms(params, ids[:T], seq_len=T, batch=3)
+        gradient_rms(params, ids[:T], seq_len=T, batch=3, model=MODEL)
 
 
 def test_tuning_chooses_on_a_part_that_is_not_scored() -> None:
     params, ids = _params(), _repeated(150)
     candidates = [Update("sgd", lr) for lr in (0.0, 0.3, 3.0)]
     result = evaluate_dynamic(params, ids, candidates, tune_chars=100, seq_len=T, warmup=10,
-                              backend=NUMPY)  # fmt: skip
+                              backend=NUMPY, model=MODEL)  # fmt: skip
     scores = dict(result.tuning)
     assert list(scores) == candidates and result.chosen == min(scores, key=scores.get)
     assert result.static.count == result.dynamic.count == len(ids) - 101
@@ -173,12 +176,13 @@ def test_tuning_chooses_on_a_part_that_is_not_scored() -> None:
     changed = ids.copy()
     changed[:80] = (changed[:80] + 1) % M
     alone = evaluate_dynamic(params, changed, [result.chosen], tune_chars=100, seq_len=T,
-                             warmup=10, backend=NUMPY)  # fmt: skip
+                             warmup=10, backend=NUMPY,
+                             model=MODEL)  # fmt: skip
     assert np.array_equal(alone.dynamic.segments, result.dynamic.segments)
     assert alone.tuning == []
     with pytest.raises(ValueError, match="needs a tuning part"):
         evaluate_dynamic(params, ids, candidates, tune_chars=0, seq_len=T, warmup=0,
-                         backend=NUMPY)  # fmt: skip
+                         backend=NUMPY, model=MODEL)  # fmt: skip
 
 
 def test_update_errors() -> None:
@@ -190,7 +194,7 @@ def test_update_errors() -> None:
         Update("rms", 1e-3, 0.0, 0.0)
     walk = layout_walk(_repeated(20), seq_len=T, backend=NUMPY)
     with pytest.raises(ValueError, match="the 'rms' rule needs the gradient's RMS"):
-        score_dynamic(_params(), walk, Update("rms"))
+        score_dynamic(_params(), walk, Update("rms"), model=MODEL)
     with pytest.raises(ValueError, match="start: expected 1 <= start"):
         layout_walk(_repeated(20), seq_len=T, start=40, backend=NUMPY)
 

@@ -54,12 +54,12 @@ BAD = {
     "W wrong shape": (
         _with(p_W=np.zeros((D, D + 1))),
         ValueError,
-        "params['W']: expected shape (D, D)",
+        "params['W']: expected shape (4, 4) for cell tanh, 1 layer(s), 1 direction(s), M 5",
     ),
     "V wrong D": (
         _with(p_V=np.zeros((C, D + 1))),
         ValueError,
-        "params['V']: expected shape (C, D)",
+        "params['V']: expected shape (3, 4) for cell tanh, 1 layer(s), 1 direction(s), M 5",
     ),
     "b wrong shape": (_with(p_b=np.zeros(D + 1)), ValueError, "params['b']: expected shape (4,)"),
     "U is a vector": (_with(p_U=np.zeros(D)), ValueError, "params['U']: expected a matrix"),

@@ -45,7 +45,7 @@ def test_evaluate_equals_the_training_validation_on_every_backend(be, text_file,
     with be.activate():
         params = {k: be.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}
     train_cfg = ckpt.config["train"]
-    bpc, count = validation_score(params, text.ids, streams=train_cfg["val_streams"],
+    bpc, count = validation_score(ckpt.model, params, text.ids, streams=train_cfg["val_streams"],
                                   warmup=train_cfg["val_warmup"], backend=be,
                                   dtype=dtype)  # fmt: skip
     assert count == len(text.ids) - 1 == ckpt.config["data"]["n_val"] - 1
@@ -67,7 +67,7 @@ def test_a_relu_stack_is_scored_as_it_was_trained(text_file, tmp_path, capsys, d
     """The checkpoint's architecture travels into evaluate: a 2-layer relu run's figure,
     statically; dynamically, a zero step gives the static score of the same characters
     (a tanh pass over relu weights would give another)."""
-    config = small_config(layers=2, nonlinearity="relu")
+    config = small_config(layers=2, cell="relu")
     corpus = data.load_corpus(text=text_file)
     trainer = train.Trainer.create(corpus, config, backend="numpy",
                                    checkpoint_dir=tmp_path / "run")  # fmt: skip
@@ -89,7 +89,11 @@ def test_a_relu_stack_is_scored_as_it_was_trained(text_file, tmp_path, capsys, d
         ids = held_out(ckpt.vocab, ckpt.config).ids
         walk = layout_walk(ids, seq_len=10, warmup=config.val_warmup, backend=trainer.backend)
         params = {k: np.asarray(v) for k, v in ckpt.params.items()}
-        relu, tanh = (score_static(params, walk, nonlinearity=n).bpc for n in ("relu", "tanh"))
+        model = ckpt.model
+        assert model.cell == "relu" and model.layers == 2
+        relu, tanh = (
+            score_static(params, walk, model=model.replace(cell=n)).bpc for n in ("relu", "tanh")
+        )
         assert static == f"{relu:.4f}" != f"{tanh:.4f}", (static, relu, tanh)
 
 

@@ -251,13 +251,15 @@ def test_every_temperature_works(backend: str) -> None:
     uniform draw; on every backend, float32 (the dtype where 1e-300 is 0)."""
     name, _, device = backend.partition(":")
     be = backends.get_backend(name, device or None)
-    params = bptt.init_params(M, 16, M, dtype="float32", seed=4, backend=be.name,
-                              device=be.device)  # fmt: skip
+    model = bptt.RNN(M, 16, M)
+    params = model.init(seed=4, dtype="float32", backend=be.name, device=be.device)
     prime, n = np.asarray([1, 2, 3]), 4 if name == "jax" else 12  # JAX: slow eager steps
     greedy = _greedy(params, prime, n, be)
-    uniform = sample_ids(params, be.asarray(prime), length=n, temperature=1e300, seed=0).tolist()
+    uniform = sample_ids(model, params, be.asarray(prime), length=n, temperature=1e300, seed=0)
+    uniform = uniform.tolist()
     for temperature in TEMPERATURES if name != "jax" else JAX_TEMPERATURES:  # JAX: slow eager
-        ids = sample_ids(params, be.asarray(prime), length=n, temperature=temperature, seed=0)
+        ids = sample_ids(model, params, be.asarray(prime), length=n, temperature=temperature,
+                         seed=0)  # fmt: skip
         assert ((ids >= 0) & (ids < M)).all()
         if temperature <= 1e-6:
             assert ids.tolist() == greedy, temperature
@@ -268,9 +270,10 @@ def test_every_temperature_works(backend: str) -> None:
 
 def test_uniform_at_huge_temperatures_is_uniform() -> None:
     be = backends.get_backend("numpy")
-    params = bptt.init_params(M, 16, M, dtype="float32", seed=4)
-    draws = [int(sample_ids(params, be.asarray(np.asarray([1])), length=1, temperature=1e300,
-                            seed=s)[0]) for s in range(800)]  # fmt: skip
+    model = bptt.RNN(M, 16, M)
+    params = model.init(seed=4, dtype="float32")
+    draws = [int(sample_ids(model, params, be.asarray(np.asarray([1])), length=1,
+                            temperature=1e300, seed=s)[0]) for s in range(800)]  # fmt: skip
     freq = np.bincount(draws, minlength=M) / len(draws)
     assert np.abs(freq - 1 / M).max() < 0.06  # 4 standard deviations
 
@@ -280,9 +283,10 @@ def test_long_samples_are_joined_in_blocks_with_the_same_ids(monkeypatch) -> Non
     from bptt import sample as sample_module
 
     be = backends.get_backend("numpy")
-    params = bptt.init_params(M, 8, M, dtype="float32", seed=4)
+    model = bptt.RNN(M, 8, M)
+    params = model.init(seed=4, dtype="float32")
     prime = be.asarray(np.asarray([1]))
     monkeypatch.setattr(sample_module, "BLOCK", 7)
-    blocked = sample_ids(params, prime, length=30, seed=3)
+    blocked = sample_ids(model, params, prime, length=30, seed=3)
     monkeypatch.setattr(sample_module, "BLOCK", 10**9)
-    np.testing.assert_array_equal(blocked, sample_ids(params, prime, length=30, seed=3))
+    np.testing.assert_array_equal(blocked, sample_ids(model, params, prime, length=30, seed=3))

@@ -12,19 +12,20 @@ from bptt.data import DataError
 from bptt.sample import sample, sample_ids
 
 VOCAB = small_corpus().vocab
+MODEL = bptt.RNN(len(VOCAB), 16, len(VOCAB))
 
 
 def _params(be, seed: int = 0) -> dict:
     dtype = "float64" if be.supports("float64") else "float32"
-    M = len(VOCAB)
-    params = bptt.init_params(M, 16, M, dtype=dtype, seed=seed, backend=be.name, device=be.device)
+    params = MODEL.init(dtype=dtype, seed=seed, backend=be.name, device=be.device)
     params["V"] = params["V"] * 4  # a peakier distribution than at init
     return params
 
 
 def test_same_text_on_every_backend(be) -> None:
-    text = sample(_params(be), VOCAB, length=60, temperature=0.8, prime="if ", seed=5)
+    text = sample(MODEL, _params(be), VOCAB, length=60, temperature=0.8, prime="if ", seed=5)
     ref = sample(
+        MODEL,
         _params(backends.get_backend("numpy")),
         VOCAB,
         length=60,
@@ -38,9 +39,9 @@ def test_same_text_on_every_backend(be) -> None:
 
 def test_seed_fixes_the_sample() -> None:
     params = _params(backends.get_backend("numpy"))
-    a = sample(params, VOCAB, length=80, seed=1)
-    assert a == sample(params, VOCAB, length=80, seed=1)
-    assert a != sample(params, VOCAB, length=80, seed=2)
+    a = sample(MODEL, params, VOCAB, length=80, seed=1)
+    assert a == sample(MODEL, params, VOCAB, length=80, seed=1)
+    assert a != sample(MODEL, params, VOCAB, length=80, seed=2)
 
 
 def test_low_temperature_is_greedy() -> None:
@@ -48,7 +49,7 @@ def test_low_temperature_is_greedy() -> None:
     be = backends.get_backend("numpy")
     params = _params(be)
     prime = be.asarray(VOCAB.encode("for "))
-    ids = sample_ids(params, prime, length=30, temperature=1e-6, seed=0)
+    ids = sample_ids(MODEL, params, prime, length=30, temperature=1e-6, seed=0)
     h, x, greedy = None, VOCAB.encode("for ")[:, None], []
     for _ in range(30):
         states, logits = bptt.forward(params, x, h0=h)
@@ -56,7 +57,7 @@ def test_low_temperature_is_greedy() -> None:
         greedy.append(nxt)
         x = np.asarray([[nxt]])
     np.testing.assert_array_equal(ids, greedy)
-    assert sample_ids(params, prime, length=30, temperature=1e-6, seed=9).tolist() == greedy
+    assert sample_ids(MODEL, params, prime, length=30, temperature=1e-6, seed=9).tolist() == greedy
 
 
 def test_distribution_follows_softmax() -> None:
@@ -68,7 +69,7 @@ def test_distribution_follows_softmax() -> None:
     z = logits[-1, 0] / 2.0
     p = np.exp(z - z.max()) / np.exp(z - z.max()).sum()
     draws = [
-        sample_ids(params, be.asarray(prime), length=1, temperature=2.0, seed=s)[0]
+        sample_ids(MODEL, params, be.asarray(prime), length=1, temperature=2.0, seed=s)[0]
         for s in range(1500)
     ]
     freq = np.bincount(draws, minlength=len(p)) / len(draws)
@@ -78,11 +79,11 @@ def test_distribution_follows_softmax() -> None:
 def test_errors() -> None:
     params = _params(backends.get_backend("numpy"))
     with pytest.raises(ValueError, match="temperature: expected a positive number"):
-        sample(params, VOCAB, temperature=0)
+        sample(MODEL, params, VOCAB, temperature=0)
     with pytest.raises(ValueError, match="length: expected an integer >= 0"):
-        sample(params, VOCAB, length=-1)
+        sample(MODEL, params, VOCAB, length=-1)
     with pytest.raises(DataError, match=r"prime: character\(s\) '€'"):
-        sample(params, VOCAB, prime="€")
+        sample(MODEL, params, VOCAB, prime="€")
     with pytest.raises(ValueError, match="vocab: 3 characters"):
-        sample(params, "abc")
-    assert sample(params, VOCAB, length=0) == ""
+        sample(MODEL, params, "abc")
+    assert sample(MODEL, params, VOCAB, length=0) == ""

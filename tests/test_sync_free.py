@@ -39,6 +39,7 @@ from bptt.validation import evaluate
 STRICT = "array_api_strict"
 KERNELS_PER_STEP, VIEWS_PER_STEP, KERNELS_FIXED = 6, 3, 62
 B, M, D = 3, 5, 4
+MODEL = bptt.RNN(M, D, M)
 TO_NUMPY = backends.Backend.to_numpy  # before the fixture refuses it
 
 
@@ -81,7 +82,7 @@ def _refuse_to_numpy(self: Any, x: Any) -> Any:
 
 
 def _params(pbe: ProxyBackend, dtype: str) -> dict[str, Array]:
-    host = bptt.init_params(M, D, M, dtype=dtype, seed=1, backend=STRICT, device="device1")
+    host = MODEL.init(dtype=dtype, seed=1, backend=STRICT, device="device1")
     return {k: Array(v, pbe.ns) for k, v in host.items()}
 
 
@@ -105,7 +106,7 @@ def train_steps(pbe: ProxyBackend, T: int, *, dtype: str = "float32", steps: int
     hidden = xp.zeros((B, D), dtype=flat.dtype, device=pbe.device)
     counter = xp.zeros((), dtype=pbe.integer, device=pbe.device)
     carry = TrainCarry(flat, opt.init(flat), hidden, counter)
-    step = make_train_step(opt, layout, dropout=config.dropout, seed=config.seed)
+    step = make_train_step(opt, layout, dropout=config.dropout, seed=config.seed, model=MODEL)
     rng = np.random.default_rng(0)
     x = pbe.asarray(rng.integers(0, M, (T, B)))
     y = pbe.asarray(rng.integers(0, M, (T, B)))
@@ -180,7 +181,7 @@ def test_validation_reads_once_and_moves_nothing(pbe: ProxyBackend) -> None:
     val = layout_validation(ids, streams=4, warmup=10, backend=pbe, dtype="float32")
     params = _params(pbe, "float32")
     pbe.ns.clear()
-    bpc = evaluate(params, val, chunk=16)  # several chunks
+    bpc = evaluate(MODEL, params, val, chunk=16)  # several chunks
     assert np.isfinite(bpc) and pbe.reads == 1 and pbe.ns.transfers == 0
 
 
@@ -191,19 +192,19 @@ def test_dynamic_evaluation_reads_once_and_moves_nothing_per_segment(pbe: ProxyB
 
     params = _params(pbe, "float32")
     rng = np.random.default_rng(0)
-    rms = gradient_rms(params, rng.integers(0, M, 200), seq_len=4, batch=3)
+    rms = gradient_rms(params, rng.integers(0, M, 200), seq_len=4, batch=3, model=MODEL)
     kernels, moved = {}, {}
     for segments in (3, 6):
         walk = layout_walk(rng.integers(0, M, 4 * segments + 1), seq_len=4, backend=pbe)
         pbe.ns.clear()
         pbe.reads = 0
-        score = score_dynamic(params, walk, Update("rms", 1e-3, 0.01, 1e-4), rms=rms)
+        score = score_dynamic(params, walk, Update("rms", 1e-3, 0.01, 1e-4), rms=rms, model=MODEL)
         assert np.isfinite(score.bpc) and pbe.reads == 1
         kernels[segments], moved[segments] = pbe.ns.kernels(), pbe.ns.transfers
     assert moved[3] == moved[6] <= 3, moved  # the rule's scalars, made once
     x, h = pbe.asarray(rng.integers(0, M, (4, 1))), pbe.asarray(rng.random((1, D)), dtype="float32")
     pbe.ns.clear()
-    bptt.loss_and_grad(params, x, x, h0=h, reduction="sum", check_values=False)
+    MODEL.loss_and_grad(params, x, x, h0=h, reduction="sum", check_values=False)
     per_segment = (kernels[6] - kernels[3]) / 3
     # the segment's loss_and_grad, then the rule: concat, / n, * scale, -, -, * decay, +
     assert per_segment == pbe.ns.kernels() + 7, (kernels, pbe.ns.kernels())
@@ -217,7 +218,7 @@ def test_sampling_reads_once_whatever_the_length(pbe: ProxyBackend, temperature:
     for length in (3, 12):
         pbe.ns.clear()
         pbe.reads = 0
-        out = sample_ids(params, prime, length=length, temperature=temperature, seed=0,
+        out = sample_ids(MODEL, params, prime, length=length, temperature=temperature, seed=0,
                          check_values=False)  # fmt: skip
         assert out.shape == (length,) and pbe.reads == 1
         moved[length] = pbe.ns.transfers
@@ -273,14 +274,14 @@ def test_arrays_stay_on_the_parameters_device() -> None:
     params = bptt.init_params(M, D, M, dtype="float64", seed=1, backend=STRICT, device="device2")
     rng = np.random.default_rng(0)
     x, y = be.asarray(rng.integers(0, M, (5, B))), be.asarray(rng.integers(0, M, (5, B)))
-    flow = diagnostics.gradient_flow(params, x, y)
+    flow = diagnostics.gradient_flow(MODEL, params, x, y)
     assert flow.norms.device == be.device
     state = optim.adam(1e-2).init(params)
     assert all(leaf.device == be.device for leaf in optim.state_arrays(state).values())
     val = layout_validation(rng.integers(0, M, 100), streams=3, warmup=5, backend=be,
                             dtype="float64")  # fmt: skip
-    assert np.isfinite(evaluate(params, val))
-    out = sample_ids(params, be.asarray(np.asarray([0, 1])), length=5, seed=0)
+    assert np.isfinite(evaluate(MODEL, params, val))
+    out = sample_ids(MODEL, params, be.asarray(np.asarray([0, 1])), length=5, seed=0)
     assert out.shape == (5,)
 
 

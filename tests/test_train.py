@@ -179,21 +179,22 @@ def test_validation_carries_state_through_the_text() -> None:
     """S streams with warm-up score each character once; with warm-up covering the
     whole text they equal one stream, and one stream equals a direct computation."""
     corpus = small_corpus()
-    params = bptt.init_params(len(corpus.vocab), 10, len(corpus.vocab), dtype="float64", seed=3)
+    model = bptt.RNN(len(corpus.vocab), 10, len(corpus.vocab))
+    params = model.init(dtype="float64", seed=3)
     ids = corpus.val
     one = train.layout_validation(ids, streams=1, warmup=0, backend=NUMPY, dtype="float64")
     many = train.layout_validation(ids, streams=5, warmup=len(ids), backend=NUMPY, dtype="float64")
     some = train.layout_validation(ids, streams=5, warmup=20, backend=NUMPY, dtype="float64")
     for v in (one, many, some):
         assert v.count == len(ids) - 1 and float(np.sum(v.weight)) == len(ids) - 1
-    _, logits = bptt.forward(params, ids[:-1, None])  # (N-1, 1, C): one pass, full state
+    _, logits = model.forward(params, ids[:-1, None])  # (N-1, 1, C): one pass, full state
     g = logits[:, 0, :]
     logp = g - g.max(axis=1, keepdims=True)
     logp -= np.log(np.exp(logp).sum(axis=1, keepdims=True))
     direct = -logp[np.arange(len(ids) - 1), ids[1:]].mean() / math.log(2)
-    assert train.evaluate(params, one, chunk=37) == pytest.approx(direct, rel=1e-12)
-    assert train.evaluate(params, many, chunk=37) == pytest.approx(direct, rel=1e-12)
-    assert train.evaluate(params, some) == pytest.approx(direct, rel=1e-3)
+    assert train.evaluate(model, params, one, chunk=37) == pytest.approx(direct, rel=1e-12)
+    assert train.evaluate(model, params, many, chunk=37) == pytest.approx(direct, rel=1e-12)
+    assert train.evaluate(model, params, some) == pytest.approx(direct, rel=1e-3)
 
 
 def test_early_stopping_keeps_best_apart(tmp_path, monkeypatch) -> None:

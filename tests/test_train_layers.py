@@ -20,7 +20,7 @@ from bptt.sample import sample_ids
 from bptt.validation import evaluate, layout_validation
 
 NUMPY = backends.get_backend("numpy")
-STACK = dict(layers=2, nonlinearity="relu", dropout=0.2)
+STACK = dict(layers=2, cell="relu", dropout=0.2)
 
 
 def _snapshot(trainer: train.Trainer) -> dict[str, np.ndarray]:
@@ -42,10 +42,13 @@ def test_a_stack_resumes_exactly(tmp_path) -> None:
     first.run(steps=N)
     ckpt = load_checkpoint(tmp_path / LATEST)
     assert ckpt.architecture == {"layers": 2, "bidirectional": False, "nonlinearity": "relu"}
+    M = len(small_corpus().vocab)
+    assert ckpt.model == bptt.RNN(M, 12, M, cell="relu", layers=2)
     assert ckpt.config["model"]["layers"] == 2 and ckpt.hidden.shape == (2, 16, 12)
     assert sorted(ckpt.params) == sorted(["U", "W", "U_l1", "W_l1", "V", "b", "b_l1", "c"])
     resumed = train.Trainer.resume(ckpt, small_corpus())
-    assert resumed.config.layers == 2 and resumed.config.nonlinearity == "relu"
+    assert resumed.config.layers == 2 and resumed.config.cell == "relu"
+    assert resumed.model == ckpt.model
     resumed.run(steps=2 * N)
     a, b = _snapshot(straight), _snapshot(resumed)
     assert a.keys() == b.keys()
@@ -79,9 +82,9 @@ def test_validation_and_sampling_carry_every_layers_state() -> None:
     _, logits = bptt.forward(params, ids[:-1].reshape(-1, 1))  # one pass over the text
     ref = -np.log(np.take_along_axis(np.exp(logits) / np.exp(logits).sum(-1, keepdims=True),
                                      ids[1:].reshape(-1, 1, 1), -1)).sum() / np.log(2)  # fmt: skip
-    assert evaluate(params, val, chunk=7) == pytest.approx(ref / 59, rel=1e-12)
+    assert evaluate(trainer.model, params, val, chunk=7) == pytest.approx(ref / 59, rel=1e-12)
     prime = np.asarray(ids[:5])
-    out = sample_ids(params, prime, length=12, seed=3)
+    out = sample_ids(trainer.model, params, prime, length=12, seed=3)
     # feeding the prime and the sample in one pass gives the logits sampling used
     seq = np.concatenate([prime, out[:-1]]).reshape(-1, 1)
     _, logits = bptt.forward(params, seq)
@@ -101,7 +104,7 @@ def test_older_checkpoints_load_as_one_tanh_layer(name) -> None:
     ckpt = load_checkpoint(DATA / name)
     assert ckpt.architecture == {"layers": 1, "bidirectional": False, "nonlinearity": "tanh"}
     config = train.TrainConfig.from_stored(ckpt.config["train"])
-    assert config.layers == 1 and config.nonlinearity == "tanh"
+    assert config.layers == 1 and config.cell == "tanh"
 
 
 def test_a_different_depth_cannot_resume(tmp_path) -> None:
@@ -124,7 +127,7 @@ def test_the_command_line(text, tmp_path, capsys) -> None:
     run = str(tmp_path / "run")
     small = ["--backend", "numpy", "--text", text, "--hidden", "8", "--batch", "4",
              "--seq-len", "8", "--eval-every", "5", "--no-progress"]  # fmt: skip
-    args = [*small, "--steps", "5", "--layers", "2", "--nonlinearity", "relu"]
+    args = [*small, "--steps", "5", "--layers", "2", "--cell", "relu"]
     assert cli.main(["train", *args, "--checkpoint-dir", run]) == 0
     out = capsys.readouterr().out
     assert "L=2, relu," in out
@@ -133,6 +136,9 @@ def test_the_command_line(text, tmp_path, capsys) -> None:
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--resume", run, "--steps", "9", "--layers", "3"])
     assert e.value.code == 2 and "--layers: cannot change when resuming" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # --nonlinearity: --cell's older name
+        cli.main(["train", "--resume", run, "--steps", "9", "--nonlinearity", "tanh"])
+    assert e.value.code == 2 and "--cell: cannot change when resuming" in capsys.readouterr().err
     assert cli.main(["sample", run, "--length", "20", "--prime", "if"]) == 0
     assert len(capsys.readouterr().out) >= 20
     assert cli.main(["diagnose", run, "--seq-len", "10", "--batch", "4"]) == 0
@@ -186,7 +192,7 @@ def _stack_steps(proxy: ProxyBackend, T: int, **options) -> tuple[int, int, int]
     counter = proxy.ns.zeros((), dtype=proxy.integer, device=proxy.device)
     carry = train.TrainCarry(flat, opt.init(flat), hidden, counter)
     step = train.make_train_step(opt, layout, dropout=config.dropout,
-                                 nonlinearity=config.nonlinearity)  # fmt: skip
+                                 model=config.model(M))  # fmt: skip
     rng = np.random.default_rng(0)
     x, y = proxy.asarray(rng.integers(0, M, (T, B))), proxy.asarray(rng.integers(0, M, (T, B)))
     for _ in range(2):
@@ -201,7 +207,7 @@ def test_a_stacked_step_never_syncs_and_costs_6_kernels_per_cell_and_step(pbe) -
     assert all(transfers == 0 and reads == 0 for _, transfers, reads in counts.values())
     per_step = (counts[5][0] - counts[3][0]) / 2
     assert per_step == 6 * 2  # 3 forward + 3 backward per layer and time step
-    three = _stack_steps(pbe, 5, layers=3, nonlinearity="relu", dropout=0.2)
+    three = _stack_steps(pbe, 5, layers=3, cell="relu", dropout=0.2)
     assert three[1] == three[2] == 0
 
 
@@ -234,7 +240,7 @@ def test_a_checkpoint_written_before_architectures_were_recorded_resumes(tmp_pat
     first = small_trainer(NUMPY, tmp_path)
     first.run(steps=5)
     ckpt = load_checkpoint(tmp_path / LATEST)
-    for key in ("layers", "nonlinearity"):
+    for key in ("layers", "cell"):
         del ckpt.config["train"][key]
     for key in ("layers", "bidirectional", "nonlinearity"):
         del ckpt.config["model"][key]

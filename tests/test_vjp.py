@@ -114,7 +114,11 @@ def _without(params, key):
         (lambda p: _without(p, "U_l1_reverse"), ValueError, "missing key(s) ['U_l1_reverse']"),
         (lambda p: _without(p, "b_l1"), ValueError, "give every cell's bias"),
         (lambda p: {**p, "U_l1": p["U_l1"][:, :5]}, ValueError, "params['U_l1']: expected shape"),
-        (lambda p: {**p, "V": p["V"][:, :5]}, ValueError, "(C, K D) with K D = 10"),
+        (
+            lambda p: {**p, "V": p["V"][:, :5]},
+            ValueError,
+            "params['V']: expected shape (3, 10) for cell tanh, 2 layer(s), 2 direction(s)",
+        ),
         (lambda p: {**p, "W_l1": p["W_l1"].astype(np.float32)}, TypeError, "W_l1"),
     ],
     ids=["unknown", "missing", "bias", "U-shape", "V-shape", "dtype"],

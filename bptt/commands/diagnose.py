@@ -76,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _fresh_params(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from ..params import init_params
+    from ..functional import init_params
 
     params = init_params(
         args.vocab, args.hidden, args.vocab, num_layers=args.layers, dtype="float64",

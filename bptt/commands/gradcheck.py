@@ -38,8 +38,7 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .. import backends
-    from ..api import gradcheck
-    from ..params import init_params
+    from ..rnn import RNN
 
     parser = args._parser
     try:
@@ -51,10 +50,11 @@ def run(args: argparse.Namespace) -> int:
         parser.error(f"gradcheck needs float64, which {be.name} device {be.device!r} lacks{x64}")
     M, D, C, T, B = args.inputs, args.hidden, args.outputs, args.seq_len, args.batch
     rng = np.random.default_rng(args.seed)
-    params = init_params(
-        M, D, C, num_layers=args.layers, bidirectional=args.bidirectional, dtype="float64",
-        seed=args.seed, backend=be.name, device=be.device,
+    model = RNN(
+        M, D, C, cell=args.nonlinearity, layers=args.layers, bidirectional=args.bidirectional,
+        head=args.head,
     )  # fmt: skip
+    params = model.init(seed=args.seed, dtype="float64", backend=be.name, device=be.device)
     for key in [k for k in params if k[0] in "bc"]:  # nonzero biases: their gradients checked
         params[key] = be.asarray(rng.uniform(-0.5, 0.5, params[key].shape), dtype="float64")
     if args.dense:
@@ -70,15 +70,13 @@ def run(args: argparse.Namespace) -> int:
     cells = args.layers * (2 if args.bidirectional else 1)
     shape = (B, D) if cells == 1 else (cells, B, D)
     h0 = be.asarray(rng.uniform(-0.9, 0.9, shape), dtype="float64") if args.h0 else None
-    err = gradcheck(
+    err = model.gradcheck(
         params,
         inputs,
         targets,
         h0=h0,
-        head=args.head,
         max_entries=args.max_entries,
         seed=args.seed,
-        nonlinearity=args.nonlinearity,
         eps=args.eps if args.eps is not None else (1e-5 if args.nonlinearity == "relu" else 1e-3),
     )
     ok = err <= args.tol

@@ -269,6 +269,15 @@ def problem(
 # ---- calls whose API is changing: each accepts the old and the new one ---------------------
 
 
+def _takes_schedule(bptt: Any) -> bool:
+    """Whether ``bptt.loss_and_grad`` takes ``schedule=``: in its signature, or (since
+    bptt.RNN, where it passes its keywords on) in ``bptt.api.loss_and_grad``'s."""
+    if "schedule" in inspect.signature(bptt.loss_and_grad).parameters:
+        return True
+    api = getattr(bptt, "api", None)
+    return api is not None and "schedule" in inspect.signature(api.loss_and_grad).parameters
+
+
 @contextmanager
 def forced_schedule(name: str) -> Iterator[dict[str, Any]]:
     """Extra ``loss_and_grad`` keywords that run schedule ``name`` ("auto", "single",
@@ -276,7 +285,7 @@ def forced_schedule(name: str) -> Iterator[dict[str, Any]]:
     cb4b3de) the switches of ``bptt._parallel``, restored afterwards."""
     import bptt
 
-    if "schedule" in inspect.signature(bptt.loss_and_grad).parameters:
+    if _takes_schedule(bptt):
         yield {} if name == "auto" else {"schedule": name}
         return
     parallel = importlib.import_module("bptt._parallel")
