@@ -11,7 +11,7 @@ from typing import Any
 
 from . import layers, schedules
 from .backends import device_context
-from .checks import check_call
+from .checks import as_index, check_call
 from .checks import check_values as _check_values
 from .finite_diff import finite_difference_check
 from .heads import loss_weights
@@ -41,6 +41,7 @@ def forward(
     sync.
     """
     xp, dims = check_call(params, inputs, h0=h0, nonlinearity=nonlinearity)
+    inputs = as_index(inputs, xp)  # ids of any integer dtype
     with device_context(params["U"]):
         if check_values:
             _check_values(params, inputs, h0=h0, dims=dims, xp=xp)
@@ -94,6 +95,7 @@ def loss_and_grad(
         reduction=reduction, dropout_mask=dropout_mask, need_targets=True,
         nonlinearity=nonlinearity, layer_masks=layer_masks,
     )  # fmt: skip
+    inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
     T, B = inputs.shape[:2]
     itemsize = _itemsize(dims.dtype, xp)
     _, run = schedules.resolve(schedule, xp, T, B, dims.D, itemsize, single=dims.arch.single)
@@ -155,6 +157,7 @@ def gradcheck(
         reduction=reduction, dropout_mask=dropout_mask, need_targets=True,
         nonlinearity=nonlinearity, layer_masks=layer_masks,
     )  # fmt: skip
+    inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
     with device_context(params["U"]):
         _check_values(
             params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,

@@ -21,6 +21,7 @@ from .model import NONLINEARITIES
 __all__ = [
     "PARAM_KEYS",
     "Dims",
+    "as_index",
     "check_call",
     "check_cotangents",
     "check_params",
@@ -78,14 +79,40 @@ def _expected_keys(arch: Arch) -> str:
     )
 
 
+def _widest(keys: Any, arch: Arch) -> Arch:
+    """The architecture every cell key names (``U_l2`` implies 3 layers, a ``_reverse``
+    key two directions), so that a missing ``W_l1`` is named missing, not the keys of
+    the layers above it unknown."""
+    layers, reverse = arch.layers, arch.directions == 2
+    for key in keys:
+        if not isinstance(key, str) or key[:1] not in ("U", "W", "b") or key[1:2] != "_":
+            continue
+        layer, _, rest = key[1:].removeprefix("_l").partition("_")
+        if layer.isdigit() and rest in ("", "reverse"):
+            layers, reverse = max(layers, int(layer) + 1), reverse or rest == "reverse"
+        elif key[1:] == "_reverse":
+            reverse = True
+    return Arch(layers, 2 if reverse else 1)
+
+
+def _missing(params: Mapping[str, Any], arch: Arch) -> list[str]:
+    return [k for k in param_names(arch, bias=False) if params.get(k) is None]
+
+
+def _unknown(params: Mapping[str, Any], arch: Arch) -> list[str]:
+    return [k for k in params if k not in param_names(arch)]
+
+
 def _check_keys(params: Any) -> Arch:
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a mapping of arrays; got {type(params).__name__}")
-    arch = arch_of(params)
-    missing = [k for k in param_names(arch, bias=False) if params.get(k) is None]
+    arch, widest = arch_of(params), _widest(params, arch_of(params))
+    if _missing(params, widest) and len(_missing(params, widest)) <= len(_unknown(params, arch)):
+        arch = widest  # the fewer names: a missing W_l1, not every key above it unknown
+    missing = _missing(params, arch)
     if missing:
         raise ValueError(f"params: missing key(s) {missing}; expected {_expected_keys(arch)}")
-    extra = [k for k in params if k not in param_names(arch)]
+    extra = _unknown(params, arch)
     if extra:
         raise ValueError(f"params: unknown key(s) {extra}; expected {_expected_keys(arch)}")
     cell_biases = [params.get(f"b{suffix(l, d)}") is not None for l, d in arch.cells()]
@@ -145,6 +172,19 @@ def _check_params(params: Any, others: dict[str, Any]) -> tuple[Any, Dims]:
                 f"params['{key}']: dtype {params[key].dtype} differs from params['U'] {dtype}"
             )
     return xp, Dims(int(M), int(D), int(C), dtype, arch.layers, arch.directions)
+
+
+def as_index(x: Any, xp: Any) -> Any:
+    """Ids (or 0/1 targets and masks) of any integer dtype, as the namespace's default
+    integer when they are neither int32 nor int64: cast once, at entry, so that a torch
+    uint8 or uint16 array works as a NumPy one does (torch indexes and compares only
+    some integer dtypes). Anything else is returned as it is, for the checks to judge."""
+    if x is None or not hasattr(x, "dtype") or not xp.isdtype(x.dtype, "integral"):
+        return x
+    if x.dtype in (xp.int32, xp.int64):
+        return x
+    info = xp.__array_namespace_info__()
+    return xp.astype(x, info.default_dtypes(device=x.device)["integral"])
 
 
 def check_call(

@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import backends, layers, model
-from .checks import check_call, check_values
+from .checks import as_index, check_call, check_values
 from .heads import HEADS, loss_weights, reduce
 
 __all__ = ["GradientFlow", "gradient_flow", "spectral_stats", "state_gradient_sweep"]
@@ -133,6 +133,7 @@ def gradient_flow(
         params, inputs, targets=targets, h0=h0, mask=mask, head=head, reduction=reduction,
         need_targets=True, nonlinearity=nonlinearity,
     )  # fmt: skip
+    inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
     if dims.directions != 1:
         raise ValueError(
             "params: gradient_flow measures how far back in time losses reach, and a "

@@ -119,20 +119,25 @@ def from_torch(
             raise ValueError(f"{name}: batch_first=True; bptt's arrays are time-major (T, B, ...)")
         if getattr(module, "proj_size", 0):
             raise ValueError(f"{name}: proj_size is an LSTM option; expected a torch.nn.RNN")
-    r, lin = _state(rnn, "rnn"), _state(linear, "linear")
+    r = {k: _numpy(v, f"rnn[{k!r}]") for k, v in _state(rnn, "rnn").items()}
+    lin = {k: _numpy(v, f"linear[{k!r}]") for k, v in _state(linear, "linear").items()}
     arch, bias = _arch_of_torch(r)
-    if "weight" not in lin:
-        raise ValueError(f"linear: expected a torch.nn.Linear state dict; got keys {sorted(lin)}")
+    if "weight" not in lin or not set(lin) <= {"weight", "bias"}:
+        raise ValueError(
+            f"linear: expected a torch.nn.Linear state dict (weight, optional bias); got keys "
+            f"{sorted(lin)}" + (f", of which {sorted(set(lin) - {'weight', 'bias'})} are "
+                                "unexpected" if "weight" in lin else "")
+        )  # fmt: skip
     host: dict[str, np.ndarray] = {}
     for layer, direction in arch.cells():
         s, t = suffix(layer, direction), _torch_suffix(layer, direction)
-        host[f"U{s}"] = _numpy(r[f"weight_ih{t}"])
-        host[f"W{s}"] = _numpy(r[f"weight_hh{t}"])
+        host[f"U{s}"] = r[f"weight_ih{t}"]
+        host[f"W{s}"] = r[f"weight_hh{t}"]
         if bias:
-            host[f"b{s}"] = _numpy(r[f"bias_ih{t}"]) + _numpy(r[f"bias_hh{t}"])
-    host["V"] = _numpy(lin["weight"])
+            host[f"b{s}"] = r[f"bias_ih{t}"] + r[f"bias_hh{t}"]
+    host["V"] = lin["weight"]
     if "bias" in lin:
-        host["c"] = _numpy(lin["bias"])
+        host["c"] = lin["bias"]
     names = param_names(arch, bias=bias, output_bias="bias" in lin)
     dtype = dtype_name(str(host["U"].dtype) if dtype is None else dtype)
     be = backends.get_backend(backend, device)
@@ -142,8 +147,33 @@ def from_torch(
     return params
 
 
-def _numpy(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy()
+def _numpy(x: Any, name: str) -> np.ndarray:
+    """One state-dict entry as a host floating array: a torch tensor (any device that
+    can be read; float16 and bfloat16 widened to float32), an array of any array-API
+    library, or a (nested) list of numbers. TypeError or ValueError naming the entry."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        if x.device.type == "meta":
+            raise ValueError(f"{name}: a tensor on torch's 'meta' device holds no values")
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        host = x.numpy()
+    elif backends.is_array(x):
+        host = np.asarray(backends.backend_of(x).to_numpy(x))
+    elif isinstance(x, (list, tuple)):
+        try:
+            host = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: a list that is not a rectangular array of numbers "
+                             f"({e})") from None  # fmt: skip
+    else:
+        raise TypeError(f"{name}: expected a tensor, an array or a list of numbers; got "
+                        f"{type(x).__name__}")  # fmt: skip
+    if host.dtype.kind not in "fiu" or host.dtype == np.bool_:
+        raise TypeError(f"{name}: expected real numbers; got dtype {host.dtype}")
+    return host if host.dtype.kind == "f" else host.astype(np.float64)
 
 
 def torch_modules(params: Mapping[str, Any], *, nonlinearity: str = "tanh") -> tuple[Any, Any]:
