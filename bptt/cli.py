@@ -11,6 +11,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 COMMANDS = {
     "train": "bptt.commands.train",
@@ -23,12 +24,24 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, remembering the last error it reported (for the other ranks of a job)."""
+
+    last_error: str | None = None
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        from .distributed import launched_rank, launched_size
+
+        _Parser.last_error = f"{self.prog}: error: {message}"
+        if launched_size() > 1 and launched_rank() != 0:  # rank 0 says it for the job
+            self.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="bptt", description="Train and sample RNNs with hand-derived BPTT."
-    )
+    parser = _Parser(prog="bptt", description="Train and sample RNNs with hand-derived BPTT.")
     parser.add_argument("--version", action="version", version=f"bptt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
@@ -46,7 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = "bptt"
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # an error, --version, --help: tell a job's other ranks
+            _tell_other_ranks(e.code)
+            raise
         name = f"bptt {args.command}"
         return int(args.run(args) or 0)
     except KeyboardInterrupt:
@@ -56,6 +73,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         asked = str(e) or "an allocation failed (the size was not reported)"
         print(f"{name}: error: out of memory: {asked}; use smaller sizes", file=sys.stderr)
         return 2
+
+
+def _tell_other_ranks(code: Any) -> None:
+    """Under ``mpiexec``, a process that exits before MPI starts (its options do not
+    parse, ``--version``) tells the ranks waiting to train, which then refuse at once
+    (:func:`bptt.distributed.report_exit`); elsewhere nothing."""
+    from .distributed import launched_size, report_exit
+
+    if launched_size() <= 1:
+        return
+    what = _Parser.last_error if code else None
+    report_exit(f"its command line was refused ({what})" if what else
+                f"it exited before starting (exit status {code or 0}: --version or --help)")  # fmt: skip
 
 
 if __name__ == "__main__":

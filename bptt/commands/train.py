@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import signal
 import sys
 import time
@@ -151,6 +152,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rank-timeout", type=nonneg_float, default=300.0, metavar="SECONDS",
         help="end every rank (MPI_Abort) when one waits this long for the others in a "
         "collective: a rank that hangs or was cut off (default 300; 0: wait forever)",
+    )  # fmt: skip
+    ranks.add_argument(
+        "--start-timeout", type=nonneg_float, default=60.0, metavar="SECONDS",
+        help="end the job when its ranks have not all started MPI within this long: a rank "
+        "that exited or failed before starting it (default 60; 0: wait forever)",
     )  # fmt: skip
 
 
@@ -406,17 +412,33 @@ def _communicator(args: argparse.Namespace) -> Any:
     missing."""
     from .. import distributed
 
-    wanted = args.distributed == "mpi" or (
-        args.distributed == "auto" and distributed.launched_size() > 1
-    )
+    size = distributed.launched_size()
+    wanted = args.distributed == "mpi" or (args.distributed == "auto" and size > 1)
+    start = {"timeout": args.rank_timeout or None, "start_timeout": args.start_timeout or None}
     if not wanted:
+        if size > 1 and importlib.util.find_spec("mpi4py") is not None:
+            _agree_alone(args, start)  # every rank of the job said none, or all refuse
         return distributed.Local()
     try:
-        return distributed.Communicator(timeout=args.rank_timeout or None)
+        return distributed.Communicator(**start)
     except distributed.MPIUnavailableError as e:
         size = distributed.launched_size()
         started = f"started as one of {size} processes; " if size > 1 else ""
         _refuse(args, f"{started}{e}", root=distributed.launched_rank() == 0)
+
+
+def _agree_alone(args: argparse.Namespace, start: dict[str, Any]) -> None:
+    """``--distributed none`` under a launcher: meet the other ranks once, in the start-up
+    agreement, so that a job where only some ranks said none refuses on every rank (one
+    line, exit 2) instead of leaving the others waiting for this one."""
+    from .. import distributed
+
+    comm = distributed.Communicator(**start)
+    try:
+        with comm.startup(distributed="none"):
+            pass
+    except distributed.StartupError as e:
+        _refuse(args, str(e), root=comm.is_root)
 
 
 def _refuse(args: argparse.Namespace, message: str, *, root: bool) -> None:
@@ -432,18 +454,15 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..data import DataError
 
-    parser = args._parser
-    if args.bidirectional:
-        parser.error(BIDIRECTIONAL_REFUSED)
     comm = _communicator(args)
     trainer = None
     try:
-        with comm.startup(steps=args.steps, minutes=args.minutes):  # every rank built its run,
-            # with the same options: one collective
+        with comm.startup(steps=args.steps, minutes=args.minutes, distributed="mpi"):
+            # every rank built its run, with the same options: one collective
+            if args.bidirectional:  # refused on every rank alike, after MPI started
+                raise ValueError(BIDIRECTIONAL_REFUSED)
             check_output_path(args.plot, "--plot", suffixes=FIGURE_SUFFIXES)  # before any work
             if args.plot is not None:
-                import importlib.util
-
                 if importlib.util.find_spec("matplotlib") is None:
                     raise ValueError("--plot needs matplotlib: pip install 'bptt[plot]'")
             trainer, note, resumed = _build(args, comm)
@@ -536,9 +555,11 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
         _close(progress)
         if comm.size > 1:
             raise  # another rank may be past it: abort_on_error ends them all
+        hint = resume_hint if trainer.written or trainer.resumed_at else (
+            "no checkpoint was written: start the run again")  # fmt: skip
         print(
             f"bptt train: stopped at step {trainer.step} without a final checkpoint "
-            f"(second interrupt); {resume_hint}",
+            f"(second interrupt); {hint}",
             file=sys.stderr,
         )
         return 128 + (stop[-1] if stop else signal.SIGINT)
