@@ -84,8 +84,8 @@ def _tell_other_ranks(code: Any) -> None:
     if launched_size() <= 1:
         return
     what = _Parser.last_error if code else None
-    report_exit(f"its command line was refused ({what})" if what else
-                f"it exited before starting (exit status {code or 0}: --version or --help)")  # fmt: skip
+    gone = f"it exited before starting (exit status {code or 0}: --version or --help)"
+    report_exit(f"its command line was refused ({what})" if what else gone)
 
 
 if __name__ == "__main__":

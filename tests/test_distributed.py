@@ -489,9 +489,8 @@ def test_the_last_checkpoint_failing_and_a_nan_end_every_rank_with_one_line(tmp_
     assert out.returncode == 1 and len(ours) == 1, out
     assert "checkpoint: cannot write" in ours[0] and "at step 4: No space left" in ours[0]
     assert load_checkpoint(tmp_path / "run" / "latest.npz").step == 2
-    nan = _train_argv(text, "--optimizer", "sgd", "--lr", "1e38", "--clip", "0", "--dtype", "float32",
-                      "--eval-every", "50",
-                      "--checkpoint-dir", "nan")
+    nan = _train_argv(text, "--optimizer", "sgd", "--lr", "1e38", "--clip", "0", "--dtype",
+                      "float32", "--eval-every", "50", "--checkpoint-dir", "nan")  # fmt: skip
     out = _launch(_mpiexec(sys.executable, "-m", "bptt", *nan), tmp_path, timeout=PHASE_BOUND)
     ours = [line for line in out.stderr.splitlines() if line.startswith("bptt")]
     assert out.returncode == 1 and len(ours) == 1, out
