@@ -55,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Whatever happens, one line and an exit status: a Ctrl-C before
     a command handles it itself (during start-up) is 130, a ``MemoryError`` anywhere is
-    one ``error:`` line naming the size asked for, exit 2."""
+    one ``error:`` line naming the size asked for, exit 2, and a ``FloatingPointError``
+    (a score, loss or norm that came out NaN or infinite) one line naming it, exit 1."""
     name = "bptt"
     try:
         parser = build_parser()
@@ -69,6 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except FloatingPointError as e:  # a score or norm that diverged: never reported as one
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
     except MemoryError as e:
         asked = str(e) or "an allocation failed (the size was not reported)"
         print(f"{name}: error: out of memory: {asked}; use smaller sizes", file=sys.stderr)

@@ -13,6 +13,7 @@ scored; the rest is scored once with fixed weights and once dynamically.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
@@ -74,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import BEST, CheckpointError
     from ..data import DataError
 
+    import numpy as np
+
     parser = args._parser
     try:
-        return _run(args, BEST)
+        with np.errstate(all="ignore"):  # a diverging setting is one line, not warnings
+            return _run(args, BEST)
     except (CheckpointError, DataError, backends.BackendError, ValueError) as e:
         parser.error(str(e))
 
@@ -132,6 +136,11 @@ def _run(args: argparse.Namespace, best: str) -> int:
     bpc, count = validation_score(params, text.ids, streams=streams, warmup=warmup,
                                   backend=be, dtype=dtype,
                                   nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
+    if not math.isfinite(bpc):
+        raise FloatingPointError(
+            f"static: {bpc} bits/char: the checkpoint's weights overflow on this text (NaN or "
+            "infinite logits); there is no score to report"
+        )
     print(
         f"static: {bpc:.4f} bits/char over {count:,} characters ({streams} streams, "
         f"warm-up {warmup}, as training validates; {time.perf_counter() - t0:.1f} s)"
@@ -150,8 +159,10 @@ def _candidates(args: argparse.Namespace) -> list[Any]:
 
 def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[Any, str]:
     """The training gradient's RMS for the rms rule, and where it came from."""
-    from .. import data
-    from ..dynamic_eval import gradient_rms
+    import numpy as np
+
+    from .. import backends, data
+    from ..dynamic_eval import gradient_rms, rms_chunks
     from ..evaluation import run_text
 
     try:
@@ -163,11 +174,18 @@ def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[A
         ) from None
     train_ids, _ = data.split_ids(data.Vocab(ckpt.vocab).encode(text, name=source),
                                   val_fraction=fraction)  # fmt: skip
-    batch = 64
-    rms = gradient_rms(params, train_ids, seq_len=args.seq_len, batch=batch,
-                       chunks=args.stats_chunks,
+    batch, chunks = rms_chunks(len(train_ids), seq_len=args.seq_len, batch=64,
+                               chunks=args.stats_chunks)  # what the text holds  # fmt: skip
+    rms = gradient_rms(params, train_ids, seq_len=args.seq_len, batch=batch, chunks=chunks,
                        nonlinearity=ckpt.architecture["nonlinearity"])  # fmt: skip
-    where = f"{args.stats_chunks} chunks (B={batch}, T={args.seq_len}) of {source}'s training split"
+    if not bool(np.all(np.isfinite(np.asarray(backends.backend_of(rms).to_numpy(rms))))):
+        raise FloatingPointError(
+            "--rule rms: the training gradient's RMS is NaN or infinite at the checkpoint's "
+            "weights (they overflow on the training text); use --rule sgd"
+        )
+    asked = f" (of the {args.stats_chunks} asked for: all the text holds)" if (
+        chunks < args.stats_chunks) else ""  # fmt: skip
+    where = f"{chunks} chunks{asked} (B={batch}, T={args.seq_len}) of {source}'s training split"
     return rms, where
 
 
