@@ -57,6 +57,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     a command handles it itself (during start-up) is 130, a ``MemoryError`` anywhere is
     one ``error:`` line naming the size asked for, exit 2, and a ``FloatingPointError``
     (a score, loss or norm that came out NaN or infinite) one line naming it, exit 1."""
+    from . import _startup
+
+    _startup.uninstall()  # from here on, KeyboardInterrupt is handled below
     name = "bptt"
     try:
         parser = build_parser()
