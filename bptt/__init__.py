@@ -10,9 +10,12 @@ follow the derivation in ``docs/derivation.md``.
 
 from __future__ import annotations
 
+# isort: off
 # _startup first (before any other import): Ctrl-C while the bptt command starts, exit 130
-from . import _startup  # noqa: F401, I001
-from importlib.metadata import PackageNotFoundError, version  # noqa: I001
+from . import _startup  # noqa: F401
+from importlib.metadata import PackageNotFoundError, version
+
+# isort: on
 
 from . import backends, interop, optim
 from .api import forward, gradcheck, loss_and_grad

@@ -8,6 +8,7 @@ are imported only when their command runs, except for building ``--help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
@@ -58,6 +59,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     one ``error:`` line naming the size asked for, exit 2, and a ``FloatingPointError``
     (a score, loss or norm that came out NaN or infinite) one line naming it, exit 1."""
     from . import _startup
+    from .commands import _output
 
     _startup.uninstall()  # from here on, KeyboardInterrupt is handled below
     name = "bptt"
@@ -69,7 +71,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             _tell_other_ranks(e.code)
             raise
         name = f"bptt {args.command}"
-        return int(args.run(args) or 0)
+        with _output.guarded():  # a reader that went away, a full disk: recorded, not raised
+            code = int(args.run(args) or 0)
+            failed = _output.failure()
+        if failed is not None and code == 0:  # the command did not say so itself
+            with contextlib.suppress(OSError, ValueError):
+                print(f"{name}: error: {failed}", file=sys.stderr)
+            return 1
+        return code
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130

@@ -255,6 +255,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..plot import plot_gradient_flow
 
-        plot_gradient_flow(results, args.plot, title=title)
+        try:
+            plot_gradient_flow(results, args.plot, title=title)
+        except OSError as e:  # its directory went away meanwhile
+            raise ValueError(f"--plot: cannot write {args.plot!r}: {e.strerror or e}") from None
         print(f"wrote {args.plot}")
     return 0

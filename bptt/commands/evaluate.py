@@ -71,11 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .. import backends
     from ..checkpoint import BEST, CheckpointError
     from ..data import DataError
-
-    import numpy as np
 
     parser = args._parser
     try:

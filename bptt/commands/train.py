@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib.util
 import signal
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ..allreduce import ALLREDUCE_MODES
+from . import _output
 from ._args import (
     FIGURE_SUFFIXES,
     add_backend_arguments,
@@ -545,7 +547,7 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
             steps=steps,
             minutes=args.minutes,
             reporter=progress,
-            should_stop=lambda: bool(stop),
+            should_stop=lambda: bool(stop) or _output.failure() is not None,  # as Ctrl-C
         )
     except (NonFiniteError, CheckpointError, RanksDivergedError) as e:  # every rank's
         _close(progress)
@@ -573,15 +575,34 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
         f"  last validation {result.last_val:.4f} bits/char, best {result.best_val:.4f} "
         f"at step {result.best_step}\n  latest: {result.latest}\n  best:   {result.best}"
     )
-    if args.plot is not None and comm.is_root:
-        from ..plot import plot_history
-
-        plot_history(trainer.history, args.plot, title=f"{trainer.corpus.source}, D={c.hidden}")
-        print(f"  plot:   {args.plot}")
+    saved = f"step {result.step} saved in {result.latest}"
+    failed = _plot(args, trainer) if comm.is_root else None
+    broken = _output.failure()  # stdout or stderr failed: the loop stopped as on Ctrl-C
+    if broken is not None or failed is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"bptt train: error: {broken or failed}" + (f" at step {result.step}" if broken
+                  else "") + f"; {saved}: {resume_hint}", file=sys.stderr)  # fmt: skip
+        return 1
     if result.reason == "interrupted":
         say(f"interrupted: {resume_hint}  (step {result.step} saved in {result.latest})")
         return 128 + (stop[0] if stop else signal.SIGINT)  # ranks: another rank's signal
     return 0
+
+
+def _plot(args: argparse.Namespace, trainer: Any) -> str | None:
+    """Write --plot; what went wrong, or None. The run is saved before: a plot that
+    cannot be written (its directory went away) is one line at the end."""
+    if args.plot is None:
+        return None
+    from ..plot import plot_history
+
+    c = trainer.config
+    try:
+        plot_history(trainer.history, args.plot, title=f"{trainer.corpus.source}, D={c.hidden}")
+    except OSError as e:
+        return f"--plot: cannot write {args.plot!r}: {e.strerror or e}"
+    print(f"  plot:   {args.plot}")
+    return None
 
 
 def _close(progress: Any) -> None:
