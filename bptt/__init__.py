@@ -12,7 +12,7 @@ from __future__ import annotations
 
 # isort: off
 # _startup first (before any other import): Ctrl-C while the bptt command starts, exit 130
-from . import _startup  # noqa: F401
+from ._startup import INSTALLED as _STARTUP_GUARD  # noqa: F401
 from importlib.metadata import PackageNotFoundError, version
 
 # isort: on

@@ -30,13 +30,17 @@ def interrupted(signum: int, frame: object) -> None:
         os._exit(130)
 
 
-def install() -> None:
+def install() -> bool:
+    """Answer SIGINT with :func:`interrupted` if this process is the command; whether it
+    does."""
     if (
         _is_command()
         and threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ):
         signal.signal(signal.SIGINT, interrupted)
+        return True
+    return False
 
 
 def uninstall() -> None:
@@ -45,4 +49,4 @@ def uninstall() -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-install()
+INSTALLED = install()

@@ -58,10 +58,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     a command handles it itself (during start-up) is 130, a ``MemoryError`` anywhere is
     one ``error:`` line naming the size asked for, exit 2, and a ``FloatingPointError``
     (a score, loss or norm that came out NaN or infinite) one line naming it, exit 1."""
-    from . import _startup
-    from .commands import _output
+    from ._startup import uninstall
+    from .commands._output import failure, guarded
 
-    _startup.uninstall()  # from here on, KeyboardInterrupt is handled below
+    uninstall()  # from here on, KeyboardInterrupt is handled below
     name = "bptt"
     try:
         parser = build_parser()
@@ -71,9 +71,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             _tell_other_ranks(e.code)
             raise
         name = f"bptt {args.command}"
-        with _output.guarded():  # a reader that went away, a full disk: recorded, not raised
+        with guarded():  # a reader that went away, a full disk: recorded, not raised
             code = int(args.run(args) or 0)
-            failed = _output.failure()
+            failed = failure()
         if failed is not None and code == 0:  # the command did not say so itself
             with contextlib.suppress(OSError, ValueError):
                 print(f"{name}: error: {failed}", file=sys.stderr)

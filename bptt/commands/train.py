@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 from ..allreduce import ALLREDUCE_MODES
-from . import _output
 from ._args import (
     FIGURE_SUFFIXES,
     add_backend_arguments,
@@ -26,6 +25,7 @@ from ._args import (
     probability,
     size,
 )
+from ._output import failure as output_failure
 
 HELP = "train a character-level RNN (built-in text by default), with checkpoints"
 DEFAULT_MAX_TEXT_BYTES = 1 << 30  # bptt.limits.DEFAULT_MAX_TEXT_BYTES (not imported: --help)
@@ -547,7 +547,7 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
             steps=steps,
             minutes=args.minutes,
             reporter=progress,
-            should_stop=lambda: bool(stop) or _output.failure() is not None,  # as Ctrl-C
+            should_stop=lambda: bool(stop) or output_failure() is not None,  # as Ctrl-C
         )
     except (NonFiniteError, CheckpointError, RanksDivergedError) as e:  # every rank's
         _close(progress)
@@ -577,7 +577,7 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
     )
     saved = f"step {result.step} saved in {result.latest}"
     failed = _plot(args, trainer) if comm.is_root else None
-    broken = _output.failure()  # stdout or stderr failed: the loop stopped as on Ctrl-C
+    broken = output_failure()  # stdout or stderr failed: the loop stopped as on Ctrl-C
     if broken is not None or failed is not None:
         with contextlib.suppress(OSError, ValueError):
             print(f"bptt train: error: {broken or failed}" + (f" at step {result.step}" if broken
