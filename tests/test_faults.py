@@ -311,16 +311,24 @@ DEV_FULL = Path("/dev/full")
 
 
 def _output_fault(how: str, argv: list[str], cwd: Path) -> tuple[int, str]:
-    """Run ``python -m bptt ARGV`` with its output failing ``how``: "closed pipe" (the
-    reader reads one line and goes away, as ``| head -1``), "stdout full" or "stderr
-    full" (``> /dev/full``). Returns (status, standard error or "" when it is full)."""
+    """Run ``python -m bptt ARGV`` with its output failing ``how``: "reader leaves" (it
+    reads one line and goes away, as ``| head -1``), "closed pipe" (no reader at all),
+    "stdout full" or "stderr full" (``> /dev/full``). Returns (status, standard error,
+    or "" when that is full)."""
     cmd = [sys.executable, "-m", "bptt", *argv]
-    if how == "closed pipe":
+    if how == "reader leaves":
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)  # fmt: skip
         proc.stdout.readline()
         proc.stdout.close()
         return proc.wait(timeout=120), proc.stderr.read()
+    if how == "closed pipe":
+        read, write = os.pipe()
+        os.close(read)
+        done = subprocess.run(cmd, cwd=cwd, stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=120)  # fmt: skip
+        os.close(write)
+        return done.returncode, done.stderr
     with open(DEV_FULL, "w") as full:
         out = full if how == "stdout full" else subprocess.PIPE
         err = full if how == "stderr full" else subprocess.PIPE
@@ -331,7 +339,8 @@ def _output_fault(how: str, argv: list[str], cwd: Path) -> tuple[int, str]:
 # (command, how its output fails): every row ends with exit 1, no traceback, and (where
 # standard error still works) one line naming the stream; train keeps its steps.
 OUTPUT_FAULTS = [
-    ("train", "closed pipe"), ("train", "stdout full"), ("train", "stderr full"),
+    ("train", "reader leaves"), ("train", "closed pipe"), ("train", "stdout full"),
+    ("train", "stderr full"),
     ("evaluate", "closed pipe"), ("evaluate", "stdout full"), ("sample", "stdout full"),
     ("info", "stdout full"), ("diagnose", "closed pipe"),
 ]  # fmt: skip
