@@ -213,6 +213,30 @@ def test_a_batch_the_ranks_do_not_divide_is_refused_with_the_fix() -> None:
     assert distributed.Shard.of(8, 3, 4)[3:] == (6, 8)
 
 
+class _ThreeRanks(distributed.Local):
+    """Rank 0 of three, as far as the shard is concerned (no MPI)."""
+
+    size = 3
+
+    def shard(self, batch: int) -> distributed.Shard:
+        return distributed.Shard.of(batch, 0, 3)
+
+
+def test_a_batch_the_ranks_cannot_split_on_a_resume_names_rank_counts_not_batch(tmp_path):
+    """--batch cannot change on a resume: the fix offered is a number of ranks."""
+    cfg = small_config(batch=4)
+    with pytest.raises(ValueError, match=r"use --batch 3 or 6"):
+        train.Trainer.create(small_corpus(), cfg, backend="numpy", comm=_ThreeRanks())
+    trainer = train.Trainer.create(small_corpus(), cfg, backend="numpy", checkpoint_dir=tmp_path)
+    trainer.run(steps=2)
+    ckpt = load_checkpoint(tmp_path / "latest.npz")
+    with pytest.raises(ValueError) as info:
+        train.Trainer.resume(ckpt, small_corpus(), backend="numpy", comm=_ThreeRanks())
+    message = str(info.value)
+    assert "a resumed run keeps its batch" in message and "N in [1, 2, 4]" in message
+    assert "use --batch" not in message
+
+
 def test_asking_for_mpi_without_mpi4py_says_how_to_install(monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py raises ImportError
     with pytest.raises(distributed.MPIUnavailableError, match=r"pip install 'bptt\[mpi\]'"):

@@ -17,7 +17,7 @@ import math
 import time
 from typing import Any
 
-from ._args import add_backend_arguments, nonneg_float, nonneg_int, positive_int
+from ._args import add_backend_arguments, nonneg_float, nonneg_int, positive_int, size
 
 HELP = "score a checkpoint on held-out text (bits per character); --dynamic adapts as it scores"
 
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--split", choices=("validation", "all"),
                         help="the held-out tail, or all of the text (default: validation, "
                         "all for --text)")  # fmt: skip
+    source.add_argument("--max-text-size", type=size, metavar="SIZE", default=1 << 30,
+                        help="refuse a text larger than this (default 1G; e.g. 4G): only "
+                        "regular files are read, their size checked first")  # fmt: skip
     source.add_argument("--unknown", choices=("error", "skip"), default="error",
                         help="characters outside the model's vocabulary: an error (default), "
                         "or left out of the text and counted")  # fmt: skip
@@ -115,7 +118,8 @@ def _run(args: argparse.Namespace, best: str) -> int:
 
     path, ckpt, be, params, dtype = _load(args, best)
     text = held_out(ckpt.vocab, ckpt.config, text=args.text, corpus=args.corpus,
-                    split=args.split, unknown=args.unknown)  # fmt: skip
+                    split=args.split, unknown=args.unknown,
+                    max_bytes=args.max_text_size)  # fmt: skip
     sizes = ckpt.sizes
     arch = ckpt.architecture
     shape = (f", L={arch['layers']}" if arch["layers"] > 1 else "") + (
@@ -166,7 +170,7 @@ def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[A
     from ..evaluation import run_text
 
     try:
-        text, source, fraction = run_text(ckpt.config)
+        text, source, fraction = run_text(ckpt.config, max_bytes=args.max_text_size)
     except data.DataError as e:
         raise data.DataError(
             f"--rule rms gathers the gradient's RMS on the run's training text, which is not "
