@@ -137,8 +137,8 @@ def test_a_numpy_run_never_imports_cupy_nor_shows_its_warnings(tmp_path) -> None
         "raise ImportError('no CUDA here')\n"
     )
     (tmp_path / "text.txt").write_text(SMALL_TEXT, encoding="utf-8")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"),
-                                                        os.environ.get("PYTHONPATH", "")])}
+    path = os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
     done = subprocess.run(
         [sys.executable, "-m", "bptt", "train", "--text", "text.txt", "--backend", "auto",
          "--hidden", "8", "--batch", "4", "--seq-len", "16", "--steps", "2", "--no-progress",

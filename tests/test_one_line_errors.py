@@ -373,8 +373,9 @@ ADVICE = [
 
 @pytest.mark.parametrize(("argv", "fragment", "follow"), ADVICE,
                          ids=[" ".join(a[:3]) + f" ({f})" for a, f, _ in ADVICE])  # fmt: skip
-def test_messages_name_flags_the_command_has_and_their_advice_works(run, tmp_path, capsys, argv,
-                                                                    fragment, follow) -> None:  # fmt: skip
+def test_messages_name_flags_the_command_has_and_their_advice_works(
+    run, tmp_path, capsys, argv, fragment, follow
+) -> None:
     import re
 
     big = tmp_path / "big.txt"
