@@ -213,6 +213,19 @@ def test_a_batch_the_ranks_do_not_divide_is_refused_with_the_fix() -> None:
     assert distributed.Shard.of(8, 3, 4)[3:] == (6, 8)
 
 
+def test_the_ranks_messages_name_a_checkpoint_only_if_this_run_wrote_one(tmp_path) -> None:
+    """The watchdog's and the parameter check's advice: resume from the last checkpoint
+    this run wrote, or, when it wrote none, start again."""
+    alone = train.Trainer.create(small_corpus(), small_config(), backend="numpy")
+    alone.run(steps=2)
+    assert alone.comm.saved is None and "start it again" in alone.comm.saved_note()
+    saving = train.Trainer.create(small_corpus(), small_config(eval_every=2), backend="numpy",
+                                  checkpoint_dir=tmp_path)  # fmt: skip
+    saving.run(steps=2)
+    note = saving.comm.saved_note()
+    assert f"{tmp_path / 'latest.npz'} (step 2), is complete: resume from it" in note
+
+
 class _ThreeRanks(distributed.Local):
     """Rank 0 of three, as far as the shard is concerned (no MPI)."""
 
@@ -443,6 +456,7 @@ def test_a_rank_that_hangs_is_ended_by_the_watchdog(tmp_path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1 and time.monotonic() - t0 < 30
     assert "rank 0 of 2 (" in stderr and "waited 2 s for the other ranks" in stderr
+    assert "The last checkpoint, run/latest.npz (step " in stderr  # this run wrote it
     load_checkpoint(tmp_path / "run" / "latest.npz")
 
 

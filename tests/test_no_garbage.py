@@ -357,7 +357,7 @@ def test_no_command_reports_a_nan_score(runs, tmp_path, monkeypatch, capsys, arg
     assert cli.main([files.get(a, a) for a in argv]) == 1
     out, err = capsys.readouterr()
     assert len(err.splitlines()) == 1 and fragment in err, err
-    assert re.search(r"\b(nan|inf)\b", out.lower()) is None, out
+    assert re.search(r"\b(nan|-?inf)\b", out) is None, out
 
 
 def test_stats_chunks_reports_the_chunks_used(runs, capsys) -> None:
@@ -369,3 +369,13 @@ def test_stats_chunks_reports_the_chunks_used(runs, capsys) -> None:
     out = capsys.readouterr().out
     used = re.search(r"gradient RMS from (\d+) chunks \(of the 100000 asked for", out)
     assert used is not None and int(used.group(1)) < 100000, out
+
+
+def test_a_diverged_setting_in_a_tuning_grid_is_named_not_scored(runs, capsys) -> None:
+    from bptt import cli
+
+    assert cli.main(["evaluate", str(runs / "run"), "--dynamic", "--rule", "sgd", "--lr",
+                     "1e-3", "1e300", "--tune-chars", "200"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert re.search(r"lr 1e\+300, decay 0 +diverged \(NaN or infinite\)\n", out), out
+    assert re.search(r"\b(nan|-?inf)\b", out) is None, out

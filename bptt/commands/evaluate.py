@@ -212,7 +212,8 @@ def _dynamic(args: argparse.Namespace, ckpt: Any, be: Any, params: dict[str, Any
         print(f"  settings chosen on the first {n:,} characters, which are not scored:")
         for update, bpc in result.tuning:
             mark = "  <- chosen" if update == result.chosen else ""
-            print(f"    {update.describe():<40} {bpc:.4f} bits/char{mark}")
+            score = f"{bpc:.4f} bits/char" if math.isfinite(bpc) else "diverged (NaN or infinite)"
+            print(f"    {update.describe():<40} {score}{mark}")
     elif n:
         print(f"  settings given: {result.chosen.describe()}; the first {n:,} characters "
               "are not scored (as when tuning)")  # fmt: skip
