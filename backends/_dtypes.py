@@ -37,5 +37,5 @@ def refusal(library: str, device: Any, dtype: str, what: str) -> str:
     """The message for ``dtype`` not being available on ``library``'s ``device``."""
     if library in X64_GATED and dtype in X64_DTYPES:
         return f"{what}: {dtype} needs JAX's x64 mode: {X64_HINT}"
-    advice = "; use 'float32'" if dtype.startswith("float") else ""
+    advice = "; use 'float32'" if dtype.startswith("float") and dtype != "float32" else ""
     return f"{what}: {dtype} is not supported on {library} device {device!r}{advice}"

@@ -51,6 +51,8 @@ def load_torch(device: Any) -> Backend:
             raise BackendError(f"device: torch CUDA is not usable here: {status.reason}")
         if (dev.index or 0) >= torch.cuda.device_count():
             raise BackendError(f"device: {dev} does not exist; {status.devices}")
+    elif dev.type != "cpu":  # mps, xpu, meta, ...: listed is not usable; try one kernel
+        _probe_torch_device(torch, dev)
 
     def to_numpy(x: Any) -> np.ndarray:
         return x.detach().cpu().numpy()
@@ -60,6 +62,23 @@ def load_torch(device: Any) -> Backend:
             torch.cuda.synchronize(d)
 
     return Backend("torch", xp, dev, to_numpy, sync)
+
+
+def _probe_torch_device(torch: Any, dev: Any) -> None:
+    """BackendError unless a tiny kernel runs on ``dev`` and its result can be read back
+    (torch's ``meta`` device computes shapes only; ``mps`` needs Apple's GPU)."""
+    try:
+        ok = int((torch.arange(4, device=dev) * 2).sum().cpu().item()) == 12
+    except Exception as e:  # RuntimeError, NotImplementedError: no such device here
+        first = (str(e).splitlines() or [""])[0].split(". ")[0][:160]  # one sentence
+        reason = f"{type(e).__name__}: {first}"
+    else:
+        reason = "" if ok else "a test kernel returned a wrong result"
+    if reason:
+        raise BackendError(
+            f"device: torch cannot compute on {str(dev)!r} here, or its arrays cannot be "
+            f"read ({reason}); use 'cpu'" + (", or 'cuda'" if torch.cuda.is_available() else "")
+        )
 
 
 def load_cupy(device: Any) -> Backend:

@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import functools
 import importlib
+import sys
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 NAMES = ("numpy", "cupy", "torch", "array_api_strict", "jax")
 
@@ -31,10 +34,26 @@ def importable(module: str) -> str:
     return ""
 
 
+def _no_cuda_device() -> str:
+    """Why no CUDA device can be here, found without importing cupy (whose import may
+    load CUDA libraries and warn on every process of a NumPy run), or ""."""
+    if not sys.platform.startswith("linux") or "cupy" in sys.modules:
+        return ""
+    dev = Path("/dev")
+    if any(dev.glob("nvidia[0-9]*")) or (dev / "dxg").exists():  # a GPU, or WSL's
+        return ""
+    return "no CUDA device (no /dev/nvidia* here; cupy was not imported)"
+
+
 @functools.cache
 def cupy_status() -> BackendStatus:
-    """A usable GPU: cupy imports, counts a device, and runs a tiny kernel."""
-    reason = importable("cupy")
+    """A usable GPU: cupy imports, counts a device, and runs a tiny kernel. Without a
+    GPU device node cupy is not even imported; its import warnings never show."""
+    reason = _no_cuda_device()
+    if not reason:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            reason = importable("cupy")
     if reason:
         return BackendStatus("cupy", False, reason)
     cupy = importlib.import_module("cupy")

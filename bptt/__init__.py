@@ -11,7 +11,12 @@ follow the derivation in ``docs/derivation.md``.
 
 from __future__ import annotations
 
+# isort: off
+# _startup first (before any other import): Ctrl-C while the bptt command starts, exit 130
+from ._startup import INSTALLED as _STARTUP_GUARD  # noqa: F401
 from importlib.metadata import PackageNotFoundError, version
+
+# isort: on
 
 from . import backends, interop, optim
 from .functional import forward, gradcheck, init_params, loss_and_grad, vjp

@@ -1,7 +1,10 @@
 """``python -m bptt``: the same as the ``bptt`` command."""
 
+import signal
 import sys
 
 from .cli import main
 
-sys.exit(main())
+code = main()
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # done: a late Ctrl-C cannot replace the status
+sys.exit(code)

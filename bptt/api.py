@@ -13,7 +13,7 @@ from typing import Any
 
 from . import layers, schedules
 from .backends import device_context
-from .checks import check_call
+from .checks import as_index, check_call
 from .checks import check_values as _check_values
 from .finite_diff import finite_difference_check
 from .heads import loss_weights
@@ -46,6 +46,7 @@ def forward(
     """
     xp, dims = check_call(model, params, inputs, h0=h0)
     recurrences = schedules.forward_recurrences(xp, schedule)
+    inputs = as_index(inputs, xp)  # ids of any integer dtype
     with device_context(params["U"]):
         if check_values:
             _check_values(params, inputs, h0=h0, dims=dims, xp=xp)
@@ -96,6 +97,7 @@ def loss_and_grad(
         model, params, inputs, targets=targets, h0=h0, mask=mask, reduction=reduction,
         dropout_mask=dropout_mask, need_targets=True, layer_masks=layer_masks,
     )  # fmt: skip
+    inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
     head, T, B = model.head, *inputs.shape[:2]
     itemsize = _itemsize(dims.dtype, xp)
     single = dims.arch.single and model.gates == 1
@@ -156,6 +158,7 @@ def gradcheck(
         dropout_mask=dropout_mask, need_targets=True, layer_masks=layer_masks,
     )  # fmt: skip
     head = model.head
+    inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
     with device_context(params["U"]):
         _check_values(
             params, inputs, targets=targets, h0=h0, mask=mask, head=head, dims=dims, xp=xp,

@@ -19,6 +19,7 @@ from .layers import Arch
 __all__ = [
     "PARAM_KEYS",
     "Dims",
+    "as_index",
     "check_call",
     "check_cotangents",
     "check_params",
@@ -107,6 +108,19 @@ def _describe(model: Any) -> str:
         f"cell {model.cell}, {model.layers} layer(s), {model.directions} direction(s), "
         f"M {model.input_size}, D {model.hidden_size}, C {model.output_size}"
     )
+
+
+def as_index(x: Any, xp: Any) -> Any:
+    """Ids (or 0/1 targets and masks) of any integer dtype, as the namespace's default
+    integer when they are neither int32 nor int64: cast once, at entry, so that a torch
+    uint8 or uint16 array works as a NumPy one does (torch indexes and compares only
+    some integer dtypes). Anything else is returned as it is, for the checks to judge."""
+    if x is None or not hasattr(x, "dtype") or not xp.isdtype(x.dtype, "integral"):
+        return x
+    if x.dtype in (xp.int32, xp.int64):
+        return x
+    info = xp.__array_namespace_info__()
+    return xp.astype(x, info.default_dtypes(device=x.device)["integral"])
 
 
 def check_call(

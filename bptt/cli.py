@@ -8,9 +8,11 @@ are imported only when their command runs, except for building ``--help``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 COMMANDS = {
     "train": "bptt.commands.train",
@@ -23,12 +25,24 @@ COMMANDS = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, remembering the last error it reported (for the other ranks of a job)."""
+
+    last_error: str | None = None
+
+    def error(self, message: str) -> Any:  # type: ignore[override]
+        from .distributed import launched_rank, launched_size
+
+        _Parser.last_error = f"{self.prog}: error: {message}"
+        if launched_size() > 1 and launched_rank() != 0:  # rank 0 says it for the job
+            self.exit(2)
+        super().error(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
-        prog="bptt", description="Train and sample RNNs with hand-derived BPTT."
-    )
+    parser = _Parser(prog="bptt", description="Train and sample RNNs with hand-derived BPTT.")
     parser.add_argument("--version", action="version", version=f"bptt {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name in COMMANDS.items():
@@ -42,20 +56,52 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command. Whatever happens, one line and an exit status: a Ctrl-C before
     a command handles it itself (during start-up) is 130, a ``MemoryError`` anywhere is
-    one ``error:`` line naming the size asked for, exit 2."""
+    one ``error:`` line naming the size asked for, exit 2, and a ``FloatingPointError``
+    (a score, loss or norm that came out NaN or infinite) one line naming it, exit 1."""
+    from ._startup import uninstall
+    from .commands._output import failure, guarded
+
+    uninstall()  # from here on, KeyboardInterrupt is handled below
     name = "bptt"
     try:
         parser = build_parser()
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as e:  # an error, --version, --help: tell a job's other ranks
+            _tell_other_ranks(e.code)
+            raise
         name = f"bptt {args.command}"
-        return int(args.run(args) or 0)
+        with guarded():  # a reader that went away, a full disk: recorded, not raised
+            code = int(args.run(args) or 0)
+            failed = failure()
+        if failed is not None and code == 0:  # the command did not say so itself
+            with contextlib.suppress(OSError, ValueError):
+                print(f"{name}: error: {failed}", file=sys.stderr)
+            return 1
+        return code
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except FloatingPointError as e:  # a score or norm that diverged: never reported as one
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 1
     except MemoryError as e:
         asked = str(e) or "an allocation failed (the size was not reported)"
         print(f"{name}: error: out of memory: {asked}; use smaller sizes", file=sys.stderr)
         return 2
+
+
+def _tell_other_ranks(code: Any) -> None:
+    """Under ``mpiexec``, a process that exits before MPI starts (its options do not
+    parse, ``--version``) tells the ranks waiting to train, which then refuse at once
+    (:func:`bptt.distributed.report_exit`); elsewhere nothing."""
+    from .distributed import launched_size, report_exit
+
+    if launched_size() <= 1:
+        return
+    what = _Parser.last_error if code else None
+    gone = f"it exited before starting (exit status {code or 0}: --version or --help)"
+    report_exit(f"its command line was refused ({what})" if what else gone)
 
 
 if __name__ == "__main__":

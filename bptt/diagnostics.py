@@ -26,7 +26,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from . import backends, layers, model
-from .checks import check_call, check_values
+from .checks import as_index, check_call, check_values
 from .heads import HEADS, loss_weights, reduce
 
 __all__ = ["GradientFlow", "gradient_flow", "spectral_stats", "state_gradient_sweep"]
@@ -136,6 +136,7 @@ def gradient_flow(
     head, nonlinearity = rnn.head, rnn.cell
     if rnn.gates != 1:
         raise ValueError(f"model: gradient_flow measures a vanilla cell; got cell {rnn.cell!r}")
+    inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
     if dims.directions != 1:
         raise ValueError(
             "params: gradient_flow measures how far back in time losses reach, and a "

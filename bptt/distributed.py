@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 __all__ = [
+    "DEFAULT_START_TIMEOUT",
     "INSTALL_HINT",
     "Communicator",
     "Local",
@@ -49,11 +50,13 @@ __all__ = [
     "launched_size",
     "mpi",
     "rank_backend",
+    "report_exit",
     "share_cpus",
 ]
 
 INSTALL_HINT = "pip install 'bptt[mpi]' (mpi4py and the mpich wheel, which brings mpiexec)"
 DEFAULT_TIMEOUT = 300.0  # seconds a rank waits in one collective before it aborts the job
+DEFAULT_START_TIMEOUT = 60.0  # seconds a rank waits for every rank to start MPI
 
 # What launchers tell each process: MPICH's hydra and Intel MPI (PMI), Open MPI, MVAPICH.
 _SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_SIZE")
@@ -82,6 +85,71 @@ def mpi() -> Any:
             f"data-parallel training needs mpi4py and an MPI library ({e}): {INSTALL_HINT}"
         ) from None
     return MPI
+
+
+# The start-up guard, a separate process: MPI_Init holds the GIL while it waits for every
+# rank (no thread of this process can run), so only another process can end the wait.
+_GUARD = """
+import os, select, signal, sys
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # the launcher's Ctrl-C is the rank's
+pid, timeout, line = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+if select.select([sys.stdin], [], [], timeout)[0]:
+    sys.exit(0)  # started (or the rank ended: its end of the pipe closed)
+try:
+    os.kill(pid, 0)
+except OSError:
+    sys.exit(0)
+sys.stderr.write(line + "\\n")
+sys.stderr.flush()
+os.kill(pid, signal.SIGKILL)  # the launcher then ends every rank
+"""
+
+
+class _StartGuard:
+    """Ends this process (SIGKILL, after one line on stderr) unless :meth:`done` is
+    called within ``timeout`` seconds; under a launcher of N > 1 processes only. Rank r
+    waits r / 2 s more (at most 5), so that the first rank to give up speaks for all:
+    the launcher ends the others when one is killed."""
+
+    def __init__(self, timeout: float | None) -> None:
+        self.proc = None
+        size, rank = launched_size(), launched_rank()
+        if not timeout or size <= 1 or "mpi4py.MPI" in sys.modules:
+            return
+        import subprocess
+
+        line = (
+            f"bptt: rank {rank} of {size}: the {size} ranks did not all start MPI within "
+            f"{timeout:g} s (--start-timeout): another rank ended or failed before it started "
+            "(its message is above), or was started with another command; ending the job"
+        )
+        wait = float(timeout) + min(rank, 10) / 2
+        self.proc = subprocess.Popen(
+            [sys.executable, "-I", "-S", "-c", _GUARD, str(os.getpid()), str(wait), line],
+            stdin=subprocess.PIPE,
+        )  # fmt: skip
+
+    def done(self) -> None:
+        if self.proc is not None:
+            proc, self.proc = self.proc, None
+            proc.stdin.close()  # EOF: the guard exits
+            proc.wait()
+
+
+def report_exit(message: str, *, start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:
+    """Under a launcher of N > 1 processes, tell the ranks that wait to train that this
+    one will not (its options did not parse, ``--version``, ...): it meets them in the
+    start-up agreement as a rank that could not start, so that every rank refuses with
+    ``message`` at once instead of waiting for it. Nothing without a launcher or mpi4py;
+    bounded by ``start_timeout`` like any start."""
+    import importlib.util
+
+    if launched_size() <= 1 or importlib.util.find_spec("mpi4py") is None:
+        return
+    with contextlib.suppress(Exception):
+        comm = Communicator(timeout=start_timeout, start_timeout=start_timeout)
+        with comm.startup():
+            raise StartupError(message)
 
 
 def _env_int(names: tuple[str, ...]) -> int | None:
@@ -180,6 +248,10 @@ class Local:
 
     rank, size, local_rank, local_size, host = 0, 1, 0, 1, "localhost"
     is_root = True
+    saved: str | None = None  # the last checkpoint this run wrote ("FILE (step N)")
+
+    def saved_note(self) -> str:
+        return _saved_note(self.saved)
 
     def shard(self, batch: int) -> Shard:
         return Shard(0, 1, batch, 0, batch)
@@ -231,17 +303,25 @@ class Communicator:
     ``timeout`` (seconds, None for none): a watchdog thread aborts every rank
     (``MPI_Abort``) when one collective or device read waits longer than this, with
     a line saying where; a rank that dies outright is ended by the launcher itself
-    (MPICH's mpiexec kills the others at once).
+    (MPICH's mpiexec kills the others at once). ``start_timeout`` (seconds, None for
+    none): under a launcher, a rank whose MPI start-up (``MPI_Init``, which waits for
+    every rank) lasts longer ends itself with a line, and the launcher the others: a
+    rank that exited before starting MPI never leaves the others waiting.
     """
 
-    def __init__(self, comm: Any = None, *, timeout: float | None = DEFAULT_TIMEOUT) -> None:
-        MPI = mpi()
-        self.MPI = MPI
-        self.comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
-        self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
-        node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        node.Free()
+    def __init__(self, comm: Any = None, *, timeout: float | None = DEFAULT_TIMEOUT,
+                 start_timeout: float | None = DEFAULT_START_TIMEOUT) -> None:  # fmt: skip
+        guard = _StartGuard(start_timeout)  # MPI_Init waits for every rank: bounded
+        try:
+            MPI = mpi()
+            self.MPI = MPI
+            self.comm = (MPI.COMM_WORLD if comm is None else comm).Dup()
+            self.rank, self.size = self.comm.Get_rank(), self.comm.Get_size()
+            node = self.comm.Split_type(MPI.COMM_TYPE_SHARED)  # the ranks on this machine
+            self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+            node.Free()
+        finally:
+            guard.done()
         self.host = MPI.Get_processor_name()
         self.is_root = self.rank == 0
         self._deferred: dict[str, Any] | None = None  # fingerprint of an open startup()
@@ -250,8 +330,16 @@ class Communicator:
         self._tally = np.zeros(2, np.int32)
         self.watchdog = _Watchdog(self, timeout) if timeout else None
 
+    saved: str | None = None  # the last checkpoint this run wrote ("FILE (step N)")
+
     def __repr__(self) -> str:
         return f"Communicator(rank {self.rank} of {self.size} on {self.host})"
+
+    def saved_note(self) -> str:
+        """What to do after the job ends: resume from the last checkpoint this run
+        wrote, or, when it wrote none, start again (a message never names a checkpoint
+        that does not exist)."""
+        return _saved_note(self.saved)
 
     @property
     def who(self) -> str:
@@ -357,8 +445,7 @@ class Communicator:
             raise RanksDivergedError(
                 f"training stopped: the ranks' parameters differ at step {step} (their "
                 f"CRC-32s range from {-both[1]:#010x} to {both[0]:#010x}): the ranks no longer "
-                "train one model. The last checkpoint is untouched; resume from it (on any "
-                "number of ranks)"
+                f"train one model. {self.saved_note()}"
             )
 
     def sum_floats(self, value: float) -> float:
@@ -385,6 +472,12 @@ class Communicator:
         with self.watch("the gradient all-reduce"):
             self.comm.Allreduce(self.MPI.IN_PLACE, buf, op=self.MPI.SUM)
         return buf
+
+
+def _saved_note(saved: str | None) -> str:
+    if saved is None:
+        return "This run wrote no checkpoint: start it again (any earlier checkpoint is untouched)"
+    return f"The last checkpoint, {saved}, is complete: resume from it (on any number of ranks)"
 
 
 def _canonical(fingerprint: Mapping[str, Any]) -> dict[str, str]:
@@ -450,7 +543,7 @@ class _Watchdog:
                 print(
                     f"bptt: {self.comm.who}: waited {self.timeout:g} s for the other ranks in "
                     f"{self._what}: a rank has stopped, hangs or was cut off; ending every "
-                    "rank (MPI_Abort). The last checkpoint written is complete: resume from it",
+                    f"rank (MPI_Abort). {self.comm.saved_note()}",
                     file=sys.stderr, flush=True,
                 )  # fmt: skip
                 self.comm.abort(1)

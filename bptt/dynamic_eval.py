@@ -54,6 +54,7 @@ __all__ = [
     "layout_walk",
     "make_dynamic_step",
     "make_static_step",
+    "rms_chunks",
     "score_dynamic",
     "score_static",
 ]
@@ -218,6 +219,14 @@ def make_dynamic_step(layout: Layout, model: Any) -> Any:
     return dynamic_step
 
 
+def rms_chunks(n_ids: int, *, seq_len: int, batch: int, chunks: int | None) -> tuple[int, int]:
+    """(streams, chunks) :func:`gradient_rms` uses on a training text of ``n_ids`` ids:
+    at most ``batch`` streams and ``chunks`` chunks, as many as the text holds."""
+    batch = max(1, min(batch, (n_ids - 1) // seq_len - 1))  # as many streams as fit
+    whole = Streams(n_ids, batch, seq_len).chunks
+    return batch, whole if chunks is None else max(1, min(chunks, whole))
+
+
 def gradient_rms(params: dict[str, Any], train_ids: np.ndarray, *, seq_len: int, batch: int,
                  chunks: int | None = None, model: Any) -> Any:  # fmt: skip
     """(N,): the root mean square, over chunks of the training text, of the gradient of
@@ -235,9 +244,8 @@ def gradient_rms(params: dict[str, Any], train_ids: np.ndarray, *, seq_len: int,
             f"train_ids: {len(train_ids)} characters are too few for chunks of "
             f"{seq_len}; need at least {need}"
         )
-    batch = max(1, min(batch, (len(train_ids) - 1) // seq_len - 1))  # as many streams as fit
+    batch, n = rms_chunks(len(train_ids), seq_len=seq_len, batch=batch, chunks=chunks)
     streams = Streams(len(train_ids), batch, seq_len)
-    n = streams.chunks if chunks is None else max(1, min(chunks, streams.chunks))
     matrix = streams.epoch_matrix(np.asarray(train_ids, dtype=np.int64), 0)[: n * seq_len + 1]
     with be.activate():
         data = be.asarray(matrix)  # (n T + 1, B), moved once
@@ -378,6 +386,13 @@ def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[U
                                   model=model)  # fmt: skip
             tuning.append((update, score.bpc))
     finite = [(u, bpc) for u, bpc in tuning if math.isfinite(bpc)]
+    if tuning and not finite:
+        tried = "; ".join(f"{u.describe()}: {bpc}" for u, bpc in tuning)
+        raise FloatingPointError(
+            f"dynamic evaluation: every setting diverged (NaN or infinite bits/char) on the "
+            f"tuning part, the first {tune_chars:,} characters ({tried}); no finite setting "
+            "to score with: try smaller step sizes (--lr)"
+        )
     chosen = min(finite, key=lambda t: t[1])[0] if finite else candidates[0]
     rest = layout_walk(ids, seq_len=seq_len, start=tune_chars + 1, warmup=warmup,
                        backend=backend)  # fmt: skip
@@ -388,4 +403,15 @@ def evaluate_dynamic(params: dict[str, Any], ids: np.ndarray, candidates: list[U
     dynamic = score_dynamic(params, rest, chosen, rms=rms, compile=compile,
                             model=model)  # fmt: skip
     seconds["dynamic"] = time.perf_counter() - clock
+    if not math.isfinite(static.bpc):
+        raise FloatingPointError(
+            f"static scoring: {static.bpc} bits/char: the trained weights overflow on this "
+            "text (NaN or infinite logits); nothing finite to compare against"
+        )
+    if not math.isfinite(dynamic.bpc):
+        where = "finite on the tuning part, " if tuning else ""
+        raise FloatingPointError(
+            f"dynamic evaluation diverged with {chosen.describe()}: {dynamic.bpc} bits/char "
+            f"on the scored text ({where}static {static.bpc:.4f}); try a smaller --lr"
+        )
     return DynamicResult(tuning, chosen, tune_chars, static, dynamic, seconds)

@@ -34,7 +34,9 @@ class HeldOut:
     removed: dict[str, int] = field(default_factory=dict)  # unknown character -> count
 
 
-def run_text(config: dict[str, Any]) -> tuple[str, str, float]:
+def run_text(
+    config: dict[str, Any], *, max_bytes: int | None = data.DEFAULT_MAX_TEXT_BYTES
+) -> tuple[str, str, float]:
     """(text, source, val_fraction) of the text a checkpoint's run trained on.
 
     A built-in corpus is rebuilt; a file is read again and must still hold what the
@@ -48,7 +50,7 @@ def run_text(config: dict[str, Any]) -> tuple[str, str, float]:
     if source.startswith("corpus:"):
         return data.builtin_text(source[len("corpus:") :]), source, fraction
     try:
-        text = data.read_text(source)
+        text = data.read_text(source, max_bytes=max_bytes)
     except data.DataError as e:
         raise data.DataError(f"{e} (the text this checkpoint was trained on); pass --text FILE "
                              "or --corpus NAME to score another") from None  # fmt: skip
@@ -79,15 +81,16 @@ def _encode(text: str, vocab: data.Vocab, name: str, unknown: str) -> tuple[np.n
 
 
 def held_out(vocab: str, config: dict[str, Any], *, text: str | None = None,
-             corpus: str | None = None, split: str | None = None,
-             unknown: str = "error") -> HeldOut:  # fmt: skip
+             corpus: str | None = None, split: str | None = None, unknown: str = "error",
+             max_bytes: int | None = data.DEFAULT_MAX_TEXT_BYTES) -> HeldOut:  # fmt: skip
     """The text to score, over the model's ``vocab`` (a checkpoint's ``vocab`` and
     ``config``).
 
     Default: the validation split of the run's own text. ``text`` (a file) or ``corpus``
     (a built-in name) choose another; ``split`` is ``"validation"`` (the held-out tail,
     split by position as training splits it) or ``"all"``; its default is
-    ``"validation"`` for the run's text and a corpus, ``"all"`` for a file.
+    ``"validation"`` for the run's text and a corpus, ``"all"`` for a file. A file
+    larger than ``max_bytes`` is refused before it is read.
     """
     if unknown not in UNKNOWN:
         raise ValueError(f"unknown: expected one of {list(UNKNOWN)}; got {unknown!r}")
@@ -95,11 +98,11 @@ def held_out(vocab: str, config: dict[str, Any], *, text: str | None = None,
         raise ValueError("text, corpus: give one of them, not both")
     fraction = float(config.get("data", {}).get("val_fraction", 0.1)) if config else 0.1
     if text is not None:
-        content, source, default = data.read_text(text), str(text), "all"
+        content, source, default = data.read_text(text, max_bytes=max_bytes), str(text), "all"
     elif corpus is not None:
         content, source, default = data.builtin_text(corpus), f"corpus:{corpus}", "validation"
     else:
-        (content, source, fraction), default = run_text(config), "validation"
+        (content, source, fraction), default = run_text(config, max_bytes=max_bytes), "validation"
     split = default if split is None else split
     if split not in ("validation", "all"):
         raise ValueError(f"split: expected 'validation' or 'all'; got {split!r}")

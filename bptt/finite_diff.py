@@ -56,10 +56,13 @@ def finite_difference_check(
         raise ValueError(f"gradcheck needs float64, which device {device!r} does not support")
     f64 = xp.float64
     p64 = {k: xp.astype(v, f64) for k, v in params.items()}
-    as64 = {
-        name: None if a is None else xp.astype(a, f64)
-        for name, a in (("h0", h0), ("dropout_mask", dropout_mask))
-    }
+
+    def cast(a: Any) -> Any:  # an array, a state's parts (LSTM's (h0, c0)), or None
+        if isinstance(a, tuple):
+            return tuple(xp.astype(part, f64) for part in a)
+        return None if a is None else xp.astype(a, f64)
+
+    as64 = {"h0": cast(h0), "dropout_mask": cast(dropout_mask)}
     x64 = inputs if inputs.ndim == 2 else xp.astype(inputs, f64)
     masks64 = None if layer_masks is None else [xp.astype(m, f64) for m in layer_masks]
     T, B = inputs.shape[:2]

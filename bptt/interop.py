@@ -152,24 +152,29 @@ def from_torch(
                 "units than its cell state is not a cell bptt has (its W would read h of "
                 "another size than c); build the LSTM without proj_size"
             )
-    r, lin = _state(rnn, "rnn"), _state(linear, "linear")
+    r = {k: _numpy(v, f"rnn[{k!r}]") for k, v in _state(rnn, "rnn").items()}
+    lin = {k: _numpy(v, f"linear[{k!r}]") for k, v in _state(linear, "linear").items()}
     cell = _cell_of(rnn, r, cell)
     arch, bias = _arch_of_torch(r, get_cell(cell).gates)
-    if "weight" not in lin:
-        raise ValueError(f"linear: expected a torch.nn.Linear state dict; got keys {sorted(lin)}")
+    if "weight" not in lin or not set(lin) <= {"weight", "bias"}:
+        raise ValueError(
+            f"linear: expected a torch.nn.Linear state dict (weight, optional bias); got keys "
+            f"{sorted(lin)}" + (f", of which {sorted(set(lin) - {'weight', 'bias'})} are "
+                                "unexpected" if "weight" in lin else "")
+        )  # fmt: skip
     host: dict[str, np.ndarray] = {}
     for layer, direction in arch.cells():
         s, t = suffix(layer, direction), _torch_suffix(layer, direction)
-        w_ih, w_hh = _numpy(r[f"weight_ih{t}"]), _numpy(r[f"weight_hh{t}"])
-        b_ih, b_hh = (_numpy(r[f"bias_ih{t}"]), _numpy(r[f"bias_hh{t}"])) if bias else (None, None)
+        w_ih, w_hh = r[f"weight_ih{t}"], r[f"weight_hh{t}"]
+        b_ih, b_hh = (r[f"bias_ih{t}"], r[f"bias_hh{t}"]) if bias else (None, None)
         if cell in VANILLA:  # b = bias_ih + bias_hh: only the sum enters
             p = {"U": w_ih, "W": w_hh} | ({"b": b_ih + b_hh} if bias else {})
         else:
             p = GATED_MODULES[cell].from_torch_cell(w_ih, w_hh, b_ih, b_hh)  # eqs. G6, L5
         host.update({f"{key}{s}": value for key, value in p.items()})
-    host["V"] = _numpy(lin["weight"])
+    host["V"] = lin["weight"]
     if "bias" in lin:
-        host["c"] = _numpy(lin["bias"])
+        host["c"] = lin["bias"]
     model = RNN.from_params(host, cell=cell, head=head)
     dtype = dtype_name(str(host["U"].dtype) if dtype is None else dtype)
     be = backends.get_backend(backend, device)
@@ -200,8 +205,33 @@ def _cell_of(module: Any, state: Mapping[str, Any], cell: str | None) -> str:
     return found
 
 
-def _numpy(t: Any) -> np.ndarray:
-    return t.detach().cpu().numpy()
+def _numpy(x: Any, name: str) -> np.ndarray:
+    """One state-dict entry as a host floating array: a torch tensor (any device that
+    can be read; float16 and bfloat16 widened to float32), an array of any array-API
+    library, or a (nested) list of numbers. TypeError or ValueError naming the entry."""
+    import torch
+
+    if isinstance(x, torch.Tensor):
+        if x.device.type == "meta":
+            raise ValueError(f"{name}: a tensor on torch's 'meta' device holds no values")
+        x = x.detach().cpu()
+        if x.dtype in (torch.float16, torch.bfloat16):
+            x = x.float()
+        host = x.numpy()
+    elif backends.is_array(x):
+        host = np.asarray(backends.backend_of(x).to_numpy(x))
+    elif isinstance(x, (list, tuple)):
+        try:
+            host = np.asarray(x, dtype=np.float64)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{name}: a list that is not a rectangular array of numbers "
+                             f"({e})") from None  # fmt: skip
+    else:
+        raise TypeError(f"{name}: expected a tensor, an array or a list of numbers; got "
+                        f"{type(x).__name__}")  # fmt: skip
+    if host.dtype.kind not in "fiu" or host.dtype == np.bool_:
+        raise TypeError(f"{name}: expected real numbers; got dtype {host.dtype}")
+    return host if host.dtype.kind == "f" else host.astype(np.float64)
 
 
 def torch_modules(model: RNN, params: Mapping[str, Any]) -> tuple[Any, Any]:

@@ -21,7 +21,7 @@ from typing import Any, NamedTuple
 
 from . import layers, schedules
 from .backends import device_context
-from .checks import check_call, check_cotangents
+from .checks import as_index, check_call, check_cotangents
 from .checks import check_values as _check_values
 from .layers import Forward
 
@@ -67,6 +67,7 @@ def vjp(
     xp, dims = check_call(
         model, params, inputs, h0=h0, dropout_mask=dropout_mask, layer_masks=layer_masks
     )
+    inputs = as_index(inputs, xp)  # ids of any integer dtype
     T, B = inputs.shape[:2]
     recurrences, blas = schedules.execution(xp, B, dims.D)
     with device_context(params["U"]), blas():

@@ -215,7 +215,7 @@ def _infer(params: Any, fields: dict[str, Any]) -> RNN:
     directions when ``W_l0_reverse`` is there, M and D from U, C from V, biases from b."""
     if not isinstance(params, Mapping):
         raise TypeError(f"params: expected a mapping of arrays; got {type(params).__name__}")
-    arch = arch_of(params)
+    arch = _widest(params, arch_of(params))
     cell = get_cell(fields.get("cell", "tanh"))
     needed = param_names(arch, bias=False)
     missing = [k for k in needed if params.get(k) is None]
@@ -241,6 +241,25 @@ def _infer(params: Any, fields: dict[str, Any]) -> RNN:
         output_bias=params.get("c") is not None,
     )  # fmt: skip
     return RNN(**{**inferred, **fields})
+
+
+def _widest(keys: Any, arch: Arch) -> Arch:
+    """The architecture every cell key names (``U_l2`` implies 3 layers, a ``_reverse``
+    key two directions), when that names fewer keys missing than ``arch`` names unknown:
+    a missing ``W_l1`` is named missing, not every key of the layers above it unknown."""
+    layers, reverse = arch.layers, arch.directions == 2
+    for key in keys:
+        if not isinstance(key, str) or key[:1] not in ("U", "W", "b") or key[1:2] != "_":
+            continue
+        layer, _, rest = key[1:].removeprefix("_l").partition("_")
+        if layer.isdigit() and rest in ("", "reverse"):
+            layers, reverse = max(layers, int(layer) + 1), reverse or rest == "reverse"
+        elif key[1:] == "_reverse":
+            reverse = True
+    widest = Arch(layers, 2 if reverse else 1)
+    missing = [k for k in param_names(widest, bias=False) if keys.get(k) is None]
+    unknown = [k for k in keys if k not in param_names(arch, extra_biases=("b_hn",))]
+    return widest if missing and len(missing) <= len(unknown) else arch
 
 
 def _expected(arch: Arch, cell: Any) -> str:

@@ -9,6 +9,8 @@
   resumed on 2 ranks; the start-up refusals (options that differ, a batch N does not
   divide); the parameter check; the stop vote.
 - ``raise``: rank 1 raises in the middle of training, inside ``abort_on_error``.
+- ``last-save``: ``bptt train ARGS`` (the command line, in this process) whose last
+  checkpoint cannot be written on rank 0 (the disk is full at the final step).
 
 No JAX or torch is imported here (slow to import); NumPy, float64 throughout.
 """
@@ -127,8 +129,29 @@ def raise_on_rank_one(comm: distributed.Communicator, out: Path) -> None:
         t.run(steps=1000, reporter=Boom())
 
 
+def fail_last_save(argv: list[str]) -> int:
+    """``bptt train`` whose checkpoints at step ``--steps`` cannot be written (rank 0)."""
+    import errno
+    import os
+
+    from bptt import cli
+    from bptt.train import loop
+
+    final, real = int(argv[argv.index("--steps") + 1]), loop.save_checkpoint
+
+    def save(path, ckpt):
+        if ckpt.step == final:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(path, ckpt)
+
+    loop.save_checkpoint = save
+    return cli.main(argv)
+
+
 def main() -> None:
     case, out = sys.argv[1], Path(sys.argv[2])
+    if case == "last-save":
+        raise SystemExit(fail_last_save(sys.argv[3:]))
     comm = distributed.Communicator(timeout=60)
     if case == "equivalence":
         seen = equivalence(comm, out, sys.argv[3])

@@ -115,3 +115,39 @@ def test_cuda_device_spellings(device, index: int) -> None:
 def test_bad_cuda_device_spelling() -> None:
     with pytest.raises(backends.BackendError, match="a CUDA device is 0, 1, 'cuda:1'"):
         backends._cupy_device_index("gpu-one")
+
+
+def test_a_numpy_run_never_imports_cupy_nor_shows_its_warnings(tmp_path) -> None:
+    """CuPy installed, no GPU: ``--backend auto`` (a NumPy run) finds no device node and
+    never imports cupy, whose import may load NCCL and warn on every rank; with a device
+    node its import warnings are silenced all the same."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    from train_helpers import SMALL_TEXT
+
+    fake = tmp_path / "site" / "cupy"
+    fake.mkdir(parents=True)
+    marker = tmp_path / "cupy-imported"
+    fake.joinpath("__init__.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\n"
+        "import warnings\n"
+        "warnings.warn('CuPy failed to load libnccl.so.2: NCCL is unavailable')\n"
+        "raise ImportError('no CUDA here')\n"
+    )
+    (tmp_path / "text.txt").write_text(SMALL_TEXT, encoding="utf-8")
+    path = os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "PYTHONPATH": path}
+    done = subprocess.run(
+        [sys.executable, "-m", "bptt", "train", "--text", "text.txt", "--backend", "auto",
+         "--hidden", "8", "--batch", "4", "--seq-len", "16", "--steps", "2", "--no-progress",
+         "--checkpoint-dir", "run"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "backend numpy" in done.stdout
+    assert "NCCL" not in done.stderr and "Warning" not in done.stderr, done.stderr
+    gpu_nodes = list(Path("/dev").glob("nvidia[0-9]*")) or Path("/dev/dxg").exists()
+    if sys.platform.startswith("linux") and not gpu_nodes:
+        assert not marker.exists()  # cupy was never imported

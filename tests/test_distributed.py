@@ -216,6 +216,43 @@ def test_a_batch_the_ranks_do_not_divide_is_refused_with_the_fix() -> None:
     assert distributed.Shard.of(8, 3, 4)[3:] == (6, 8)
 
 
+def test_the_ranks_messages_name_a_checkpoint_only_if_this_run_wrote_one(tmp_path) -> None:
+    """The watchdog's and the parameter check's advice: resume from the last checkpoint
+    this run wrote, or, when it wrote none, start again."""
+    alone = train.Trainer.create(small_corpus(), small_config(), backend="numpy")
+    alone.run(steps=2)
+    assert alone.comm.saved is None and "start it again" in alone.comm.saved_note()
+    saving = train.Trainer.create(small_corpus(), small_config(eval_every=2), backend="numpy",
+                                  checkpoint_dir=tmp_path)  # fmt: skip
+    saving.run(steps=2)
+    note = saving.comm.saved_note()
+    assert f"{tmp_path / 'latest.npz'} (step 2), is complete: resume from it" in note
+
+
+class _ThreeRanks(distributed.Local):
+    """Rank 0 of three, as far as the shard is concerned (no MPI)."""
+
+    size = 3
+
+    def shard(self, batch: int) -> distributed.Shard:
+        return distributed.Shard.of(batch, 0, 3)
+
+
+def test_a_batch_the_ranks_cannot_split_on_a_resume_names_rank_counts_not_batch(tmp_path):
+    """--batch cannot change on a resume: the fix offered is a number of ranks."""
+    cfg = small_config(batch=4)
+    with pytest.raises(ValueError, match=r"use --batch 3 or 6"):
+        train.Trainer.create(small_corpus(), cfg, backend="numpy", comm=_ThreeRanks())
+    trainer = train.Trainer.create(small_corpus(), cfg, backend="numpy", checkpoint_dir=tmp_path)
+    trainer.run(steps=2)
+    ckpt = load_checkpoint(tmp_path / "latest.npz")
+    with pytest.raises(ValueError) as info:
+        train.Trainer.resume(ckpt, small_corpus(), backend="numpy", comm=_ThreeRanks())
+    message = str(info.value)
+    assert "a resumed run keeps its batch" in message and "N in [1, 2, 4]" in message
+    assert "use --batch" not in message
+
+
 def test_asking_for_mpi_without_mpi4py_says_how_to_install(monkeypatch, capsys) -> None:
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py raises ImportError
     with pytest.raises(distributed.MPIUnavailableError, match=r"pip install 'bptt\[mpi\]'"):
@@ -422,4 +459,81 @@ def test_a_rank_that_hangs_is_ended_by_the_watchdog(tmp_path) -> None:
     _, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 1 and time.monotonic() - t0 < 30
     assert "rank 0 of 2 (" in stderr and "waited 2 s for the other ranks" in stderr
+    assert "The last checkpoint, run/latest.npz (step " in stderr  # this run wrote it
     load_checkpoint(tmp_path / "run" / "latest.npz")
+
+
+# ---- every phase at which a rank can fail ends the job, within a bound, with one line ----
+
+START_TIMEOUT = 3  # seconds: the stated bound for a rank that never starts MPI
+PHASE_BOUND = 30  # seconds any of these jobs may take, MPI start-up and imports included
+
+
+def _train_argv(text: Path, *more: str) -> list[str]:
+    return ["train", "--text", str(text), *TINY, "--steps", "4", "--eval-every", "2",
+            "--log-every", "1", "--checkpoint-dir", "run", "--start-timeout",
+            str(START_TIMEOUT), *more]  # fmt: skip
+
+
+# (phase, rank 1's arguments to `python -m bptt` (rank 0 trains), or a command of its own;
+#  the job's exit status (None: any but 0), the one line's fragment)
+PHASES = [
+    ("its options do not parse", lambda t: _train_argv(t, "--hidden", "x"), 2,
+     "rank 1 of 2 (vm) could not start: its command line was refused (bptt train: error: "
+     "argument --hidden: expected a positive integer; got 'x')"),
+    ("--version", lambda t: ["--version"], 2,
+     "could not start: it exited before starting (exit status 0: --version or --help)"),
+    ("--distributed none on one rank", lambda t: _train_argv(t, "--distributed", "none"), 2,
+     "different options: distributed: rank 0 has 'mpi', rank 1 'none'"),
+    ("an option refused before MPI", lambda t: _train_argv(t, "--bidirectional"), 2,
+     "could not start: --bidirectional: a next-character model"),
+    ("its text is missing", lambda t: _train_argv(t.parent / "missing.txt"), 2,
+     "could not start: text: "),
+    ("it ends before MPI without a word", lambda t: ["-c", "raise SystemExit(0)"], None,
+     f"the 2 ranks did not all start MPI within {START_TIMEOUT} s (--start-timeout)"),
+    ("it crashes before MPI", lambda t: ["-c", "import os; os._exit(1)"], None,
+     f"did not all start MPI within {START_TIMEOUT} s"),
+]  # fmt: skip
+
+
+@needs_mpi
+@pytest.mark.parametrize(("rank1", "status", "fragment"), [p[1:] for p in PHASES],
+                         ids=[p[0] for p in PHASES])  # fmt: skip
+def test_a_rank_that_fails_before_or_at_start_ends_the_job_with_one_line(
+    tmp_path, rank1, status, fragment
+) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text(SMALL_TEXT, encoding="utf-8")
+    rank0 = [sys.executable, "-m", "bptt", *_train_argv(text)]
+    other = rank1(text)
+    other = [sys.executable, *(other if other[0] == "-c" else ["-m", "bptt", *other])]
+    t0 = time.monotonic()
+    out = _launch([MPIEXEC, "-n", "1", *rank0, ":", "-n", "1", *other], tmp_path,
+                  timeout=PHASE_BOUND)  # fmt: skip
+    assert time.monotonic() - t0 < PHASE_BOUND
+    assert out.returncode != 0 if status is None else out.returncode == status, out
+    ours = [line for line in out.stderr.splitlines() if line.startswith("bptt")]
+    assert len(ours) == 1 and fragment in ours[0], out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run").exists()
+
+
+@needs_mpi
+def test_the_last_checkpoint_failing_and_a_nan_end_every_rank_with_one_line(tmp_path) -> None:
+    """The last phase: rank 0 cannot write the final checkpoint (the disk is full): every
+    rank stops, exit 1, one line, the previous checkpoint kept. A NaN before any
+    checkpoint says to start again, never to resume from a checkpoint that is not there."""
+    text = tmp_path / "text.txt"
+    text.write_text(SMALL_TEXT, encoding="utf-8")
+    worker = [sys.executable, str(HERE / "mpi_worker.py"), "last-save", str(tmp_path)]
+    out = _launch(_mpiexec(*worker, *_train_argv(text)), tmp_path, timeout=PHASE_BOUND)
+    ours = [line for line in out.stderr.splitlines() if line.startswith("bptt")]
+    assert out.returncode == 1 and len(ours) == 1, out
+    assert "checkpoint: cannot write" in ours[0] and "at step 4: No space left" in ours[0]
+    assert load_checkpoint(tmp_path / "run" / "latest.npz").step == 2
+    nan = _train_argv(text, "--optimizer", "sgd", "--lr", "1e38", "--clip", "0", "--dtype",
+                      "float32", "--eval-every", "50", "--checkpoint-dir", "nan")  # fmt: skip
+    out = _launch(_mpiexec(sys.executable, "-m", "bptt", *nan), tmp_path, timeout=PHASE_BOUND)
+    ours = [line for line in out.stderr.splitlines() if line.startswith("bptt")]
+    assert out.returncode == 1 and len(ours) == 1, out
+    assert "no checkpoint was written. Start the run again with a lower --lr" in ours[0]
+    assert "Resume" not in ours[0] and "resume" not in ours[0]

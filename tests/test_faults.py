@@ -303,3 +303,120 @@ def test_overflow_in_the_last_update_is_caught_before_sampling(text, tmp_path, c
     assert cli.main(args) == 1
     err = capsys.readouterr().err
     assert "the parameters became NaN or infinite at step 1; no checkpoint was written" in err
+
+
+# ---- the edges of a run: standard output and error, the plot, Ctrl-C while importing ----
+
+DEV_FULL = Path("/dev/full")
+
+
+def _output_fault(how: str, argv: list[str], cwd: Path) -> tuple[int, str]:
+    """Run ``python -m bptt ARGV`` with its output failing ``how``: "reader leaves" (it
+    reads one line and goes away, as ``| head -1``), "closed pipe" (no reader at all),
+    "stdout full" or "stderr full" (``> /dev/full``). Returns (status, standard error,
+    or "" when that is full)."""
+    cmd = [sys.executable, "-m", "bptt", *argv]
+    if how == "reader leaves":
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)  # fmt: skip
+        proc.stdout.readline()
+        proc.stdout.close()
+        return proc.wait(timeout=120), proc.stderr.read()
+    if how == "closed pipe":
+        read, write = os.pipe()
+        os.close(read)
+        done = subprocess.run(cmd, cwd=cwd, stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=120)  # fmt: skip
+        os.close(write)
+        return done.returncode, done.stderr
+    with open(DEV_FULL, "w") as full:
+        out = full if how == "stdout full" else subprocess.PIPE
+        err = full if how == "stderr full" else subprocess.PIPE
+        done = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=err, text=True, timeout=120)
+    return done.returncode, done.stderr or ""
+
+
+# (command, how its output fails): every row ends with exit 1, no traceback, and (where
+# standard error still works) one line naming the stream; train keeps its steps.
+OUTPUT_FAULTS = [
+    ("train", "reader leaves"), ("train", "closed pipe"), ("train", "stdout full"),
+    ("train", "stderr full"),
+    ("evaluate", "closed pipe"), ("evaluate", "stdout full"), ("sample", "stdout full"),
+    ("info", "stdout full"), ("diagnose", "closed pipe"),
+]  # fmt: skip
+
+
+@pytest.mark.skipif(not DEV_FULL.exists(), reason="needs /dev/full")
+@pytest.mark.parametrize(("command", "how"), OUTPUT_FAULTS,
+                         ids=[f"{c}: {h}" for c, h in OUTPUT_FAULTS])  # fmt: skip
+def test_output_that_fails_saves_the_run_and_says_one_line(text, tmp_path, command,
+                                                           how) -> None:  # fmt: skip
+    run = tmp_path / "run"
+    if command != "train":  # a run to evaluate, sample or diagnose
+        assert cli.main(["train", "--text", text, *TINY, "--steps", "5", "--checkpoint-dir",
+                         str(run)]) == 0  # fmt: skip
+    argv = {
+        "train": ["train", "--text", text, *[a for a in TINY if a != "--no-progress"],
+                  "--steps", "300", "--log-every", "1", "--checkpoint-dir", str(run)],
+        "evaluate": ["evaluate", str(run), "--dynamic", "--rule", "sgd", "--lr", "1e-3",
+                     "--tune-chars", "0"],
+        "sample": ["sample", str(run), "--length", "2000"],
+        "info": ["info"],
+        "diagnose": ["diagnose", str(run), "--spectral-radius", "0.5", "1", "2"],
+    }[command]  # fmt: skip
+    status, err = _output_fault(how, argv, tmp_path)
+    assert status == 1, err
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    if how != "stderr full":
+        lines = [line for line in err.splitlines() if line.startswith("bptt")]
+        stream = "standard output" if how != "stderr full" else "standard error"
+        assert len(lines) == 1 and f"bptt {command}: error: {stream}: " in lines[0], err
+    if command == "train":  # stopped as Ctrl-C stops: the steps since the last log kept
+        step = load_checkpoint(run).step
+        assert step < 300
+        if how != "stderr full":
+            assert f"at step {step}; step {step} saved in {run / LATEST}" in err, err
+
+
+def test_a_plot_whose_directory_went_away_is_one_line_after_the_run(
+    text, tmp_path, capsys, monkeypatch
+) -> None:
+    import shutil
+
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    real = Trainer.run
+
+    def run_then_remove(self, **kwargs):
+        result = real(self, **kwargs)
+        shutil.rmtree(plots)  # during the run, after the last checkpoint
+        return result
+
+    monkeypatch.setattr(Trainer, "run", run_then_remove)
+    argv = ["train", "--text", text, *TINY, "--steps", "5", "--checkpoint-dir",
+            str(tmp_path / "run"), "--plot", str(plots / "curves.png")]  # fmt: skip
+    pytest.importorskip("matplotlib")
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bptt train: error: --plot: cannot write" in err, err
+    assert load_checkpoint(tmp_path / "run").step == 5
+
+
+@POSIX_SIGNALS
+@pytest.mark.parametrize("after", ["bptt._startup", "numpy", "bptt.api", "bptt.cli"])
+def test_ctrl_c_while_the_command_imports_is_130_and_one_line(tmp_path, after) -> None:
+    """SIGINT sent the moment a given module has been imported (``-X importtime``
+    reports each as it completes): NumPy and bptt importing, then the command line."""
+    proc = subprocess.Popen([sys.executable, "-X", "importtime", "-m", "bptt", "info"],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
+    for line in proc.stderr:
+        if line.split("|")[-1].strip() == after:
+            proc.send_signal(signal.SIGINT)
+            break
+    else:
+        raise AssertionError(f"{after} was never imported")
+    rest = proc.stderr.read()
+    assert proc.wait(timeout=60) == 130, rest
+    ours = [line for line in rest.splitlines() if not line.startswith("import time:")]
+    assert "Traceback" not in rest and len(ours) == 1 and ours[0].endswith(": interrupted"), rest

@@ -169,3 +169,56 @@ def test_the_functional_calls_are_the_models() -> None:
     assert float(a[0]) == float(b[0])
     for key in params:
         np.testing.assert_array_equal(a[1][key], b[1][key])
+
+
+CLI_MODELS = [  # every kind of model `bptt train` can make, far from its initial range
+    ["--cell", "tanh"],
+    ["--cell", "relu", "--lr", "0.2"],
+    ["--cell", "relu", "--layers", "2", "--lr", "0.2"],
+    ["--cell", "gru", "--layers", "2", "--dropout", "0.1", "--lr", "0.05"],
+    ["--cell", "lstm", "--lr", "0.05"],
+    ["--cell", "lstm", "--layers", "2", "--lr", "0.05"],
+]
+TINY = [
+    "--hidden",
+    "12",
+    "--batch",
+    "4",
+    "--seq-len",
+    "16",
+    "--eval-every",
+    "5",
+    "--log-every",
+    "5",
+    "--sample-length",
+    "10",
+    "--no-progress",
+    "--backend",
+    "numpy",
+]
+
+
+@pytest.mark.parametrize("options", CLI_MODELS, ids=lambda o: " ".join(o))
+def test_every_model_the_cli_trains_is_read_back(options, tmp_path, capsys) -> None:
+    """Class 1: what `bptt train` writes, `train --resume`, `sample`, `evaluate` and
+    `diagnose` read, whatever the cell, layers and the size of its weights and states."""
+    from bptt import cli
+
+    text = tmp_path / "text.txt"
+    text.write_text(small_corpus().vocab.decode(small_corpus().train), encoding="utf-8")
+    run = tmp_path / "run"
+    common = ["--text", str(text), *TINY]
+    assert (
+        cli.main(["train", *common, *options, "--steps", "10", "--checkpoint-dir", str(run)]) == 0
+    )
+    ckpt = load_checkpoint(run / LATEST)
+    assert ckpt.model.cell == options[1]
+    assert cli.main(["train", "--text", str(text), "--resume", str(run), "--steps", "15",
+                     "--no-progress"]) == 0  # fmt: skip
+    assert load_checkpoint(run / LATEST).step == 15
+    capsys.readouterr()
+    assert cli.main(["sample", str(run), "--length", "20", "--prime", "if "]) == 0
+    assert capsys.readouterr().out.startswith("if ")
+    assert cli.main(["evaluate", str(run), "--text", str(text)]) == 0
+    assert "bits/char" in capsys.readouterr().out
+    assert cli.main(["diagnose", str(run / LATEST), "--seq-len", "8", "--batch", "2"]) == 0

@@ -290,3 +290,96 @@ def test_long_samples_are_joined_in_blocks_with_the_same_ids(monkeypatch) -> Non
     blocked = sample_ids(model, params, prime, length=30, seed=3)
     monkeypatch.setattr(sample_module, "BLOCK", 10**9)
     np.testing.assert_array_equal(blocked, sample_ids(model, params, prime, length=30, seed=3))
+
+
+# ---- every command that reports a number reports a finite one, or fails naming why -------
+
+TINY_RUN = ["--hidden", "8", "--batch", "4", "--seq-len", "16", "--eval-every", "2",
+            "--no-progress", "--backend", "numpy", "--steps", "4"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A small run, and a copy whose output weights overflow float32 (finite, so the
+    checkpoint loads; every score and norm computed from them is not)."""
+    import dataclasses
+
+    from train_helpers import SMALL_TEXT
+
+    from bptt import cli
+    from bptt.checkpoint import load_checkpoint, save_checkpoint
+
+    root = tmp_path_factory.mktemp("garbage")
+    (root / "text.txt").write_text(SMALL_TEXT, encoding="utf-8")
+    argv = ["train", "--text", str(root / "text.txt"), *TINY_RUN, "--checkpoint-dir"]
+    assert cli.main([*argv, str(root / "run")]) == 0
+    ckpt = load_checkpoint(root / "run" / "best.npz")
+    params = {**ckpt.params, "V": np.sign(ckpt.params["V"]) * np.float32(3e38)}
+    save_checkpoint(root / "overflow.npz", dataclasses.replace(ckpt, params=params))
+    return root
+
+
+def _gradcheck_nan(monkeypatch) -> None:
+    _nan_loss(monkeypatch)
+
+
+# (what diverges, argv (RUN, OVERFLOW and TEXT stand for the files), a monkeypatch or None,
+#  the one line's fragment). Every row: exit 1, one stderr line, no NaN or inf printed.
+DIVERGED = [
+    ("dynamic: every tuned setting", ["evaluate", "RUN", "--dynamic", "--rule", "sgd", "--lr",
+     "1e300", "1e301", "--tune-chars", "200"], None,
+     "every setting diverged (NaN or infinite bits/char) on the tuning part"),
+    ("dynamic: the one setting given", ["evaluate", "RUN", "--dynamic", "--rule", "sgd", "--lr",
+     "1e300", "--tune-chars", "0"], None, "dynamic evaluation diverged with sgd: lr 1e+300"),
+    ("dynamic: the static part", ["evaluate", "OVERFLOW", "--dynamic", "--rule", "sgd",
+     "--tune-chars", "0", "--lr", "0"], None, "static scoring: nan bits/char"),
+    ("dynamic: the rms statistics", ["evaluate", "OVERFLOW", "--dynamic", "--tune-chars", "0",
+     "--lr", "1e-5", "--decay", "0"], None, "--rule rms: the training gradient's RMS is NaN"),
+    ("static score", ["evaluate", "OVERFLOW"], None, "static: nan bits/char"),
+    ("diagnose: a spectral radius", ["diagnose", "--init", "--nonlinearity", "relu",
+     "--spectral-radius", "50", "--seq-len", "400", "--dtype", "float32"], None,
+     "--spectral-radius 50: the gradient norms are NaN or infinite"),
+    ("diagnose: a checkpoint", ["diagnose", "OVERFLOW", "--dtype", "float32"], None,
+     "the checkpoint's W: the gradient norms are NaN or infinite"),
+    ("gradcheck: a NaN loss", ["gradcheck"], _gradcheck_nan, "the loss is nan; nothing to check"),
+    ("train: the loss", ["train", "--text", "TEXT", *TINY_RUN, "--optimizer", "sgd", "--lr",
+     "1e38", "--clip", "0", "--checkpoint-dir", "NEW"], None,
+     "became NaN or infinite at step 2; no checkpoint was written. Start the run again"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "patch", "fragment"), [d[1:] for d in DIVERGED],
+                         ids=[d[0] for d in DIVERGED])  # fmt: skip
+def test_no_command_reports_a_nan_score(runs, tmp_path, monkeypatch, capsys, argv, patch,
+                                        fragment) -> None:  # fmt: skip
+    from bptt import cli
+
+    files = {"RUN": str(runs / "run"), "OVERFLOW": str(runs / "overflow.npz"),
+             "TEXT": str(runs / "text.txt"), "NEW": str(tmp_path / "new")}  # fmt: skip
+    if patch is not None:
+        patch(monkeypatch)
+    assert cli.main([files.get(a, a) for a in argv]) == 1
+    out, err = capsys.readouterr()
+    assert len(err.splitlines()) == 1 and fragment in err, err
+    assert re.search(r"\b(nan|-?inf)\b", out) is None, out
+
+
+def test_stats_chunks_reports_the_chunks_used(runs, capsys) -> None:
+    """More --stats-chunks than the training text holds: the count used is printed."""
+    from bptt import cli
+
+    assert cli.main(["evaluate", str(runs / "run"), "--dynamic", "--tune-chars", "0", "--lr",
+                     "1e-5", "--decay", "0", "--stats-chunks", "100000"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    used = re.search(r"gradient RMS from (\d+) chunks \(of the 100000 asked for", out)
+    assert used is not None and int(used.group(1)) < 100000, out
+
+
+def test_a_diverged_setting_in_a_tuning_grid_is_named_not_scored(runs, capsys) -> None:
+    from bptt import cli
+
+    assert cli.main(["evaluate", str(runs / "run"), "--dynamic", "--rule", "sgd", "--lr",
+                     "1e-3", "1e300", "--tune-chars", "200"]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert re.search(r"lr 1e\+300, decay 0 +diverged \(NaN or infinite\)\n", out), out
+    assert re.search(r"\b(nan|-?inf)\b", out) is None, out

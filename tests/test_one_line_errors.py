@@ -125,7 +125,7 @@ CRAFTED = {
     "layers of the wrong type": (_set("config.model.layers", "2"), "config.model.layers",
                                  "expected a positive integer"),
     "an unknown nonlinearity": (_set("config.model.nonlinearity", "sigmoid"),
-                                "config.model.nonlinearity", "expected one of ['tanh', 'relu']"),
+                                "config.model.nonlinearity", "expected one of ['tanh', 'relu', 'gru', 'lstm']"),
     "a two-direction model": (_set("config.model.bidirectional", True),
                               "config.model.bidirectional", "in one direction"),
     "layers the parameters lack": (_set("config.model.layers", 2), "config.train.layers",
@@ -337,3 +337,54 @@ def test_messages_say_what_they_mean(run, tmp_path, capsys, argv, message) -> No
     line = _refused(["train", *TINY, "--steps", "2", *argv], capsys)
     assert message in line, line
     assert "No such file or directory" not in line.split("the system said")[0]
+
+
+# ---- every flag a message names is one the command has, and its advice works -------------
+
+
+def _options(command: str) -> set[str]:
+    import argparse
+
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return {o for a in sub.choices[command]._actions for o in a.option_strings}
+
+
+# (command line, with RUN, TEXT, BIG (a sparse file over the default 1 GiB limit) and
+#  MISSING standing for files; a fragment of the one error line; the command line that
+#  follows its advice and must get past that error, or None)
+ADVICE = [
+    (["evaluate", "RUN", "--text", "BIG"], "raise the limit with --max-text-size", None),
+    (["evaluate", "RUN", "--text", "TEXT", "--max-text-size", "1K"],
+     "raise the limit with --max-text-size",
+     ["evaluate", "RUN", "--text", "TEXT", "--max-text-size", "1M"]),
+    (["evaluate", "RUN", "--max-text-size", "1K"], "raise the limit with --max-text-size",
+     ["evaluate", "RUN", "--max-text-size", "1M"]),
+    (["diagnose", "RUN", "--text", "BIG"], "raise the limit with --max-text-size", None),
+    (["train", "--text", "BIG", *TINY], "raise the limit with --max-text-size", None),
+    (["train", "--text", "TEXT", *TINY, "--device", "meta", "--backend", "torch"],
+     "cannot compute on 'meta'", None),
+    (["evaluate", "RUN", "--text", "MISSING"], "text:", None),
+    (["train", "--resume", "RUN", *TINY, "--hidden", "9"], "hidden size (D) 8, but 9", None),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("argv", "fragment", "follow"), ADVICE,
+                         ids=[" ".join(a[:3]) + f" ({f})" for a, f, _ in ADVICE])  # fmt: skip
+def test_messages_name_flags_the_command_has_and_their_advice_works(
+    run, tmp_path, capsys, argv, fragment, follow
+) -> None:
+    import re
+
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as f:
+        f.truncate((1 << 30) + 1)  # sparse: no disk used, never read
+    files = {"RUN": str(run / "run"), "TEXT": str(run / "text.txt"), "BIG": str(big),
+             "MISSING": str(tmp_path / "missing.txt")}  # fmt: skip
+    line = _refused([files.get(a, a) for a in argv], capsys)
+    assert fragment in line, line
+    named = set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", line))
+    assert named <= _options(argv[0]), (named - _options(argv[0]), line)
+    if follow is not None:
+        assert cli.main([files.get(a, a) for a in follow]) == 0
+        capsys.readouterr()

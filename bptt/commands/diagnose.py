@@ -164,6 +164,23 @@ def _require_memory(host: dict[str, Any], args: argparse.Namespace) -> None:
                    fix="use a smaller --seq-len or --batch")  # fmt: skip
 
 
+def _require_finite(result: dict, radius: float | None, args: argparse.Namespace) -> None:
+    """FloatingPointError naming the setting when a gradient norm overflowed: a norm
+    that is NaN or infinite is never printed as a measurement."""
+    import numpy as np
+
+    bad = np.flatnonzero(~np.isfinite(result["lag_mean"]))
+    if bad.size == 0 and math.isfinite(result["radius"]) and math.isfinite(result["sigma"]):
+        return
+    setting = "the checkpoint's W" if radius is None else f"--spectral-radius {radius:g}"
+    lag = f" from lag {int(bad[0])} on" if bad.size else ""
+    raise FloatingPointError(
+        f"{setting}: the gradient norms are NaN or infinite{lag} ({args.dtype}, --seq-len "
+        f"{args.seq_len}): they overflow; use a smaller --spectral-radius or --seq-len"
+        + (", or --dtype float64" if args.dtype != "float64" else "")
+    )
+
+
 def _summary(result: dict) -> str:
     lag = result["lag_mean"]
     shown = [lag_ for lag_ in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lag_ < len(lag)]
@@ -172,8 +189,8 @@ def _summary(result: dict) -> str:
         "  lag   mean ||dL_t/ds_k||   / lag 0",
     ]
     for lag_ in shown:
-        ratio = lag[lag_] / lag[0] if lag[0] > 0 else math.nan
-        lines.append(f"  {lag_:>3}   {lag[lag_]:>18.3e}   {ratio:>8.2e}")
+        ratio = f"{lag[lag_] / lag[0]:>8.2e}" if lag[0] > 0 else f"{'-':>8}"  # no 0 / 0
+        lines.append(f"  {lag_:>3}   {lag[lag_]:>18.3e}   {ratio}")
     return "\n".join(lines)
 
 
@@ -190,8 +207,11 @@ def run(args: argparse.Namespace) -> int:
         be.require_dtype(args.dtype, "--dtype")
     except ValueError as e:
         args._parser.error(str(e))
+    import numpy as np
+
     try:
-        return _run(args)
+        with np.errstate(all="ignore"):  # an overflow is one line, not warnings
+            return _run(args)
     except (CheckpointError, DataError, ValueError) as e:
         args._parser.error(str(e))
 
@@ -225,6 +245,8 @@ def _run(args: argparse.Namespace) -> int:
     _require_memory(host, args)
     radii = args.spectral_radius or [None]
     results = [measure(host, radius, ids, args, nonlinearity) for radius in radii]
+    for radius, result in zip(radii, results, strict=True):
+        _require_finite(result, radius, args)
     T, B, D = results[0]["shape"]
     model = "" if layers == 1 else f"layer {layers} of {layers}, "
     model += "" if nonlinearity == "tanh" else f"{nonlinearity}, "
@@ -235,6 +257,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.plot:
         from ..plot import plot_gradient_flow
 
-        plot_gradient_flow(results, args.plot, title=title)
+        try:
+            plot_gradient_flow(results, args.plot, title=title)
+        except OSError as e:  # its directory went away meanwhile
+            raise ValueError(f"--plot: cannot write {args.plot!r}: {e.strerror or e}") from None
         print(f"wrote {args.plot}")
     return 0

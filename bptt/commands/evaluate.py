@@ -13,10 +13,11 @@ scored; the rest is scored once with fixed weights and once dynamically.
 from __future__ import annotations
 
 import argparse
+import math
 import time
 from typing import Any
 
-from ._args import add_backend_arguments, nonneg_float, nonneg_int, positive_int
+from ._args import add_backend_arguments, nonneg_float, nonneg_int, positive_int, size
 
 HELP = "score a checkpoint on held-out text (bits per character); --dynamic adapts as it scores"
 
@@ -39,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--split", choices=("validation", "all"),
                         help="the held-out tail, or all of the text (default: validation, "
                         "all for --text)")  # fmt: skip
+    source.add_argument("--max-text-size", type=size, metavar="SIZE", default=1 << 30,
+                        help="refuse a text larger than this (default 1G; e.g. 4G): only "
+                        "regular files are read, their size checked first")  # fmt: skip
     source.add_argument("--unknown", choices=("error", "skip"), default="error",
                         help="characters outside the model's vocabulary: an error (default), "
                         "or left out of the text and counted")  # fmt: skip
@@ -70,13 +74,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .. import backends
     from ..checkpoint import BEST, CheckpointError
     from ..data import DataError
 
     parser = args._parser
     try:
-        return _run(args, BEST)
+        with np.errstate(all="ignore"):  # a diverging setting is one line, not warnings
+            return _run(args, BEST)
     except (CheckpointError, DataError, backends.BackendError, ValueError) as e:
         parser.error(str(e))
 
@@ -111,7 +118,8 @@ def _run(args: argparse.Namespace, best: str) -> int:
 
     path, ckpt, be, params, dtype = _load(args, best)
     text = held_out(ckpt.vocab, ckpt.config, text=args.text, corpus=args.corpus,
-                    split=args.split, unknown=args.unknown)  # fmt: skip
+                    split=args.split, unknown=args.unknown,
+                    max_bytes=args.max_text_size)  # fmt: skip
     sizes = ckpt.sizes
     arch = ckpt.architecture
     shape = (f", L={arch['layers']}" if arch["layers"] > 1 else "") + (
@@ -131,6 +139,11 @@ def _run(args: argparse.Namespace, best: str) -> int:
     t0 = time.perf_counter()
     bpc, count = validation_score(ckpt.model, params, text.ids, streams=streams, warmup=warmup,
                                   backend=be, dtype=dtype)  # fmt: skip
+    if not math.isfinite(bpc):
+        raise FloatingPointError(
+            f"static: {bpc} bits/char: the checkpoint's weights overflow on this text (NaN or "
+            "infinite logits); there is no score to report"
+        )
     print(
         f"static: {bpc:.4f} bits/char over {count:,} characters ({streams} streams, "
         f"warm-up {warmup}, as training validates; {time.perf_counter() - t0:.1f} s)"
@@ -149,12 +162,14 @@ def _candidates(args: argparse.Namespace) -> list[Any]:
 
 def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[Any, str]:
     """The training gradient's RMS for the rms rule, and where it came from."""
-    from .. import data
-    from ..dynamic_eval import gradient_rms
+    import numpy as np
+
+    from .. import backends, data
+    from ..dynamic_eval import gradient_rms, rms_chunks
     from ..evaluation import run_text
 
     try:
-        text, source, fraction = run_text(ckpt.config)
+        text, source, fraction = run_text(ckpt.config, max_bytes=args.max_text_size)
     except data.DataError as e:
         raise data.DataError(
             f"--rule rms gathers the gradient's RMS on the run's training text, which is not "
@@ -162,10 +177,18 @@ def _rms(args: argparse.Namespace, ckpt: Any, params: dict[str, Any]) -> tuple[A
         ) from None
     train_ids, _ = data.split_ids(data.Vocab(ckpt.vocab).encode(text, name=source),
                                   val_fraction=fraction)  # fmt: skip
-    batch = 64
-    rms = gradient_rms(params, train_ids, seq_len=args.seq_len, batch=batch,
-                       chunks=args.stats_chunks, model=ckpt.model)  # fmt: skip
-    where = f"{args.stats_chunks} chunks (B={batch}, T={args.seq_len}) of {source}'s training split"
+    batch, chunks = rms_chunks(len(train_ids), seq_len=args.seq_len, batch=64,
+                               chunks=args.stats_chunks)  # what the text holds  # fmt: skip
+    rms = gradient_rms(params, train_ids, seq_len=args.seq_len, batch=batch, chunks=chunks,
+                       model=ckpt.model)  # fmt: skip
+    if not bool(np.all(np.isfinite(np.asarray(backends.backend_of(rms).to_numpy(rms))))):
+        raise FloatingPointError(
+            "--rule rms: the training gradient's RMS is NaN or infinite at the checkpoint's "
+            "weights (they overflow on the training text); use --rule sgd"
+        )
+    asked = f" (of the {args.stats_chunks} asked for: all the text holds)" if (
+        chunks < args.stats_chunks) else ""  # fmt: skip
+    where = f"{chunks} chunks{asked} (B={batch}, T={args.seq_len}) of {source}'s training split"
     return rms, where
 
 
@@ -188,7 +211,8 @@ def _dynamic(args: argparse.Namespace, ckpt: Any, be: Any, params: dict[str, Any
         print(f"  settings chosen on the first {n:,} characters, which are not scored:")
         for update, bpc in result.tuning:
             mark = "  <- chosen" if update == result.chosen else ""
-            print(f"    {update.describe():<40} {bpc:.4f} bits/char{mark}")
+            score = f"{bpc:.4f} bits/char" if math.isfinite(bpc) else "diverged (NaN or infinite)"
+            print(f"    {update.describe():<40} {score}{mark}")
     elif n:
         print(f"  settings given: {result.chosen.describe()}; the first {n:,} characters "
               "are not scored (as when tuning)")  # fmt: skip

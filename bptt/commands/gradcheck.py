@@ -19,7 +19,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--head", choices=("softmax", "sigmoid", "mse"), default="softmax")
     parser.add_argument("--layers", type=positive_int, default=1, help="L (default 1)")
     parser.add_argument("--bidirectional", action="store_true", help="two directions per layer")
-    parser.add_argument("--nonlinearity", choices=("tanh", "relu"), default="tanh")
+    parser.add_argument(
+        "--cell", "--nonlinearity", dest="cell", choices=("tanh", "relu", "gru", "lstm"),
+        default="tanh", help="the recurrent cell (default tanh)",
+    )  # fmt: skip
     parser.add_argument("--dense", action="store_true", help="dense (T, B, M) inputs, not ids")
     parser.add_argument("--h0", action="store_true", help="start from a random state")
     parser.add_argument("--max-entries", type=positive_int, help="random entries per parameter")
@@ -51,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
     M, D, C, T, B = args.inputs, args.hidden, args.outputs, args.seq_len, args.batch
     rng = np.random.default_rng(args.seed)
     model = RNN(
-        M, D, C, cell=args.nonlinearity, layers=args.layers, bidirectional=args.bidirectional,
+        M, D, C, cell=args.cell, layers=args.layers, bidirectional=args.bidirectional,
         head=args.head,
     )  # fmt: skip
     params = model.init(seed=args.seed, dtype="float64", backend=be.name, device=be.device)
@@ -67,9 +70,11 @@ def run(args: argparse.Namespace) -> int:
         targets = be.asarray((rng.random((T, B, C)) < 0.5).astype(np.float64), dtype="float64")
     else:
         targets = be.asarray(rng.standard_normal((T, B, C)), dtype="float64")  # (T, B, C)
-    cells = args.layers * (2 if args.bidirectional else 1)
-    shape = (B, D) if cells == 1 else (cells, B, D)
-    h0 = be.asarray(rng.uniform(-0.9, 0.9, shape), dtype="float64") if args.h0 else None
+    h0 = None
+    if args.h0:  # one array, or LSTM's (h0, c0)
+        parts = [be.asarray(rng.uniform(-0.9, 0.9, model.state_shape(B)), dtype="float64")
+                 for _ in range(model.state_parts)]  # fmt: skip
+        h0 = parts[0] if model.state_parts == 1 else tuple(parts)
     err = model.gradcheck(
         params,
         inputs,
@@ -77,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
         h0=h0,
         max_entries=args.max_entries,
         seed=args.seed,
-        eps=args.eps if args.eps is not None else (1e-5 if args.nonlinearity == "relu" else 1e-3),
+        eps=args.eps if args.eps is not None else (1e-5 if args.cell == "relu" else 1e-3),
     )
     ok = err <= args.tol
-    arch = f"L={args.layers}{' bidirectional' if args.bidirectional else ''} {args.nonlinearity}, "
+    arch = f"L={args.layers}{' bidirectional' if args.bidirectional else ''} {args.cell}, "
     print(
         f"gradcheck on {be.name} ({be.device}), M={M} D={D} C={C} T={T} B={B}, {arch}"
         f"{args.head} head: "

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib.util
 import signal
 import sys
 import time
@@ -24,6 +26,7 @@ from ._args import (
     probability,
     size,
 )
+from ._output import failure as output_failure
 
 HELP = "train a character-level RNN (built-in text by default), with checkpoints"
 DEFAULT_MAX_TEXT_BYTES = 1 << 30  # bptt.limits.DEFAULT_MAX_TEXT_BYTES (not imported: --help)
@@ -153,6 +156,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--rank-timeout", type=nonneg_float, default=300.0, metavar="SECONDS",
         help="end every rank (MPI_Abort) when one waits this long for the others in a "
         "collective: a rank that hangs or was cut off (default 300; 0: wait forever)",
+    )  # fmt: skip
+    ranks.add_argument(
+        "--start-timeout", type=nonneg_float, default=60.0, metavar="SECONDS",
+        help="end the job when its ranks have not all started MPI within this long: a rank "
+        "that exited or failed before starting it (default 60; 0: wait forever)",
     )  # fmt: skip
 
 
@@ -408,17 +416,33 @@ def _communicator(args: argparse.Namespace) -> Any:
     missing."""
     from .. import distributed
 
-    wanted = args.distributed == "mpi" or (
-        args.distributed == "auto" and distributed.launched_size() > 1
-    )
+    size = distributed.launched_size()
+    wanted = args.distributed == "mpi" or (args.distributed == "auto" and size > 1)
+    start = {"timeout": args.rank_timeout or None, "start_timeout": args.start_timeout or None}
     if not wanted:
+        if size > 1 and importlib.util.find_spec("mpi4py") is not None:
+            _agree_alone(args, start)  # every rank of the job said none, or all refuse
         return distributed.Local()
     try:
-        return distributed.Communicator(timeout=args.rank_timeout or None)
+        return distributed.Communicator(**start)
     except distributed.MPIUnavailableError as e:
         size = distributed.launched_size()
         started = f"started as one of {size} processes; " if size > 1 else ""
         _refuse(args, f"{started}{e}", root=distributed.launched_rank() == 0)
+
+
+def _agree_alone(args: argparse.Namespace, start: dict[str, Any]) -> None:
+    """``--distributed none`` under a launcher: meet the other ranks once, in the start-up
+    agreement, so that a job where only some ranks said none refuses on every rank (one
+    line, exit 2) instead of leaving the others waiting for this one."""
+    from .. import distributed
+
+    comm = distributed.Communicator(**start)
+    try:
+        with comm.startup(distributed="none"):
+            pass
+    except distributed.StartupError as e:
+        _refuse(args, str(e), root=comm.is_root)
 
 
 def _refuse(args: argparse.Namespace, message: str, *, root: bool) -> None:
@@ -434,18 +458,15 @@ def run(args: argparse.Namespace) -> int:
     from ..checkpoint import CheckpointError
     from ..data import DataError
 
-    parser = args._parser
-    if args.bidirectional:
-        parser.error(BIDIRECTIONAL_REFUSED)
     comm = _communicator(args)
     trainer = None
     try:
-        with comm.startup(steps=args.steps, minutes=args.minutes):  # every rank built its run,
-            # with the same options: one collective
+        with comm.startup(steps=args.steps, minutes=args.minutes, distributed="mpi"):
+            # every rank built its run, with the same options: one collective
+            if args.bidirectional:  # refused on every rank alike, after MPI started
+                raise ValueError(BIDIRECTIONAL_REFUSED)
             check_output_path(args.plot, "--plot", suffixes=FIGURE_SUFFIXES)  # before any work
             if args.plot is not None:
-                import importlib.util
-
                 if importlib.util.find_spec("matplotlib") is None:
                     raise ValueError("--plot needs matplotlib: pip install 'bptt[plot]'")
             trainer, note, resumed = _build(args, comm)
@@ -528,7 +549,7 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
             steps=steps,
             minutes=args.minutes,
             reporter=progress,
-            should_stop=lambda: bool(stop),
+            should_stop=lambda: bool(stop) or output_failure() is not None,  # as Ctrl-C
         )
     except (NonFiniteError, CheckpointError, RanksDivergedError) as e:  # every rank's
         _close(progress)
@@ -538,9 +559,11 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
         _close(progress)
         if comm.size > 1:
             raise  # another rank may be past it: abort_on_error ends them all
+        hint = resume_hint if trainer.written or trainer.resumed_at else (
+            "no checkpoint was written: start the run again")  # fmt: skip
         print(
             f"bptt train: stopped at step {trainer.step} without a final checkpoint "
-            f"(second interrupt); {resume_hint}",
+            f"(second interrupt); {hint}",
             file=sys.stderr,
         )
         return 128 + (stop[-1] if stop else signal.SIGINT)
@@ -554,15 +577,34 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
         f"  last validation {result.last_val:.4f} bits/char, best {result.best_val:.4f} "
         f"at step {result.best_step}\n  latest: {result.latest}\n  best:   {result.best}"
     )
-    if args.plot is not None and comm.is_root:
-        from ..plot import plot_history
-
-        plot_history(trainer.history, args.plot, title=f"{trainer.corpus.source}, D={c.hidden}")
-        print(f"  plot:   {args.plot}")
+    saved = f"step {result.step} saved in {result.latest}"
+    failed = _plot(args, trainer) if comm.is_root else None
+    broken = output_failure()  # stdout or stderr failed: the loop stopped as on Ctrl-C
+    if broken is not None or failed is not None:
+        with contextlib.suppress(OSError, ValueError):
+            print(f"bptt train: error: {broken or failed}" + (f" at step {result.step}" if broken
+                  else "") + f"; {saved}: {resume_hint}", file=sys.stderr)  # fmt: skip
+        return 1
     if result.reason == "interrupted":
         say(f"interrupted: {resume_hint}  (step {result.step} saved in {result.latest})")
         return 128 + (stop[0] if stop else signal.SIGINT)  # ranks: another rank's signal
     return 0
+
+
+def _plot(args: argparse.Namespace, trainer: Any) -> str | None:
+    """Write --plot; what went wrong, or None. The run is saved before: a plot that
+    cannot be written (its directory went away) is one line at the end."""
+    if args.plot is None:
+        return None
+    from ..plot import plot_history
+
+    c = trainer.config
+    try:
+        plot_history(trainer.history, args.plot, title=f"{trainer.corpus.source}, D={c.hidden}")
+    except OSError as e:
+        return f"--plot: cannot write {args.plot!r}: {e.strerror or e}"
+    print(f"  plot:   {args.plot}")
+    return None
 
 
 def _close(progress: Any) -> None:

@@ -122,7 +122,7 @@ class Trainer:
         be = _backend(backend)
         self.comm = as_communicator(comm)  # bptt.distributed.Local for one process
         with self.comm.startup(run=_fingerprint(corpus, config, be, state, compile, allreduce)):
-            self.shard = self.comm.shard(config.batch)  # this rank's streams; B % N refused
+            self.shard = _shard(self.comm, config.batch, resumed=state.step > 0)  # B % N refused
         corpus.check_fits(batch=config.batch, seq_len=config.seq_len)
         be.require_dtype(config.dtype)  # names the fix (float32, or JAX's x64 switch)
         self.corpus, self.config, self.backend, self.state = corpus, config, be, state
@@ -331,6 +331,8 @@ class Trainer:
                     f"{e.strerror or e}; the previous {name} {kept}"
                 ) from None
         self.written[name] = self.step
+        if name == LATEST:  # named in the ranks' messages (watchdog, divergence)
+            self.comm.saved = f"{target} (step {self.step})"
         return target if saved is None else saved
 
     # ---- validation ---------------------------------------------------------------------
@@ -416,8 +418,12 @@ class Trainer:
         elif self.resumed_at is not None:
             where = (f"this run wrote no checkpoint; the one it resumed from (step "
                      f"{self.resumed_at}) is untouched")  # fmt: skip
-        else:
-            where = "no checkpoint was written"
+        else:  # nothing to resume from: a new run is the way on
+            return (
+                f"training stopped: the {what} became NaN or infinite at step {step}; no "
+                "checkpoint was written. Start the run again with a lower --lr or a smaller "
+                "--clip."
+            )
         return (
             f"training stopped: the {what} became NaN or infinite at step {step}; {where}. "
             "Resume with a lower --lr or a smaller --clip."
@@ -430,6 +436,22 @@ class Trainer:
             None if d is None else d / LATEST,
             None if d is None or best["best_step"] is None else d / BEST,
         )  # fmt: skip
+
+
+def _shard(comm: Any, batch: int, *, resumed: bool) -> Any:
+    """This rank's streams. A batch the ranks cannot split is refused with a fix that
+    works: on a resume --batch cannot change, so the fix is another number of ranks."""
+    try:
+        return comm.shard(batch)
+    except ValueError:
+        if not resumed:
+            raise
+        counts = [n for n in range(1, batch + 1) if batch % n == 0][:8]
+        raise ValueError(
+            f"--batch {batch}: a resumed run keeps its batch, and {comm.size} ranks cannot "
+            f"split it (each rank takes B/N of the B streams); resume it on a number of ranks "
+            f"that divides {batch}: mpiexec -n N with N in {counts}"
+        ) from None
 
 
 def _fingerprint(corpus: Corpus, config: TrainConfig, be: backends.Backend, state: RunState,
