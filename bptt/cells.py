@@ -9,9 +9,11 @@ each; it provides
   hoisted input projection, ``s0`` the state before step 1 (None: zeros), ``H``
   (T+1, B, D) the hidden states h_0 .. h_T, ``aux`` what the backward pass needs
   besides, ``last`` the state after step T;
-- ``reverse_recurrence(p, H, aux, dS, xp, executor, want_s0)`` -> ``(dXU, dHW, d_s0)``:
-  dL/d(xu_t) and dL/d(h_{t-1} W^T) (T, B, G D) (the same array when the hidden
-  projection enters as the input's does), and dL/ds_0 when ``want_s0``;
+- ``reverse_recurrence(p, H, aux, dS, xp, executor, want_s0, d_last=None)`` ->
+  ``(dXU, dHW, d_s0)``: dL/d(xu_t) and dL/d(h_{t-1} W^T) (T, B, G D) (the same array
+  when the hidden projection enters as the input's does), and dL/ds_0 when
+  ``want_s0``; ``d_last`` is the gradient reaching the last state from after these
+  steps, shaped as the state (LSTM: the pair for (h_T, c_T)), None for zero;
 - ``weight_grads(p, dXU, dHW, H, inputs, xp) -> dict``, ``input_grads(U, dXU, xp)``.
 
 ``executor`` is where the loops come from (:mod:`bptt.model`, NumPy's
@@ -51,8 +53,11 @@ class Vanilla:
         return states, (), states[-1, ...]
 
     def reverse_recurrence(
-        self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool
-    ) -> tuple[Any, Any, Any]:
+        self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool,
+        d_last: Any = None,
+    ) -> tuple[Any, Any, Any]:  # fmt: skip
+        if d_last is not None:  # what reaches s_T from later joins its own output's gradient
+            dS = xp.concat([dS[:-1, ...], (dS[-1, ...] + d_last)[None, ...]])  # (T, B, D)
         dZ = executor.reverse_recurrence(p["W"], H, dS, None, xp, self.nonlinearity)  # eq. (B12)
         d_s0 = model.initial_state_grads(p["W"], dZ[0, ...]) if want_s0 else None  # eq. (B23)
         return dZ, dZ, d_s0
@@ -80,9 +85,12 @@ class Gated:
         return self.module.recurrence(p, xu, s0, xp, scan=_scan(executor))  # (H, aux, last)
 
     def reverse_recurrence(
-        self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool
-    ) -> tuple[Any, Any, Any]:
-        dXU, dHW, d_s0 = self.module.reverse_recurrence(p, H, aux, dS, xp, scan=_scan(executor))
+        self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool,
+        d_last: Any = None,
+    ) -> tuple[Any, Any, Any]:  # fmt: skip
+        dXU, dHW, d_s0 = self.module.reverse_recurrence(
+            p, H, aux, dS, xp, scan=_scan(executor), d_last=d_last
+        )
         return dXU, dHW, (d_s0 if want_s0 else None)
 
     def weight_grads(self, p: Any, dXU: Any, dHW: Any, H: Any, inputs: Any, xp: Any) -> dict:

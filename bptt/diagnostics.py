@@ -20,12 +20,14 @@ diag(1 - s^2) becomes diag(s > 0) (eq. B17).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from . import backends, layers, model
+from .cells import get_cell
 from .checks import as_index, check_call, check_values
 from .heads import HEADS, loss_weights, reduce
 
@@ -38,8 +40,10 @@ class GradientFlow(NamedTuple):
     norms: Any  # (T, T): norms[t, k] = ||dL_t/ds_k|| for k <= t, 0 above the diagonal
     lag_mean: Any  # (T,): lag_mean[l] = mean over loss steps t >= l of norms[t, t - l]
     steps: Any  # (T,) bool: the steps t whose loss counts (some unmasked sequence)
-    spectral_radius: float  # max |eigenvalue| of W (computed on the host)
+    spectral_radius: float  # max |eigenvalue| of W (host; NaN for a gated cell's (G D, D) W)
     max_singular_value: float  # largest singular value of W (computed on the host)
+    cell_norms: Any = None  # LSTM: (T, T) ||dL_t/dc_k||, the flow through the cell state
+    cell_lag_mean: Any = None  # LSTM: (T,) its mean by lag, as lag_mean
 
 
 def spectral_stats(W: Any) -> tuple[float, float]:
@@ -50,8 +54,9 @@ def spectral_stats(W: Any) -> tuple[float, float]:
     ``numpy.linalg``. W is D x D, small next to the (T, B, D) work of a batch;
     the copy is this module's only host transfer of parameter data.
     """
-    host = np.asarray(backends.backend_of(W).to_numpy(W), dtype=np.float64)  # (D, D)
-    radius = float(np.max(np.abs(np.linalg.eigvals(host))))
+    host = np.asarray(backends.backend_of(W).to_numpy(W), dtype=np.float64)  # (G D, D)
+    square = host.shape[0] == host.shape[1]  # a gated cell's stacked W has no eigenvalues
+    radius = float(np.max(np.abs(np.linalg.eigvals(host)))) if square else math.nan
     sigma = float(np.linalg.norm(host, 2))
     return radius, sigma
 
@@ -133,9 +138,7 @@ def gradient_flow(
         rnn, params, inputs, targets=targets, h0=h0, mask=mask, reduction=reduction,
         need_targets=True,
     )  # fmt: skip
-    head, nonlinearity = rnn.head, rnn.cell
-    if rnn.gates != 1:
-        raise ValueError(f"model: gradient_flow measures a vanilla cell; got cell {rnn.cell!r}")
+    head = rnn.head
     inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
     if dims.directions != 1:
         raise ValueError(
@@ -148,24 +151,44 @@ def gradient_flow(
     weights = loss_weights(
         mask, (T, B, dims.C), head=head, reduction=reduction, dtype=dims.dtype, xp=xp
     )
-    out, _ = layers.forward(params, inputs, h0, xp, cell=rnn.cell)
+    out, cache = layers.forward(params, inputs, h0, xp, cell=rnn.cell)
     S, logits = out.states, out.logits  # (T, B, D) of the last layer, (T, B, C)
-    W = params[f"W{layers.suffix(dims.layers - 1, 0)}"]  # (D, D): the last layer's
+    last = (dims.layers - 1) * dims.directions  # the last layer's (forward) cell
+    p = layers.cell_params(params, dims.layers - 1, 0, get_cell(rnn.cell).extra_biases)
     terms, dlogits = HEADS[head](logits, targets, xp)
     _, dlogits = reduce(terms, dlogits, weights, xp)  # dL/dg_t with the weights, eq. (B9)
     dS = model.state_grads(params, dlogits, None, xp)  # (T, B, D), eq. (56)
-
     if mask is None:
         steps = xp.ones((T,), dtype=xp.bool, device=S.device)  # (T,)
     else:
         steps = xp.any(mask if xp.isdtype(mask.dtype, "bool") else mask != 0, axis=1)  # (T,)
-    counts = xp.astype(steps, S.dtype)  # (T,)
-    columns = [None] * T  # columns[k]: ||dL_t/ds_k|| for t = 0..T-1, zero for t < k
-    lag_sum = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
-    lag_count = xp.zeros((T,), dtype=S.dtype, device=S.device)  # (T,)
-    for k, G in state_gradient_sweep(S, dS, W, xp, nonlinearity):  # G (T-k, B, D)
+    if rnn.gates == 1:
+        sweep = state_gradient_sweep(S, dS, p["W"], xp, rnn.cell)  # (k, G)
+        norms, lag_mean = _by_lag(sweep, steps, xp)
+        return GradientFlow(norms, lag_mean, steps, *spectral_stats(p["W"]))
+    H, aux = cache.states[last], cache.aux[last]
+    h_rows, c_rows = [], []
+    for k, G, Gc in cell_gradient_sweep(get_cell(rnn.cell), p, H, aux, dS, xp):
+        h_rows.append((k, G))
+        c_rows.append((k, Gc))
+    norms, lag_mean = _by_lag(h_rows, steps, xp)
+    cell = _by_lag(c_rows, steps, xp) if rnn.state_parts == 2 else (None, None)
+    return GradientFlow(norms, lag_mean, steps, *spectral_stats(p["W"]), *cell)
+
+
+def _by_lag(sweep: Any, steps: Any, xp: Any) -> tuple[Any, Any]:
+    """``(norms, lag_mean)`` from the ``(k, G)`` of a sweep, G[j] = dL_{k+j}/ds_k: the
+    (T, T) table of ||dL_t/ds_k|| and, for each lag t - k, its mean over counting t."""
+    T = steps.shape[0]
+    counts = None  # (T,) 1 where step t's loss counts, in the norms' dtype
+    columns: list[Any] = [None] * T  # columns[k]: ||dL_t/ds_k|| for t = 0..T-1, zero for t < k
+    lag_sum = lag_count = None
+    for k, G in sweep:
         column = xp.sqrt(xp.sum(G * G, axis=(1, 2)))  # ||dL_t/ds_k||, t = k..T-1  (T-k,)
-        zeros = xp.zeros((k,), dtype=S.dtype, device=S.device)  # (k,)
+        if counts is None:
+            counts = xp.astype(steps, column.dtype)  # (T,)
+            lag_sum = lag_count = xp.zeros((T,), dtype=column.dtype, device=column.device)
+        zeros = xp.zeros((k,), dtype=column.dtype, device=column.device)  # (k,)
         columns[k] = xp.concat([zeros, column])  # (T,)
         # entry t of the column has lag t - k = 0 .. T-1-k: shift it to the front
         lag_sum = lag_sum + xp.concat([column * counts[k:], zeros])
@@ -176,5 +199,43 @@ def gradient_flow(
     lag_mean = xp.where(
         reached, lag_sum / xp.where(reached, lag_count, ones), xp.full_like(ones, xp.nan)
     )  # (T,)
-    radius, sigma = spectral_stats(W)
-    return GradientFlow(norms, lag_mean, steps, radius, sigma)
+    return norms, lag_mean
+
+
+def cell_gradient_sweep(
+    cell: Any, p: Any, H: Any, aux: Any, dS: Any, xp: Any
+) -> Iterator[tuple[int, Any, Any]]:
+    """:func:`state_gradient_sweep` for any cell (:mod:`bptt.cells`): yield ``(k, G, Gc)``
+    for k = T-1, ..., 0 with G[j] = dL_{k+j}/dh_k and, for LSTM, Gc[j] = dL_{k+j}/dc_k
+    (else None), each (T - k, B, D).
+
+    Each row still open crosses one more step, k + 1, backwards: the cell's own reverse
+    recurrence over that one step, its forward values tiled once per open row, with the
+    rows' gradients arriving at its last state (``d_last``) and none from outputs. Row
+    t = k starts as dS_k; for LSTM the rows also carry dL_t/dc_k through c_{k+1} alone,
+    and Gc adds the path through h_k, G o_k (1 - tanh^2 c_k) (eq. (L7)). The cost is
+    that of the vanilla sweep: T steps of one product over (T - k - 1) B rows.
+    """
+    T, B, D = dS.shape
+    two = cell.state_parts == 2
+    # LSTM: dh_k/dc_k = o_k (1 - tanh^2 c_k) (T, B, D), eq. (L7); the rows carry dL_t/dc_k
+    # through c_{k+1} alone (Gp), and the total adds the path through h_k
+    dh_dc = aux[0][..., 3 * D :] * (1 - aux[3] * aux[3]) if two else None
+    G = dS[T - 1 :, ...]  # (1, B, D)
+    Gp = xp.zeros_like(G) if two else None
+    yield T - 1, G, (Gp + G * dh_dc[T - 1, ...] if two else None)
+    for k in range(T - 2, -1, -1):
+        n = T - k - 1  # rows open before this step: t = k + 1 .. T - 1
+        Hs = xp.concat([H[k + 1 : k + 3, ...]] * n, axis=1)  # (2, n B, D): h_k, h_{k+1}
+        A = tuple(xp.concat([a[k + 1 : k + 2, ...]] * n, axis=1) for a in aux)  # step k + 1
+        into = xp.reshape(G, (n * B, D))
+        if two:
+            into = (into, xp.reshape(Gp, (n * B, D)))
+        none = xp.zeros((1, n * B, D), dtype=dS.dtype, device=dS.device)  # no output grads
+        _, _, d0 = cell.reverse_recurrence(p, Hs, A, none, xp, model, True, d_last=into)
+        dh = d0[0] if two else d0
+        G = xp.concat([dS[k : k + 1, ...], xp.reshape(dh, (n, B, D))], axis=0)  # (T-k, B, D)
+        if two:
+            zero = xp.zeros_like(dS[k : k + 1, ...])
+            Gp = xp.concat([zero, xp.reshape(d0[1], (n, B, D))], axis=0)  # (T-k, B, D)
+        yield k, G, (Gp + G * dh_dc[k, ...] if two else None)

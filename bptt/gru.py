@@ -104,7 +104,7 @@ def recurrence(
 
 def reverse_recurrence(
     p: Mapping[str, Any], H: Any, aux: tuple[Any, ...], dS: Any, xp: Any,
-    scan: Scan = python_scan,
+    scan: Scan = python_scan, d_last: Any = None,
 ) -> tuple[Any, Any, Any]:  # fmt: skip
     """Eqs. (G7)-(G9), (G11), last step first: ``(dXU, dHW, dh0)``.
 
@@ -112,6 +112,7 @@ def reverse_recurrence(
     reaching h_t from outside the recurrence. ``dXU`` (T, B, 3D) = dL/d(U x_t + b),
     ``dHW`` (T, B, 3D) = dL/d(h_{t-1} W^T + [0, 0, b_hn]) (``dXU`` with its n rows times
     r), and ``dh0`` (B, D) the FULL dL/dh_0: through W and through z (eq. (G10)).
+    ``d_last`` (B, D): the gradient reaching h_T from after these steps (None: zero).
     """
     W = p["W"]
     RZ, N, Q = aux
@@ -129,7 +130,8 @@ def reverse_recurrence(
         g += dh * z_t  # and straight through z, eq. (G7)
         return g, (dHW, dh)
 
-    dh0, (dHW, dH) = scan(step, zero_state(dS, D, xp), (dS, F, z), xp, reverse=True)
+    g = zero_state(dS, D, xp) if d_last is None else d_last  # (B, D): from the future
+    dh0, (dHW, dH) = scan(step, g, (dS, F, z), xp, reverse=True)
     dXU = xp.concat([dHW[..., : 2 * D], dH * dn], axis=-1)  # (T, B, 3D), eq. (G9)
     return dXU, dHW, dh0
 

@@ -105,14 +105,15 @@ def recurrence(
 
 def reverse_recurrence(
     p: Mapping[str, Any], H: Any, aux: tuple[Any, ...], dS: Any, xp: Any,
-    scan: Scan = python_scan,
+    scan: Scan = python_scan, d_last: Any = None,
 ) -> tuple[Any, Any, tuple[Any, Any]]:  # fmt: skip
     """Eqs. (L6)-(L9), last step first: ``(dA, dA, (dh0, dc0))``.
 
     ``H``, ``aux`` as :func:`recurrence` returns them; ``dS`` (T, B, D) the gradient
     reaching h_t from outside the recurrence. dA (T, B, 4D) is both dXU and dHW (the
     same array: x_t and h_{t-1} enter only through a_t). The third value is the FULL
-    dL/ds_0, the pair (dh0, dc0) of (B, D) arrays (eq. (L9)).
+    dL/ds_0, the pair (dh0, dc0) of (B, D) arrays (eq. (L9)). ``d_last``: the pair
+    (dh, dc) reaching (h_T, c_T) from after these steps (None: zeros).
     """
     W = p["W"]
     A, G, C, TC = aux
@@ -134,7 +135,8 @@ def reverse_recurrence(
         return (dA @ W, dc * f_t), (dA,)  # to h_{t-1} through W; to c_{t-1} through f
 
     zero = zero_state(dS, D, xp)
-    (dh0, dc0), (dA,) = scan(step, (zero, zero), (dS, F, dc_dh, f), xp, reverse=True)
+    future = (zero, zero) if d_last is None else d_last  # into (h_T, c_T)
+    (dh0, dc0), (dA,) = scan(step, future, (dS, F, dc_dh, f), xp, reverse=True)
     return dA, dA, (dh0, dc0)
 
 

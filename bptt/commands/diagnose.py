@@ -41,8 +41,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--layers", type=positive_int, default=1, help="L for --init (default 1): the last is shown"
     )
     parser.add_argument(
-        "--nonlinearity", choices=("tanh", "relu"), default="tanh", help="for --init (tanh)"
-    )
+        "--cell", "--nonlinearity", dest="cell", choices=("tanh", "relu", "gru", "lstm"),
+        default="tanh", help="the cell for --init (default tanh)",
+    )  # fmt: skip
     parser.add_argument(
         "--vocab", type=positive_int, default=32, help="M = C for --init (default 32)"
     )
@@ -76,13 +77,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def _fresh_params(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
 
-    from ..functional import init_params
+    from ..rnn import RNN
 
-    params = init_params(
-        args.vocab, args.hidden, args.vocab, num_layers=args.layers, dtype="float64",
-        seed=args.seed, init=args.scheme,
-    )  # fmt: skip
-    return {k: np.asarray(v) for k, v in params.items()}
+    model = RNN(args.vocab, args.hidden, args.vocab, cell=args.cell, layers=args.layers,
+                initializer=args.scheme)  # fmt: skip
+    return {k: np.asarray(v) for k, v in model.init(seed=args.seed, dtype="float64").items()}
 
 
 def _text_ids(ckpt: Any, args: argparse.Namespace) -> tuple[Any, str] | None:
@@ -119,33 +118,40 @@ def _batch(host: dict[str, Any], ids: Any, args: argparse.Namespace, be: Any) ->
 
 
 def measure(host: dict[str, Any], radius: float | None, ids: Any, args: argparse.Namespace,
-            nonlinearity: str = "tanh") -> dict:  # fmt: skip
+            cell: str = "tanh") -> dict:  # fmt: skip
     """gradient_flow (softmax head) for host params, the last layer's W rescaled to
     ``radius`` if given, as NumPy."""
-    import numpy as np
-
     from .. import backends
     from ..diagnostics import gradient_flow, spectral_stats
     from ..layers import arch_of, suffix
+    from ..rnn import RNN
 
     host = dict(host)
     w = f"W{suffix(arch_of(host).layers - 1, 0)}"  # the last layer's W: what is measured
     if radius is not None:
+        if host[w].shape[0] != host[w].shape[1]:
+            raise ValueError(
+                f"--spectral-radius: a {cell} cell's W stacks its gates ({host[w].shape}) "
+                "and has no spectral radius to set; leave it out"
+            )
         current, _ = spectral_stats(host[w])
         host[w] = host[w] * (radius / current)
     be = backends.get_backend(args.backend, args.device)
     params = {k: be.asarray(v.astype(args.dtype), dtype=args.dtype) for k, v in host.items()}
     inputs, targets = _batch(host, ids, args, be)
-    from ..rnn import RNN
-
-    flow = gradient_flow(RNN.from_params(params, cell=nonlinearity), params, inputs, targets)
+    flow = gradient_flow(RNN.from_params(params, cell=cell), params, inputs, targets)
+    gated = host[w].shape[0] != host[w].shape[1]
+    label = f"sigma_max(W) = {flow.max_singular_value:.3g}" if gated else (
+        f"rho(W) = {flow.spectral_radius:.3g}")  # fmt: skip
     return {
         "norms": be.to_numpy(flow.norms),
         "lag_mean": be.to_numpy(flow.lag_mean),
+        "cell_lag_mean": None if flow.cell_norms is None else be.to_numpy(flow.cell_lag_mean),
         "radius": flow.spectral_radius,
         "sigma": flow.max_singular_value,
-        "label": f"rho(W) = {flow.spectral_radius:.3g}",
-        "shape": (args.seq_len, args.batch, *np.shape(host["W"])[:1]),
+        "gated": gated,
+        "label": label,
+        "shape": (args.seq_len, args.batch, host[w].shape[1]),
     }
 
 
@@ -170,7 +176,8 @@ def _require_finite(result: dict, radius: float | None, args: argparse.Namespace
     import numpy as np
 
     bad = np.flatnonzero(~np.isfinite(result["lag_mean"]))
-    if bad.size == 0 and math.isfinite(result["radius"]) and math.isfinite(result["sigma"]):
+    radius_ok = result["gated"] or math.isfinite(result["radius"])  # gated: no radius
+    if bad.size == 0 and radius_ok and math.isfinite(result["sigma"]):
         return
     setting = "the checkpoint's W" if radius is None else f"--spectral-radius {radius:g}"
     lag = f" from lag {int(bad[0])} on" if bad.size else ""
@@ -184,14 +191,22 @@ def _require_finite(result: dict, radius: float | None, args: argparse.Namespace
 def _summary(result: dict) -> str:
     lag = result["lag_mean"]
     shown = [lag_ for lag_ in (0, 1, 2, 5, 10, 20, 50, 100, 200, 500) if lag_ < len(lag)]
-    lines = [
-        f"{result['label']}, sigma_max(W) = {result['sigma']:.3g}",
-        "  lag   mean ||dL_t/ds_k||   / lag 0",
-    ]
+    cell = result["cell_lag_mean"]  # LSTM: the flow through the cell state
+    head = result["label"] if result["gated"] else f"{result['label']}, sigma_max(W) = " \
+        f"{result['sigma']:.3g}"  # fmt: skip
+    lines = [head, "  lag   mean ||dL_t/ds_k||   / lag 0"]
+    if cell is not None:
+        lines[-1] += "   cell state ||dL_t/dc_k||   / lag 0"
     for lag_ in shown:
-        ratio = f"{lag[lag_] / lag[0]:>8.2e}" if lag[0] > 0 else f"{'-':>8}"  # no 0 / 0
-        lines.append(f"  {lag_:>3}   {lag[lag_]:>18.3e}   {ratio}")
+        line = f"  {lag_:>3}   {lag[lag_]:>18.3e}   {_ratio(lag, lag_)}"
+        if cell is not None:
+            line += f"   {cell[lag_]:>24.3e}   {_ratio(cell, lag_)}"
+        lines.append(line)
     return "\n".join(lines)
+
+
+def _ratio(values: Any, lag: int) -> str:
+    return f"{values[lag] / values[0]:>8.2e}" if values[0] > 0 else f"{'-':>8}"  # no 0 / 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -231,25 +246,25 @@ def _run(args: argparse.Namespace) -> int:
             args._parser.error("--text needs a CHECKPOINT (a fresh model has no vocabulary)")
         host = _fresh_params(args)
         source = f"fresh '{args.scheme}' init, seed {args.seed}"
-        layers, nonlinearity = args.layers, args.nonlinearity
+        layers, cell = args.layers, args.cell
     else:
         from ..checkpoint import load_checkpoint
 
         ckpt = load_checkpoint(args.checkpoint)
         host = {k: v for k, v in ckpt.params.items() if v is not None}
         source = f"{args.checkpoint} (step {ckpt.step})"
-        layers, nonlinearity = ckpt.architecture["layers"], ckpt.architecture["nonlinearity"]
+        layers, cell = ckpt.model.layers, ckpt.model.cell
         found = _text_ids(ckpt, args)
         if found is not None:
             ids, batch = found
     _require_memory(host, args)
     radii = args.spectral_radius or [None]
-    results = [measure(host, radius, ids, args, nonlinearity) for radius in radii]
+    results = [measure(host, radius, ids, args, cell) for radius in radii]
     for radius, result in zip(radii, results, strict=True):
         _require_finite(result, radius, args)
     T, B, D = results[0]["shape"]
     model = "" if layers == 1 else f"layer {layers} of {layers}, "
-    model += "" if nonlinearity == "tanh" else f"{nonlinearity}, "
+    model += "" if cell == "tanh" else f"{cell}, "
     title = f"{source}: {model}D = {D}, T = {T}, B = {B}, {batch}"
     print(title)
     for result in results:
