@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt import api, backends, cli, dynamic_eval
+from bptt import backends, cli, dynamic_eval
 from bptt.data import Streams
 from bptt.dynamic_eval import (
     Update,
@@ -133,15 +133,28 @@ def test_warm_up_and_a_short_last_segment() -> None:
 
 
 def test_the_steps_are_the_librarys_bptt(monkeypatch) -> None:
-    """One loss_and_grad call per segment, and the update uses its gradient."""
+    """One call of the library's BPTT step (the schedule's pure step, resolved once for the
+    model) per segment, and the update uses its gradient."""
     calls = []
+    make_plan = dynamic_eval.make_plan
 
-    def counting(*args, **kwargs):
-        assert args[0] is MODEL  # the model it was given
-        calls.append(args[2].shape)  # (model, params, inputs, targets)
-        return api.loss_and_grad(*args, **kwargs)
+    def planning(model, schedule, reduction):
+        assert model is MODEL and reduction == "sum"  # the model it was given
+        plan = make_plan(model, schedule, reduction)
 
-    monkeypatch.setattr(dynamic_eval, "loss_and_grad", counting)
+        def counted(*shape):
+            run, weights = plan(*shape)
+
+            def counting(params, inputs, *args, **kwargs):
+                calls.append(inputs.shape)
+                return run(params, inputs, *args, **kwargs)
+
+            return counting, weights
+
+        return counted
+
+    monkeypatch.setattr(dynamic_eval, "make_plan", planning)
+    monkeypatch.setattr(dynamic_eval, "_STEPS", {})  # steps made by earlier tests are reused
     params, ids = _params(), _repeated(30)
     walk = layout_walk(ids, seq_len=T, backend=NUMPY)
     got = score_dynamic(params, walk, Update("sgd", 0.5), model=MODEL)
