@@ -116,6 +116,18 @@ def test_ranks_of_a_relu_stack_step_as_one_process() -> None:
     np.testing.assert_allclose(ranks[0], single, rtol=0, atol=1e-13 * np.abs(single).max())
 
 
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_ranks_of_a_gated_stack_step_as_one_process(cell) -> None:
+    """Gated cells: each rank carries its streams' share of the state (LSTM: (2, L, B/N,
+    D), h and c), the parts add up to the one-process step."""
+    from bptt import backends
+
+    cfg = config("adam", layers=2, cell=cell, batch=8)
+    ranks, single, _ = _simulated_ranks(backends.get_backend("numpy"), cfg, 2, STEPS)
+    assert np.array_equal(ranks[0], ranks[1])
+    np.testing.assert_allclose(ranks[0], single, rtol=0, atol=1e-13 * np.abs(single).max())
+
+
 def test_one_simulated_rank_is_the_one_process_step_bit_for_bit() -> None:
     """The parallel parts on one rank are make_train_step's arithmetic exactly: when the
     one-process step changes, the data-parallel one must change with it."""
