@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     corpus = data.load_corpus(corpus="topics")
     results = [measure(cell, args, corpus) for cell in args.cells.split(",")]
     print(f"D = {args.hidden}, {args.steps} training steps each (float64, B = 32, "
-          f"T = {args.seq_len}); flow on {args.batch} held-out windows of {args.seq_len}")  # fmt: skip
+          f"T = {args.seq_len}); flow on {args.batch} held-out windows")  # fmt: skip
     print(table(results))
     for r in results:
         print(f"  {r['cell']}: trained in {r['seconds']:.0f} s")
