@@ -94,3 +94,21 @@ def test_diagnose_prints_the_cell_state_flow(tmp_path, capsys) -> None:
                      "--seq-len", "12", "--batch", "2"]) == 0  # fmt: skip
     out = capsys.readouterr().out
     assert "lstm" in out and "cell state" in out
+
+
+def test_the_side_by_side_benchmark_runs(tmp_path, capsys) -> None:
+    """benchmarks/gradient_flow_cells.py (docs/gradient-flow.md's table and picture) at a
+    tiny size: a row per curve, the LSTM's cell state among them, and the figure."""
+    import sys
+    from pathlib import Path
+
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    import gradient_flow_cells
+
+    figure = tmp_path / "flow.png"
+    assert gradient_flow_cells.main(["--steps", "2", "--hidden", "8", "--seq-len", "12",
+                                     "--batch", "2", "--plot", str(figure)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert "| tanh h |" in out and "| gru h |" in out and "| lstm c (cell state) |" in out
+    assert figure.stat().st_size > 0
