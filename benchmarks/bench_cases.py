@@ -256,22 +256,27 @@ def jax_case(size: Size, dtype: str, seed: int = 0) -> Case:
     return _jax_case("jax", jax.jit(jax.value_and_grad(loss)), (p, x, y))
 
 
-def jax_bptt_case(size: Size, dtype: str, seed: int = 0) -> Case:
+def jax_bptt_case(size: Size, dtype: str, seed: int = 0, schedule: str = "auto") -> Case:
     """bptt's own ``loss_and_grad`` traced and compiled by ``jax.jit`` (raises ImportError
-    without jax, and whatever tracing raises when bptt's code cannot be traced)."""
+    without jax, and whatever tracing raises when bptt's code cannot be traced):
+    ``schedule="auto"`` runs each recurrence as one ``lax.scan``, ``"unrolled"`` as T
+    copies of the step body."""
     import jax
     import jax.numpy as jnp
 
     with _x64():
         p, x, y = _jax_inputs(size, dtype, seed)
         h0 = jnp.zeros((size.B, size.D), dtype=p["W"].dtype)
-    # schedule="auto" ("single" off NumPy), whatever $BPTT_SCHEDULE forces on NumPy
-    fn = jax.jit(
-        lambda p, x, y, h0: bptt.loss_and_grad(p, x, y, h0=h0, check_values=False, schedule="auto")
-    )
-    case = _jax_case("bptt[jax.jit]", fn, (p, x, y, h0))
+
+    # "auto" ("scan" on JAX) or "unrolled", whatever $BPTT_SCHEDULE forces on NumPy
+    def grads(p: dict[str, Any], x: Any, y: Any, h0: Any) -> Any:
+        return bptt.loss_and_grad(p, x, y, h0=h0, check_values=False, schedule=schedule)
+
+    fn = jax.jit(grads)
+    label = "bptt[jax.jit]" if schedule == "auto" else f"bptt[jax.jit,{schedule}]"
+    case = _jax_case(label, fn, (p, x, y, h0))
     itemsize = np.dtype(dtype).itemsize
-    case.schedule, _ = schedules.resolve("auto", jnp, size.T, size.B, size.D, itemsize)
+    case.schedule, _ = schedules.resolve(schedule, jnp, size.T, size.B, size.D, itemsize)
     return case
 
 

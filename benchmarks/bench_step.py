@@ -8,7 +8,8 @@
 or ``$BPTT_SCHEDULE`` names one) and on any other ``--backend``; the NumPy-only
 yardstick; torch (autograd, CPU, or CUDA when bptt runs on a GPU and torch can);
 JAX's hand-written ``lax.scan`` under ``jit``; and bptt's own code under
-``jax.jit``. Timing (``bench_timing.py``): after two warm-up calls each, blocks
+``jax.jit`` (its recurrences as ``lax.scan``; ``--jax-unrolled`` adds the unrolled
+loop). Timing (``bench_timing.py``): after two warm-up calls each, blocks
 of about ``--min-block`` seconds, A B A B ..., a pause and one untimed call
 before each, blocks overlapping other processes' work retried (``--guard``).
 
@@ -75,6 +76,7 @@ def run_benchmark(
     schedule: str | None = None,
     torch_device: str | None = "cpu",
     with_jax: bool = True,
+    jax_unrolled: bool = False,
     reps: int = 7,
     pause: float = 0.1,
     min_block: float = 0.2,
@@ -98,6 +100,10 @@ def run_benchmark(
             if with_jax:
                 optional["jax"] = functools.partial(jax_case, size, dtype)
                 optional["bptt[jax.jit]"] = functools.partial(jax_bptt_case, size, dtype)
+                if jax_unrolled:
+                    optional["bptt[jax.jit,unrolled]"] = functools.partial(
+                        jax_bptt_case, size, dtype, schedule="unrolled"
+                    )
             missing = {}
             for key, build in optional.items():
                 got = _optional(build)
@@ -205,7 +211,12 @@ def _parser() -> argparse.ArgumentParser:
         help="'cpu', 'cuda', 'none' (skip), or auto: CUDA when the first backend is on a GPU "
         "and torch can use it, else cpu",
     )
-    add("--no-jax", action="store_true", help="skip both JAX contenders")
+    add("--no-jax", action="store_true", help="skip the JAX contenders")
+    add(
+        "--jax-unrolled",
+        action="store_true",
+        help="also bptt's unrolled loop under jax.jit (compile time grows with T)",
+    )
     add("--reps", type=positive_int, default=7, help="interleaved blocks per contender (7+)")
     add("--pause", type=nonneg_float, default=0.1, help="seconds of rest before each block")
     add("--min-block", type=nonneg_float, default=0.2, help="seconds per timed block, at least")
@@ -300,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
         schedule=args.schedule,
         torch_device=torch_device,
         with_jax=not args.no_jax,
+        jax_unrolled=args.jax_unrolled,
         reps=args.reps,
         pause=args.pause,
         min_block=args.min_block,

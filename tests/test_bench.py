@@ -83,7 +83,7 @@ def test_rows_and_columns_numpy_torch_and_jax() -> None:
     assert by_impl["bptt"]["schedule"] == "single"  # what auto picks at this size
     assert by_impl["bptt"]["peak_mib"] > 0 and by_impl["bptt"]["update_ms"] > 0
     jit = by_impl["bptt[jax.jit]"]
-    assert "status" in jit or jit["schedule"] == "single"
+    assert "status" in jit or jit["schedule"] == "scan"
     assert not jit.get("status", "").startswith("failed"), jit
     table = bench_report.format_table(rows).splitlines()
     assert table[0] == bench_report.HEADER and len(table) == len(rows) + 1
@@ -163,7 +163,7 @@ def test_bptt_under_jax_jit_matches_numpy(dtype: str) -> None:
     finally:
         assert jax.config.jax_enable_x64 == before
     loss, grads, _ = case.step()
-    assert case.first_call_s > 0 and case.schedule == "single"
+    assert case.first_call_s > 0 and case.schedule == "scan"
     params = bptt.init_params(size.M, size.D, size.C, dtype=dtype, seed=0, backend="numpy")
     x, y = bench_cases.data(size, seed=0)
     ref_loss, ref_grads, _ = bptt.loss_and_grad(params, x, y)
@@ -172,6 +172,16 @@ def test_bptt_under_jax_jit_matches_numpy(dtype: str) -> None:
     np.testing.assert_allclose(np.asarray(loss), ref_loss, rtol=rtol)
     for k in params:
         np.testing.assert_allclose(np.asarray(grads[k]), ref_grads[k], rtol=rtol, atol=rtol)
+
+
+def test_the_unrolled_jax_column_is_the_same_step_unrolled() -> None:
+    pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    _, size = bench_cases.parse_size(TINY)
+    scanned = bench_cases.jax_bptt_case(size, "float32")
+    unrolled = bench_cases.jax_bptt_case(size, "float32", schedule="unrolled")
+    assert (unrolled.name, unrolled.schedule) == ("bptt[jax.jit,unrolled]", "unrolled")
+    np.testing.assert_allclose(np.asarray(unrolled.step()[0]), np.asarray(scanned.step()[0]),
+                               rtol=1e-6)  # fmt: skip
 
 
 # ---- torch on a GPU run without CUDA -----------------------------------------------------
