@@ -95,7 +95,10 @@ def build(bptt: Any, size: str, dtype: str, what: str) -> Any:
     x, y = (rng.integers(0, M, size=(T, B), dtype=np.int64) for _ in range(2))
     if what == "loss_and_grad":
         return lambda: bptt.loss_and_grad(params, x, y, check_values=False)
-    train = getattr(bptt, "train", None)
+    try:  # a package of the tree, imported on request (bptt's __init__ does not)
+        train = importlib.import_module("bptt.train")
+    except ImportError:
+        train = None
     if hasattr(train, "make_train_step"):  # the step `bptt train` runs: flat parameters
         return _flat_train_step(bptt, params, x, y)
     init, update = training_update(bptt)

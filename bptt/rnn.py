@@ -20,6 +20,7 @@ torch interop) takes the model with the parameters, so nothing is told twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -111,24 +112,12 @@ class RNN:
 
     def param_names(self) -> tuple[str, ...]:
         """Every parameter's key, in the layout's order (:func:`bptt.layers.param_names`)."""
-        extra = get_cell(self.cell).extra_biases
-        return param_names(
-            self.arch, bias=self.bias, output_bias=self.output_bias, extra_biases=extra
-        )
+        return tuple(_template(self))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's shape, keyed and ordered as :meth:`param_names`: the template
         parameters are checked against (eqs. 27-29 for each cell; layer l > 0 reads K D)."""
-        M, D, C, G = self.input_size, self.hidden_size, self.output_size, self.gates
-        width = self.directions * D
-        shapes: dict[str, tuple[int, ...]] = {"V": (C, width), "c": (C,)}
-        for layer, direction in self.arch.cells():
-            s = suffix(layer, direction)
-            shapes[f"U{s}"] = (G * D, M if layer == 0 else width)
-            shapes[f"W{s}"] = (G * D, D)
-            shapes[f"b{s}"] = (G * D,)
-            shapes.update({f"{name}{s}": (D,) for name in get_cell(self.cell).extra_biases})
-        return {key: shapes[key] for key in self.param_names()}
+        return dict(_template(self))
 
     def state_shape(self, batch: int) -> tuple[int, ...]:
         """h0's shape (and that of each part of a two-part state): (B, D) for one cell,
@@ -208,6 +197,25 @@ class RNN:
     def gradcheck(self, params: Any, inputs: Any, targets: Any, **kwargs: Any) -> float:
         """:func:`bptt.gradcheck` of this model."""
         return api.gradcheck(self, params, inputs, targets, **kwargs)
+
+
+@functools.cache
+def _template(model: RNN) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """(name, shape) of every parameter of ``model``, in the layout's order: made once per
+    model value (a frozen dataclass is its own cache key)."""
+    M, D, C, G = model.input_size, model.hidden_size, model.output_size, model.gates
+    extra = get_cell(model.cell).extra_biases
+    width = model.directions * D
+    shapes: dict[str, tuple[int, ...]] = {"V": (C, width), "c": (C,)}
+    for layer, direction in model.arch.cells():
+        s = suffix(layer, direction)
+        shapes[f"U{s}"] = (G * D, M if layer == 0 else width)
+        shapes[f"W{s}"] = (G * D, D)
+        shapes[f"b{s}"] = (G * D,)
+        shapes.update({f"{name}{s}": (D,) for name in extra})
+    names = param_names(model.arch, bias=model.bias, output_bias=model.output_bias,
+                        extra_biases=extra)  # fmt: skip
+    return tuple((key, shapes[key]) for key in names)
 
 
 def _infer(params: Any, fields: dict[str, Any]) -> RNN:
