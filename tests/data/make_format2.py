@@ -1,6 +1,8 @@
 """Format-2 fixtures, written by bptt at commit 4a907f7 (the last to write format 2)."""
+
 import json, sys
 import numpy as np
+
 sys.path.insert(0, "tests")
 from train_helpers import small_trainer
 from bptt import backends
@@ -18,8 +20,9 @@ for key in ("layers", "bidirectional", "nonlinearity"):
     del ck.config["model"][key]
 save_checkpoint(out + "/format2_tanh_adam_step5.npz", ck)
 # 2) two relu layers, rmsprop, a state above 1
-r = small_trainer(NUMPY, out + "/relu", optimizer="rmsprop", cell="relu", layers=2, lr=0.02,
-                  init="xavier")
+r = small_trainer(
+    NUMPY, out + "/relu", optimizer="rmsprop", cell="relu", layers=2, lr=0.02, init="xavier"
+)
 r.run(steps=5)
 ck = load_checkpoint(out + "/relu")
 print("relu max |h|", np.abs(ck.hidden).max(), ck.hidden.shape, sorted(ck.opt_state))
