@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from train_helpers import small_corpus, small_trainer
 
-from bptt import backends, checkpoint, train
+import bptt
+from bptt import backends, checkpoint, optim, train
 from bptt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from bptt.train import Trainer
 
@@ -39,7 +40,9 @@ def test_round_trip_without_pickle(saved) -> None:
         np.testing.assert_array_equal(ckpt.opt_state[path], value)
     np.testing.assert_array_equal(ckpt.hidden, ref.hidden)
     assert ckpt.position == ref.position and ckpt.rng_state == ref.rng_state
-    assert ckpt.config["train"]["hidden"] == 12 and ckpt.best["best_step"] == 5
+    assert ckpt.config["model"] == trainer.model.config() and ckpt.best["best_step"] == 5
+    assert "hidden" not in ckpt.config["train"]  # the configuration is stored once
+    assert ckpt.train == trainer.config and ckpt.model == trainer.model
     np.testing.assert_array_equal(ckpt.history["val_step"], [5.0])
 
 
@@ -71,6 +74,27 @@ def test_a_format_1_checkpoint_resumes(name: str) -> None:
     with np.load(DATA / f"format1_{name}_step10_params.npz") as ref:
         for key, value in trainer.params.items():
             np.testing.assert_allclose(value, ref[key], rtol=1e-9, atol=1e-12, err_msg=key)
+
+
+@pytest.mark.parametrize("name", ["format2_tanh_adam_step5", "format2_relu2_rmsprop_step5"])
+def test_a_format_2_checkpoint_resumes(name: str) -> None:
+    """Written by bptt 4a907f7 (tests/data/make_format2.py): the model and the options
+    apart (the tanh one as written before architectures were recorded), RMSProp's second
+    moment as "total"; 5 more steps equal a run that never stopped, bit for bit."""
+    ckpt = load_checkpoint(DATA / f"{name}.npz")
+    assert ckpt.format_version == 2 and "hidden" not in ckpt.config["train"]
+    resumed = train.Trainer.resume(ckpt, small_corpus())
+    assert resumed.model == ckpt.model and resumed.config == ckpt.train
+    if "relu" in name:
+        assert ckpt.model == bptt.RNN(63, 12, 63, cell="relu", layers=2, initializer="xavier")
+        assert np.abs(ckpt.hidden).max() > 1 and "1/1/nu/W" in ckpt.opt_state
+    straight = train.Trainer.create(small_corpus(), resumed.config)
+    straight.run(steps=10)
+    resumed.run(steps=10)
+    for key, value in straight.params.items():
+        np.testing.assert_array_equal(resumed.params[key], value, err_msg=key)
+    for path, value in optim.state_arrays(straight.opt_state).items():
+        np.testing.assert_array_equal(optim.state_arrays(resumed.opt_state)[path], value, path)
 
 
 def test_write_is_atomic(saved, monkeypatch) -> None:

@@ -1,0 +1,650 @@
+"""Checkpoints: a run's state in one ``.npz`` file, checked on load against a template.
+
+Arrays are stored as ``param/W``, ``opt/1/1/mu/W`` (:func:`bptt.optim.state_arrays`'s
+paths; leaves laid out like the flat parameters are stored per parameter), ``hidden``,
+``history/val_bpc``, ``vocab``; everything else is one JSON document, ``meta``: the step,
+the data position, the generator state, the best record and the configuration, stored
+once: ``model`` (:meth:`bptt.RNN.config`), ``train`` (the :class:`TrainConfig` options
+that are not the model's), ``data`` and ``backend``. Nothing is pickled; a write goes to
+a temporary file that is fsynced and renamed over the target.
+
+Loading reads the configuration, builds the template a new run of it would build (the
+model's parameter shapes, the optimizer's ``init`` state, the carried state) and
+compares every member's name, shape and dtype from the ``.npy`` headers before any data
+is read, each read bounded; values are then checked only for what holds of every model:
+finite, second moments >= 0, counts whole in [0, step]. Formats 1 and 2 (the model and
+the options stored apart and overlapping; format 1 named optimizer arrays by slot) are
+read into the same objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import limits, optim
+from ..data import Streams
+from ..flat import Layout
+from ..layers import arch_of
+from ..rnn import RNN
+from ..rundir import BEST, LATEST, CheckpointError, check_writable, remove_stale_temporaries
+from .config import TrainConfig
+from .state import HISTORY_KEYS, RunState
+from .step import TrainCarry
+
+__all__ = ["BEST", "FORMAT_VERSION", "LATEST", "MODEL_OPTIONS", "Checkpoint", "CheckpointError",
+           "check_writable", "load_checkpoint", "peek_meta", "remove_stale_temporaries",
+           "resolve_path", "run_from_checkpoint", "run_to_checkpoint", "save_checkpoint"]  # fmt: skip
+
+FORMAT_VERSION = 3  # 2: optimizer arrays by path; 3: the configuration stored once
+MODEL_OPTIONS = {"hidden": "hidden_size", "layers": "layers", "cell": "cell",
+                 "init": "initializer"}  # TrainConfig's options that are the model's fields  # fmt: skip
+META_KEYS = {
+    "step",
+    "config",
+    "position",
+    "rng_state",
+    "best",
+}  # format 1: + opt_scalars, opt_slots
+META_MAX_BYTES, MAX_HEADER = 16 << 20, 4096
+OLD_SLOTS = {"mu": ("m",), "nu": ("v", "mean_sq"), "trace": ("velocity",),
+             "sum_of_squares": ("sum_sq",)}  # format 1's names; format 2's for nu (RMSProp), trace, sum_of_squares: "total"  # fmt: skip
+
+
+class _Bad(ValueError):
+    """What is wrong with ``field`` (a member or a configuration entry; None: the file)."""
+
+    def __init__(self, field: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+@dataclass
+class Checkpoint:
+    """A run's state as host data: ``params`` {name: array}, ``opt_state`` {path: array}
+    (per parameter: ``"1/1/mu/W"``), ``hidden`` (:meth:`bptt.RNN.carry_shape` of the
+    batch), ``position`` {"epoch", "chunk", "offset"}, ``rng_state``, ``history`` (1-d),
+    ``best`` and ``config`` {"model", "train", "data", "backend"} (module docstring)."""
+
+    params: dict[str, np.ndarray]
+    opt_state: dict[str, Any]
+    vocab: str
+    step: int
+    config: dict[str, Any]
+    hidden: np.ndarray | None = None
+    position: dict[str, int] = field(default_factory=dict)
+    rng_state: dict[str, Any] | None = None
+    history: dict[str, np.ndarray] = field(default_factory=dict)
+    best: dict[str, Any] = field(default_factory=dict)  # best_val, best_step, evals_since
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def model(self) -> RNN:
+        return RNN.from_config(self.config["model"])
+
+    @property
+    def train(self) -> TrainConfig:
+        """The run's options: the stored ones and the model's (hidden, layers, cell, init)."""
+        model = self.config["model"]
+        return TrainConfig(
+            **self.config["train"], **{k: model[v] for k, v in MODEL_OPTIONS.items()}
+        )
+
+    @property
+    def architecture(self) -> dict[str, Any]:
+        m = self.model
+        return {"layers": m.layers, "bidirectional": m.bidirectional, "nonlinearity": m.cell}
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """M, D and C of the stored parameters, and their number of layers."""
+        (G_D, M), (C, _) = self.params["U"].shape, self.params["V"].shape
+        D = self.params["W"].shape[1]  # W (G D, D)
+        return {"M": int(M), "D": int(D), "C": int(C), "layers": arch_of(self.params).layers}
+
+    def check_sizes(self, **expected: int | None) -> None:
+        """CheckpointError unless the stored M/D/C/layers match ``expected`` (None: anything)."""
+        names = {"M": "vocabulary (M)", "D": "hidden size (D)", "C": "output size (C)",
+                 "layers": "number of layers"}  # fmt: skip
+        for key, value in expected.items():
+            if value is not None and self.sizes[key] != value:
+                raise CheckpointError(
+                    f"checkpoint: the model has {names[key]} {self.sizes[key]}, but {value} was "
+                    "asked for; a checkpoint can only resume a model of the same size"
+                )
+
+
+def resolve_path(path: str | os.PathLike, *, which: str = LATEST) -> Path:
+    """A checkpoint file, or a checkpoint directory's ``which`` file."""
+    p = Path(path)
+    return p / which if p.is_dir() else p
+
+
+# ---- the template: what a run of this configuration holds -------------------------------
+
+
+def template(model: RNN, train: TrainConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """{member: (shape, dtype)} of a run's arrays, built as a new run builds them: the
+    model's parameters, the optimizer's ``init`` state (on host zeros of the flat size),
+    the carried state of the whole batch."""
+    dtype, shapes = np.dtype(train.dtype), model.param_shapes()
+    n = sum(math.prod(s) for s in shapes.values())
+    out = {f"param/{k}": (s, dtype) for k, s in shapes.items()}
+    state = train.make_optimizer().init(np.zeros(n, dtype))
+    for path, leaf in optim.state_arrays(state).items():
+        if leaf.shape == (n,):
+            out.update({f"opt/{path}/{k}": (s, dtype) for k, s in shapes.items()})
+        else:
+            out[f"opt/{path}"] = (leaf.shape, leaf.dtype)
+    out["hidden"] = (model.carry_shape(train.batch), dtype)
+    return out
+
+
+def _check_header(name: str, shape: tuple, dtype: np.dtype, want: tuple, what: str) -> None:
+    """The header of ``name`` against its template entry (shape, dtype); a 0-d optimizer
+    leaf (a count, a norm) may be float32 or float64, as the device that wrote it had."""
+    ok = dtype == want[1] or (want[0] == () and name.startswith("opt/") and dtype.kind == "f"
+                              and dtype.itemsize in (4, 8))  # fmt: skip
+    if dtype.hasobject or not ok:
+        raise _Bad(name, f"expected {want[1]} ({what}); the file declares dtype {dtype}")
+    if tuple(shape) != tuple(want[0]):
+        raise _Bad(name, f"expected shape {tuple(want[0])} from the configuration; the file "
+                         f"declares {tuple(shape)}")  # fmt: skip
+
+
+def _check_values(name: str, array: np.ndarray, step: int) -> None:
+    """What holds of every model: finite; nu and sum_of_squares >= 0; counts whole in [0, step]."""
+    if not np.all(np.isfinite(array)):
+        raise _Bad(name, "contains NaN or infinite values")
+    last = name.split("/")
+    if "nu" in last[-2:] or "sum_of_squares" in last[-2:]:
+        if np.any(array < 0):
+            raise _Bad(name, "a sum of squares with negative entries")
+    if last[-1] == "count" and not (array == np.round(array) and 0 <= array <= step):
+        raise _Bad(name, f"an update count must be a whole number in [0, {step}]; got "
+                         f"{float(array)}")  # fmt: skip
+
+
+# ---- the configuration: checked by constructing what it describes ------------------------
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _section(value: Any, where: str, keys: Any, required: Any = None) -> dict[str, Any]:
+    """``value`` if it is a JSON object with ``required`` (default: all ``keys``) and no
+    other keys; ``keys`` may map each key to (test, expected) to check its value."""
+    if not isinstance(value, dict):
+        raise _Bad(where, f"expected a JSON object; got {type(value).__name__}")
+    missing = sorted(set(keys if required is None else required) - set(value))
+    unknown = sorted(set(value) - set(keys))
+    if missing or unknown:
+        raise _Bad(where, f"missing key(s) {missing}" if missing else f"unknown key(s) {unknown}")
+    for key, (ok, expected) in keys.items() if isinstance(keys, dict) else ():
+        if not ok(value[key]):
+            raise _Bad(f"{where}.{key}", f"expected {expected}; got {value[key]!r}")
+    return value
+
+
+def _make(cls: Any, values: dict[str, Any], where: str) -> Any:
+    """``cls(**values)``, its ValueError naming ``where.field``."""
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        name, _, message = str(e).partition(": ")
+        raise _Bad(f"{where}.{name}", message) from None
+
+
+DATA_KEYS = {
+    "source": (lambda v: isinstance(v, str), "a string"),
+    "sha256": (lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v), "64 hexadecimal digits"),
+    "val_fraction": (lambda v: type(v) in (int, float) and 0 < v < 1, "a number in (0, 1)"),
+    "n_train": (_int, "an integer >= 0"),
+    "n_val": (_int, "an integer >= 0"),
+}  # fmt: skip
+BACKEND_KEYS = {k: (lambda v: isinstance(v, str), "a string") for k in ("name", "device")}
+OLD_MODEL = {"M": "input_size", "D": "hidden_size", "C": "output_size", "init": "initializer",
+             "layers": "layers", "bidirectional": "bidirectional", "nonlinearity": "cell"}  # fmt: skip
+
+
+def _config(config: Any, version: int) -> tuple[dict[str, Any], RNN, TrainConfig]:
+    """(the configuration in format 3's layout, its model, its TrainConfig)."""
+    config = _section(config, "config", ("model", "train", "data", "backend"))
+    _section(config["data"], "config.data", DATA_KEYS)
+    _section(config["backend"], "config.backend", BACKEND_KEYS)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    if version >= 3:
+        names = {f.name for f in dataclasses.fields(RNN)}
+        model = _make(RNN, _section(config["model"], "config.model", names), "config.model")
+        options = {k: getattr(model, v) for k, v in MODEL_OPTIONS.items()}
+        stored = _section(config["train"], "config.train", fields - set(MODEL_OPTIONS))
+        train = _make(TrainConfig, {**stored, **options}, "config.train")
+    else:  # the model and the options apart, overlapping: the model is config.model
+        old = _section(config["model"], "config.model", {*OLD_MODEL, "dtype"}, ("M", "D", "C"))
+        model = _make(RNN, {OLD_MODEL[k]: v for k, v in old.items() if k != "dtype"},
+                      "config.model")  # fmt: skip
+        stored = _section(config["train"], "config.train", fields | {"nonlinearity"},
+                          fields - {"l2", "layers", "cell"})  # fmt: skip
+        options = {k: getattr(model, v) for k, v in MODEL_OPTIONS.items()}
+        train = _make(TrainConfig.from_stored, {"stored": stored, **options}, "config.train")
+    kept = {k: v for k, v in dataclasses.asdict(train).items() if k not in MODEL_OPTIONS}
+    return {**config, "model": model.config(), "train": kept}, model, train
+
+
+def _check_meta(meta: Any, version: int) -> tuple[dict[str, Any], RNN, TrainConfig]:
+    keys = META_KEYS | ({"opt_scalars", "opt_slots"} if version == 1 else set())
+    meta = _section(meta, "meta", keys)
+    step = meta["step"]
+    if not _int(step):
+        raise _Bad("meta.step", f"expected an integer >= 0; got {step!r}")
+    if version == 1 and not _int((meta["opt_scalars"] or {}).get("step")):
+        raise _Bad("meta.opt_scalars", f"expected {{'step': int}}; got {meta['opt_scalars']!r}")
+    config, model, train = _config(meta["config"], version)
+    position = _section(meta["position"], "meta.position",
+                        {k: (_int, "an integer >= 0") for k in ("epoch", "chunk", "offset")})  # fmt: skip
+    chunks = Streams(config["data"]["n_train"], train.batch, train.seq_len).chunks
+    for key, bound in (("chunk", chunks), ("offset", train.seq_len)):
+        if position[key] >= bound:
+            raise _Bad(f"meta.position.{key}",
+                       f"{position[key]} is out of range: expected [0, {bound})")  # fmt: skip
+    best = _section(meta["best"], "meta.best", {
+        "best_val": (lambda v: v is None or (type(v) in (int, float) and math.isfinite(v)),
+                     "a finite number or null"),
+        "best_step": (lambda v: v is None or (_int(v) and v <= step), f"null or a step in [0, {step}]"),
+        "evals_since": (_int, "an integer >= 0")})  # fmt: skip
+    if (best["best_val"] is None) != (best["best_step"] is None):
+        raise _Bad("meta.best", "best_val and best_step must both be set or both null")
+    try:
+        np.random.default_rng().bit_generator.state = meta["rng_state"]
+    except (TypeError, ValueError, KeyError, OverflowError) as e:
+        raise _Bad("meta.rng_state", f"not a NumPy generator state ({e})") from None
+    return config, model, train
+
+
+# ---- the archive: members one at a time, each .npy header read before its data ------------
+
+
+class _Counted:
+    """A member's stream for its header: reads of at most MAX_HEADER bytes, counted."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.count = stream, 0
+
+    def read(self, n: int = -1) -> bytes:
+        if n < 0 or n > MAX_HEADER:
+            raise _Bad(None, f"is corrupt (an .npy header longer than {MAX_HEADER} bytes)")
+        data = self.stream.read(n)
+        self.count += len(data)
+        return data
+
+
+def _damage(e: Exception) -> str:
+    text = str(e)
+    if isinstance(e, zlib.error) or "CRC" in text or "Bad magic" in text:
+        return f"is corrupt ({text}); use another checkpoint"
+    if isinstance(e, (zipfile.BadZipFile, EOFError)):
+        return (f"is truncated (an incomplete .npz archive: {text}); it was probably cut off "
+                "while being copied; use another checkpoint")  # fmt: skip
+    return f"is corrupt ({text})"
+
+
+class Archive:
+    """An open ``.npz`` (a regular file only): ``names`` {member: ZipInfo} and
+    :meth:`read` of one member, its header checked first. A context manager."""
+
+    def __init__(self, path: Path) -> None:
+        self._opened, self._zip = limits.open_regular(path, what="checkpoint"), None
+        f, size = self._opened.__enter__()
+        try:
+            if f.read(4) != b"PK\x03\x04":
+                raise _Bad(None, "is not a bptt checkpoint (not an .npz archive)")
+            f.seek(0)
+            self._zip = zipfile.ZipFile(f)
+            self.names: dict[str, zipfile.ZipInfo] = {}
+            for info in self._zip.infolist():
+                name = info.filename.removesuffix(".npy")
+                if name in self.names or name == info.filename:
+                    raise _Bad(None, f"is corrupt (member {info.filename!r} twice or not .npy)")
+                if info.file_size > size and info.compress_type == zipfile.ZIP_STORED:
+                    raise _Bad(None, f"is truncated (member {info.filename!r} exceeds the file)")
+                self.names[name] = info
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+            self.close()
+            raise _Bad(None, _damage(e)) from None
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> Archive:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._zip is not None:
+            self._zip.close()
+        self._opened.__exit__(None, None, None)
+
+    def read(self, name: str, check: Any, max_bytes: int | None = None, data: bool = True) -> Any:
+        """Member ``name`` after ``check(shape, dtype)`` passed on its header and its size
+        is at most ``max_bytes`` and the archive's record of it (``data=False``: nothing
+        past the header is read; returns None)."""
+        info = self.names.get(name)
+        if info is None:
+            raise _Bad(name, "missing from the file")
+        try:
+            with self._zip.open(info) as stream:
+                head = _Counted(stream)
+                version = np.lib.format.read_magic(head)
+                if version not in ((1, 0), (2, 0)):
+                    raise _Bad(name, f"is corrupt (an .npy header of version {version})")
+                reader = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
+                shape, fortran, dtype = reader(head, max_header_size=MAX_HEADER)
+                check(shape, dtype)
+                nbytes = math.prod(shape) * dtype.itemsize
+                if max_bytes is not None and nbytes > max_bytes:
+                    raise _Bad(name, f"declares {limits.format_size(nbytes)}, more than the "
+                                     f"{limits.format_size(max_bytes)} this field may hold")  # fmt: skip
+                if info.file_size != head.count + nbytes:
+                    raise _Bad(name, f"declares {nbytes} bytes of data but the archive holds "
+                                     f"{info.file_size - head.count}")  # fmt: skip
+                if not data:
+                    return None
+                buffer, got = bytearray(nbytes), 0
+                while got < nbytes:
+                    n = stream.readinto(memoryview(buffer)[got:])
+                    if not n:
+                        raise _Bad(name, "is truncated (ends before its data)")
+                    got += n
+                if stream.read(1):  # also makes zipfile check the CRC
+                    raise _Bad(name, "is corrupt (more data than its header declares)")
+        except _Bad as e:
+            e.field = e.field or name
+            raise
+        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError) as e:
+            raise _Bad(name, _damage(e)) from None
+        array = np.frombuffer(buffer, dtype=dtype)
+        return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def _scalar(z: Archive, name: str, kinds: str, what: str, max_bytes: int | None = None) -> Any:
+    """A 0-d member of dtype kind in ``kinds`` (``what`` in words), as a NumPy scalar."""
+
+    def check(shape: tuple, dtype: np.dtype) -> None:
+        if dtype.hasobject or dtype.kind not in kinds:
+            raise _Bad(name, f"expected {what}; the file declares dtype {dtype}")
+        if shape != ():
+            raise _Bad(name, f"expected shape (); the file declares {shape}")
+
+    return z.read(name, check, max_bytes)[()]
+
+
+# ---- loading ------------------------------------------------------------------------------
+
+
+def _old_name(member: str, per_param: bool, version: int, names: Any) -> str | None:
+    """The name a format-1 or 2 file gave template ``member``; None for what format 1 kept
+    in meta (the counts: opt_scalars.step) or not at all (the clip's last norm)."""
+    if version >= 3 or member in names or not member.startswith("opt/"):
+        return member
+    parts = member.split("/")
+    if version == 2:  # nu (RMSProp's), trace and sum_of_squares were SumState's "total"
+        return "/".join([*parts[:-2], "total", parts[-1]]) if per_param else member
+    slots = [f"opt/{s}/{parts[-1]}" for s in OLD_SLOTS.get(parts[-2], ())] if per_param else []
+    return next((s for s in slots if s in names), member if per_param else None)
+
+
+def _history(name: str, step: int) -> Any:
+    def check(shape: tuple, dtype: np.dtype) -> None:
+        if dtype != np.float64 or len(shape) != 1:
+            raise _Bad(name, f"expected a 1-d array of float64; got shape {shape}, {dtype}")
+
+    return check, 8 * (step + 2)
+
+
+def _load(z: Archive) -> Checkpoint:
+    if "format_version" not in z.names or "meta" not in z.names:
+        raise _Bad(None, "is not a bptt checkpoint (no format_version)")
+    version = int(_scalar(z, "format_version", "iu", "an integer"))
+    if version > FORMAT_VERSION:
+        raise _Bad(None, f"has format version {version}, written by a newer bptt; this bptt "
+                         f"reads versions up to {FORMAT_VERSION}: upgrade bptt to load it")  # fmt: skip
+    if version < 1:
+        raise _Bad("format_version", f"expected 1 to {FORMAT_VERSION}; got {version}")
+    try:
+        meta = json.loads(str(_scalar(z, "meta", "U", "text", META_MAX_BYTES)))
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise _Bad("meta", f"not a JSON document ({e})") from None
+    config, model, train = _check_meta(meta, version)
+    step, M = meta["step"], model.input_size
+    vocab = str(_scalar(z, "vocab", "U", "text", 4 * M))
+    points = np.frombuffer(vocab.encode("utf-32-le"), dtype=np.uint32)
+    if len(vocab) != M:
+        raise _Bad("vocab", f"{len(vocab)} characters for config.model.input_size = {M}")
+    if np.any(points[1:] <= points[:-1]):
+        raise _Bad("vocab", "the characters must be distinct and sorted (ids index them)")
+    ours = train.model(M)  # what a run of these options trains on this vocabulary
+    for f in (
+        f.name for f in dataclasses.fields(RNN) if getattr(model, f.name) != getattr(ours, f.name)
+    ):
+        raise _Bad(f"config.model.{f}", f"expected {getattr(ours, f)!r}, as a training run "
+                                        f"builds it; got {getattr(model, f)!r}")  # fmt: skip
+    n = sum(math.prod(s) for s in model.param_shapes().values())
+    try:  # the parameters, up to two moments, the carried state
+        need = np.dtype(train.dtype).itemsize * (3 * n + math.prod(model.carry_shape(train.batch)))
+        limits.require_memory(need, f"its arrays (D = {model.hidden_size})")
+    except limits.TooLargeError as e:
+        raise _Bad("config.model", str(e)) from None
+    want = template(model, train)
+    stored = {m: _old_name(m, shape != (), version, z.names) for m, (shape, _) in want.items()}
+    histories = {f"history/{k}": _history(f"history/{k}", step) for k in HISTORY_KEYS
+                 if f"history/{k}" in z.names}  # fmt: skip
+    unknown = sorted(
+        set(z.names) - {*stored.values(), *histories, "format_version", "meta", "vocab"}
+    )
+    if unknown:
+        more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
+        raise _Bad(unknown[0], "not a member of a bptt checkpoint of this configuration" + more)
+    missing = [name for name in stored.values() if name is not None and name not in z.names]
+    if missing:
+        raise _Bad(missing[0], "missing from the file")
+    checks = {name: (lambda s, d, n=name, m=m: _check_header(n, s, d, want[m], "config.train.dtype"),
+                     None) for m, name in stored.items() if name is not None}  # fmt: skip
+    checks.update(histories)
+    for name, (check, bound) in checks.items():  # every header before any data
+        z.read(name, check, bound, data=False)
+    arrays = {name: z.read(name, check, bound) for name, (check, bound) in checks.items()}
+    for name, array in arrays.items():
+        _check_values(name, array, step)
+    for a, b in (("train_step", "train_bpc"), ("val_step", "val_bpc")):
+        if (h := arrays.get(f"history/{a}")) is not None and h.shape != arrays.get(
+            f"history/{b}", h
+        ).shape:
+            raise _Bad(
+                f"history/{b}", f"{arrays[f'history/{b}'].shape[0]} entries for {h.shape[0]} steps"
+            )
+    if version == 1:  # counts in meta; no norm kept
+        old = {
+            "count": np.asarray(meta["opt_scalars"]["step"], np.float64),
+            "norm": np.zeros((), train.dtype),
+        }
+        arrays.update({m: old[m.rsplit("/", 1)[-1]] for m, name in stored.items() if name is None})
+    arrays = {m: arrays[name] if name else arrays[m] for m, name in stored.items()} | {
+        k: arrays[k] for k in histories
+    }
+    return Checkpoint(
+        params={m[6:]: a for m, a in arrays.items() if m.startswith("param/")},
+        opt_state={m[4:]: a for m, a in arrays.items() if m.startswith("opt/")},
+        vocab=vocab, step=step, config=config, hidden=arrays["hidden"],
+        position=meta["position"], rng_state=meta["rng_state"],
+        history={k[8:]: a for k, a in arrays.items() if k.startswith("history/")},
+        best=meta["best"], format_version=version,
+    )  # fmt: skip
+
+
+def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
+    """Read a checkpoint file (or a directory's ``latest.npz``) as host data, checked
+    against the template of its stored configuration; a :class:`CheckpointError` naming
+    the file and the field otherwise, raised before a large or unexpected member is read."""
+    p = resolve_path(path)
+    name = repr(str(p))
+    try:
+        with Archive(p) as z:
+            return _load(z)
+    except FileNotFoundError:
+        raise CheckpointError(f"checkpoint: no such file: {name}") from None
+    except _Bad as e:
+        where = f"{name}: {e.field}:" if e.field else name
+        raise CheckpointError(f"checkpoint: {where} {e}") from None
+    except limits.NotRegularFileError as e:
+        raise CheckpointError(str(e)) from None
+    except OSError as e:
+        raise CheckpointError(f"checkpoint: cannot read {name}: {e.strerror or e}") from None
+
+
+def peek_meta(path: str | os.PathLike) -> dict[str, Any] | None:
+    """A checkpoint's JSON document without its arrays; None if it is not readable."""
+    try:
+        with Archive(Path(path)) as z:
+            if int(_scalar(z, "format_version", "iu", "an integer")) < 1:
+                return None
+            meta = json.loads(str(_scalar(z, "meta", "U", "text", META_MAX_BYTES)))
+    except (OSError, ValueError, RecursionError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
+# ---- writing ------------------------------------------------------------------------------
+
+
+def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
+    meta = {"step": int(ckpt.step), "config": ckpt.config, "position": ckpt.position,
+            "rng_state": ckpt.rng_state, "best": ckpt.best}  # fmt: skip
+    out = {"format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
+           "vocab": np.asarray(ckpt.vocab, dtype=np.str_),
+           "meta": np.asarray(json.dumps(meta), dtype=np.str_), "hidden": np.asarray(ckpt.hidden)}  # fmt: skip
+    out.update({f"param/{k}": np.asarray(v) for k, v in ckpt.params.items()})
+    out.update({f"opt/{k}": np.asarray(v) for k, v in ckpt.opt_state.items()})
+    out.update({f"history/{k}": np.asarray(v) for k, v in ckpt.history.items()})
+    return out
+
+
+def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
+    """Write ``ckpt`` to ``path`` atomically (temporary file, fsync, rename), after
+    checking it against its template (what cannot be read back is never written). On a
+    failure (a full disk, a signal) ``path`` keeps its contents; the OSError propagates."""
+    target, arrays = Path(path), _arrays(ckpt)
+    try:
+        _, model, train = _check_meta(json.loads(str(arrays["meta"])), FORMAT_VERSION)
+        want = template(model, train)
+        have = {k for k in arrays if k.startswith(("param/", "opt/")) or k == "hidden"}
+        if have != set(want):
+            raise _Bad(sorted(have ^ set(want))[0], "differs from the template's members")
+        for m, expected in want.items():
+            _check_header(m, arrays[m].shape, arrays[m].dtype, expected, "config.train.dtype")
+    except _Bad as e:
+        where = f"{e.field}: " if e.field else ""
+        raise CheckpointError(
+            f"checkpoint: refusing to write {str(target)!r}: {where}{e}"
+        ) from None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{target.name}.{os.getpid()}."  # the pid: see rundir.remove_stale_temporaries
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:  # including KeyboardInterrupt: never leave a half file behind
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    try:  # make the rename itself durable (some filesystems refuse fsync on directories)
+        dir_fd = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+    return target
+
+
+# ---- a run's state and back ---------------------------------------------------------------
+
+
+def run_to_checkpoint(
+    run: RunState, *, config: dict[str, Any], vocab: str, backend: Any
+) -> Checkpoint:
+    """Host copy of a :class:`RunState` (device arrays in one transfer per dtype);
+    optimizer leaves laid out like the flat parameters are stored per parameter."""
+    xp, layout, carry = backend.xp, run.layout, run.carry
+    device = {f"param/{k}": v for k, v in layout.unflatten(carry.params, xp).items()}
+    for path, leaf in optim.state_arrays(carry.opt_state).items():
+        if tuple(leaf.shape) == (layout.size,):
+            device.update({f"opt/{path}/{k}": v for k, v in layout.unflatten(leaf, xp).items()})
+        else:
+            device[f"opt/{path}"] = leaf
+    device["hidden"] = carry.hidden
+    host = backend.to_numpy_many(device)
+    return Checkpoint(
+        params={k[6:]: v for k, v in host.items() if k.startswith("param/")},
+        opt_state={k[4:]: v for k, v in host.items() if k.startswith("opt/")},
+        vocab=vocab, step=run.step, config=config, hidden=host["hidden"],
+        position={"epoch": run.epoch, "chunk": run.chunk, "offset": run.offset},
+        rng_state=run.rng.bit_generator.state,
+        history={k: np.asarray(v, dtype=np.float64) for k, v in run.history.items()},
+        best=dict(run.best),
+    )  # fmt: skip
+
+
+def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype: str) -> RunState:
+    """The :class:`RunState` saved in ``ckpt``, on ``backend``; the optimizer state is
+    ``optimizer.init``'s, filled from the stored arrays (a CheckpointError names one
+    missing or misshapen)."""
+    layout = Layout.of(ckpt.params)
+
+    def flat(get: Any) -> np.ndarray:  # (N,)
+        return np.concatenate([np.asarray(get(k)).reshape(-1) for k in layout.keys])
+
+    params = backend.asarray(flat(ckpt.params.__getitem__), dtype=dtype)
+
+    def load(path: str, _: Any, like: Any) -> Any:
+        per_param = tuple(like.shape) == (layout.size,)
+        stored = (
+            flat(lambda k: ckpt.opt_state[f"{path}/{k}"])
+            if per_param
+            else np.asarray(ckpt.opt_state[path])
+        )
+        if stored.shape != tuple(like.shape):
+            raise CheckpointError(f"checkpoint: optimizer array {path!r} has shape "
+                                  f"{stored.shape}, expected {tuple(like.shape)}")  # fmt: skip
+        return backend.asarray(stored, dtype=like.dtype)
+
+    state = optimizer.init(params)
+    try:
+        opt_state = optim.state_from_arrays(state, dict.fromkeys(optim.state_arrays(state)), load)
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint: no optimizer array {e.args[0]!r}: it was written for "
+                              "another optimizer; resume with the original --optimizer") from None  # fmt: skip
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt.rng_state
+    counter = backend.xp.full((), ckpt.step, dtype=backend.integer, device=backend.device)
+    carry = TrainCarry(params, opt_state, backend.asarray(ckpt.hidden, dtype=dtype), counter)
+    history = {k: [float(x) for x in ckpt.history.get(k, ())] for k in HISTORY_KEYS}
+    return RunState(carry, layout, rng, ckpt.step, int(ckpt.position["epoch"]),
+                    int(ckpt.position["chunk"]), int(ckpt.position["offset"]), history,
+                    dict(ckpt.best))  # fmt: skip
