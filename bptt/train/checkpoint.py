@@ -168,9 +168,9 @@ def _check_values(name: str, array: np.ndarray, step: int) -> None:
     if not np.all(np.isfinite(array)):
         raise _Bad(name, "contains NaN or infinite values")
     last = name.split("/")
-    if "nu" in last[-2:] or "sum_of_squares" in last[-2:]:
-        if np.any(array < 0):
-            raise _Bad(name, "a sum of squares with negative entries")
+    field_ = next((f for f in last[-2:] if f in ("nu", "sum_of_squares")), None)
+    if field_ is not None and np.any(array < 0):
+        raise _Bad(name, f"negative entries; {field_} is a sum or mean of squares (>= 0)")
     if last[-1] == "count" and not (array == np.round(array) and 0 <= array <= step):
         raise _Bad(name, f"an update count must be a whole number in [0, {step}]; got "
                          f"{float(array)}")  # fmt: skip
