@@ -94,7 +94,8 @@ CRAFTED = {
     "an update count of 2.5": (_array("opt/1/1/count", lambda a: a * 0 + 2.5), "opt/1/1/count",
                                "a whole number in [0, 4]"),
     "complex parameters": (_array("param/U", lambda a: a.astype(np.complex64)), "param/U",
-                           "expected float32 (config.train.dtype); the file declares dtype complex64"),
+                           "expected float32 (config.train.dtype); the file declares dtype "
+                           "complex64"),
     "integer parameters": (_array("param/b", lambda a: a.astype(np.int64)), "param/b",
                            "the file declares dtype int64"),
     "a missing member": (_drop("hidden"), "hidden", "missing from the file"),

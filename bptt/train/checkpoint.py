@@ -2,23 +2,24 @@
 
 Arrays are stored as ``param/W``, ``opt/1/1/mu/W`` (:func:`bptt.optim.state_arrays`'s
 paths; leaves laid out like the flat parameters are stored per parameter), ``hidden``,
-``history/val_bpc``, ``vocab``; everything else is one JSON document, ``meta``: the step,
-the data position, the generator state, the best record and the configuration, stored
-once: ``model`` (:meth:`bptt.RNN.config`), ``train`` (the :class:`TrainConfig` options
-that are not the model's), ``data`` and ``backend``. Nothing is pickled; a write goes to
-a temporary file that is fsynced and renamed over the target.
+``history/val_bpc`` and ``vocab``; the rest is one JSON document, ``meta``: the step, the
+data position, the generator state, the best record and the configuration, stored once:
+``model`` (:meth:`bptt.RNN.config`), ``train`` (the :class:`TrainConfig` options that are
+not the model's), ``data`` and ``backend``. Nothing is pickled; a write goes to a
+temporary file that is fsynced and renamed over the target.
 
-Loading reads the configuration, builds the template a new run of it would build (the
-model's parameter shapes, the optimizer's ``init`` state, the carried state) and
-compares every member's name, shape and dtype from the ``.npy`` headers before any data
-is read, each read bounded; values are then checked only for what holds of every model:
-finite, second moments >= 0, counts whole in [0, step]. Formats 1 and 2 (the model and
-the options stored apart and overlapping; format 1 named optimizer arrays by slot) are
-read into the same objects.
+Loading builds, from the stored configuration, the template a new run builds (the
+model's parameter shapes, the optimizer's ``init``, the carried state) and compares each
+member's name, shape and dtype from the ``.npy`` headers before any data is read, each
+read bounded; values are checked only for what holds of every model: finite, second
+moments (``nu``, ``sum_of_squares``) >= 0, counts whole in [0, step]. Formats 1 and 2
+(the model and the options apart and overlapping; format 1 named optimizer arrays by
+slot, format 2 named three transforms' fields "total") load into the same objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -27,6 +28,7 @@ import re
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,21 +47,19 @@ from .step import TrainCarry
 
 __all__ = ["BEST", "FORMAT_VERSION", "LATEST", "MODEL_OPTIONS", "Checkpoint", "CheckpointError",
            "check_writable", "load_checkpoint", "peek_meta", "remove_stale_temporaries",
-           "resolve_path", "run_from_checkpoint", "run_to_checkpoint", "save_checkpoint"]  # fmt: skip
+           "resolve_path", "run_from_checkpoint", "run_to_checkpoint", "save_checkpoint",
+           "template"]  # fmt: skip
 
 FORMAT_VERSION = 3  # 2: optimizer arrays by path; 3: the configuration stored once
-MODEL_OPTIONS = {"hidden": "hidden_size", "layers": "layers", "cell": "cell",
-                 "init": "initializer"}  # TrainConfig's options that are the model's fields  # fmt: skip
-META_KEYS = {
-    "step",
-    "config",
-    "position",
-    "rng_state",
-    "best",
-}  # format 1: + opt_scalars, opt_slots
-META_MAX_BYTES, MAX_HEADER = 16 << 20, 4096
+# The TrainConfig options that are the model's fields (stored once, in config.model).
+MODEL_OPTIONS = {"hidden": "hidden_size", "layers": "layers", "cell": "cell", "init": "initializer"}
+META_MAX_BYTES, MAX_HEADER = 16 << 20, 4096  # the JSON document; an .npy header
+SQUARES = ("nu", "sum_of_squares")  # the state fields that are sums or means of squares
 OLD_SLOTS = {"mu": ("m",), "nu": ("v", "mean_sq"), "trace": ("velocity",),
-             "sum_of_squares": ("sum_sq",)}  # format 1's names; format 2's for nu (RMSProp), trace, sum_of_squares: "total"  # fmt: skip
+             "sum_of_squares": ("sum_sq",)}  # format 1's slot for each field  # fmt: skip
+OLD_MODEL = {"M": "input_size", "D": "hidden_size", "C": "output_size", "init": "initializer",
+             "layers": "layers", "bidirectional": "bidirectional",
+             "nonlinearity": "cell"}  # format 1 and 2's config.model  # fmt: skip
 
 
 class _Bad(ValueError):
@@ -75,7 +75,7 @@ class Checkpoint:
     """A run's state as host data: ``params`` {name: array}, ``opt_state`` {path: array}
     (per parameter: ``"1/1/mu/W"``), ``hidden`` (:meth:`bptt.RNN.carry_shape` of the
     batch), ``position`` {"epoch", "chunk", "offset"}, ``rng_state``, ``history`` (1-d),
-    ``best`` and ``config`` {"model", "train", "data", "backend"} (module docstring)."""
+    ``best`` and ``config`` {"model", "train", "data", "backend"} (format 3's layout)."""
 
     params: dict[str, np.ndarray]
     opt_state: dict[str, Any]
@@ -96,10 +96,8 @@ class Checkpoint:
     @property
     def train(self) -> TrainConfig:
         """The run's options: the stored ones and the model's (hidden, layers, cell, init)."""
-        model = self.config["model"]
-        return TrainConfig(
-            **self.config["train"], **{k: model[v] for k, v in MODEL_OPTIONS.items()}
-        )
+        model = {k: self.config["model"][v] for k, v in MODEL_OPTIONS.items()}
+        return TrainConfig(**self.config["train"], **model)
 
     @property
     def architecture(self) -> dict[str, Any]:
@@ -109,8 +107,7 @@ class Checkpoint:
     @property
     def sizes(self) -> dict[str, int]:
         """M, D and C of the stored parameters, and their number of layers."""
-        (G_D, M), (C, _) = self.params["U"].shape, self.params["V"].shape
-        D = self.params["W"].shape[1]  # W (G D, D)
+        (C, _), (_, M), (_, D) = (self.params[k].shape for k in ("V", "U", "W"))  # W: (G D, D)
         return {"M": int(M), "D": int(D), "C": int(C), "layers": arch_of(self.params).layers}
 
     def check_sizes(self, **expected: int | None) -> None:
@@ -131,18 +128,17 @@ def resolve_path(path: str | os.PathLike, *, which: str = LATEST) -> Path:
     return p / which if p.is_dir() else p
 
 
-# ---- the template: what a run of this configuration holds -------------------------------
+# ---- the template: what a run of a configuration holds ------------------------------------
 
 
 def template(model: RNN, train: TrainConfig) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     """{member: (shape, dtype)} of a run's arrays, built as a new run builds them: the
-    model's parameters, the optimizer's ``init`` state (on host zeros of the flat size),
-    the carried state of the whole batch."""
+    model's parameters, the optimizer's ``init`` (on host zeros of the flat size), the
+    carried state of the whole batch."""
     dtype, shapes = np.dtype(train.dtype), model.param_shapes()
     n = sum(math.prod(s) for s in shapes.values())
     out = {f"param/{k}": (s, dtype) for k, s in shapes.items()}
-    state = train.make_optimizer().init(np.zeros(n, dtype))
-    for path, leaf in optim.state_arrays(state).items():
+    for path, leaf in optim.state_arrays(train.make_optimizer().init(np.zeros(n, dtype))).items():
         if leaf.shape == (n,):
             out.update({f"opt/{path}/{k}": (s, dtype) for k, s in shapes.items()})
         else:
@@ -151,13 +147,14 @@ def template(model: RNN, train: TrainConfig) -> dict[str, tuple[tuple[int, ...],
     return out
 
 
-def _check_header(name: str, shape: tuple, dtype: np.dtype, want: tuple, what: str) -> None:
-    """The header of ``name`` against its template entry (shape, dtype); a 0-d optimizer
-    leaf (a count, a norm) may be float32 or float64, as the device that wrote it had."""
-    ok = dtype == want[1] or (want[0] == () and name.startswith("opt/") and dtype.kind == "f"
-                              and dtype.itemsize in (4, 8))  # fmt: skip
-    if dtype.hasobject or not ok:
-        raise _Bad(name, f"expected {want[1]} ({what}); the file declares dtype {dtype}")
+def _check_header(name: str, shape: tuple, dtype: np.dtype, want: tuple) -> None:
+    """A member's header against its template entry (shape, dtype); a 0-d optimizer leaf
+    (a count, a norm) may be float32 or float64, as the device that wrote it had."""
+    scalar = want[0] == () and name.startswith("opt/")
+    if dtype.hasobject or not (dtype == want[1] or (scalar and dtype in (np.float32, np.float64))):
+        raise _Bad(
+            name, f"expected {want[1]} (config.train.dtype); the file declares dtype {dtype}"
+        )
     if tuple(shape) != tuple(want[0]):
         raise _Bad(name, f"expected shape {tuple(want[0])} from the configuration; the file "
                          f"declares {tuple(shape)}")  # fmt: skip
@@ -167,16 +164,15 @@ def _check_values(name: str, array: np.ndarray, step: int) -> None:
     """What holds of every model: finite; nu and sum_of_squares >= 0; counts whole in [0, step]."""
     if not np.all(np.isfinite(array)):
         raise _Bad(name, "contains NaN or infinite values")
-    last = name.split("/")
-    field_ = next((f for f in last[-2:] if f in ("nu", "sum_of_squares")), None)
-    if field_ is not None and np.any(array < 0):
-        raise _Bad(name, f"negative entries; {field_} is a sum or mean of squares (>= 0)")
-    if last[-1] == "count" and not (array == np.round(array) and 0 <= array <= step):
+    squares = [f for f in name.split("/")[-2:] if f in SQUARES]
+    if squares and np.any(array < 0):
+        raise _Bad(name, f"negative entries; {squares[0]} is a sum or mean of squares (>= 0)")
+    if name.endswith("/count") and not (array == np.round(array) and 0 <= array <= step):
         raise _Bad(name, f"an update count must be a whole number in [0, {step}]; got "
                          f"{float(array)}")  # fmt: skip
 
 
-# ---- the configuration: checked by constructing what it describes ------------------------
+# ---- the configuration: checked by constructing what it describes --------------------------
 
 
 def _int(v: Any) -> bool:
@@ -184,8 +180,8 @@ def _int(v: Any) -> bool:
 
 
 def _section(value: Any, where: str, keys: Any, required: Any = None) -> dict[str, Any]:
-    """``value`` if it is a JSON object with ``required`` (default: all ``keys``) and no
-    other keys; ``keys`` may map each key to (test, expected) to check its value."""
+    """``value`` if it is a JSON object with the ``required`` keys (default: all ``keys``)
+    and no others; ``keys`` may map each key to (test, expected in words)."""
     if not isinstance(value, dict):
         raise _Bad(where, f"expected a JSON object; got {type(value).__name__}")
     missing = sorted(set(keys if required is None else required) - set(value))
@@ -199,7 +195,7 @@ def _section(value: Any, where: str, keys: Any, required: Any = None) -> dict[st
 
 
 def _make(cls: Any, values: dict[str, Any], where: str) -> Any:
-    """``cls(**values)``, its ValueError naming ``where.field``."""
+    """``cls(**values)``: the dataclass checks its fields; its error names ``where.field``."""
     try:
         return cls(**values)
     except (TypeError, ValueError) as e:
@@ -207,53 +203,51 @@ def _make(cls: Any, values: dict[str, Any], where: str) -> Any:
         raise _Bad(f"{where}.{name}", message) from None
 
 
-DATA_KEYS = {
-    "source": (lambda v: isinstance(v, str), "a string"),
-    "sha256": (lambda v: isinstance(v, str) and re.fullmatch("[0-9a-f]{64}", v), "64 hexadecimal digits"),
-    "val_fraction": (lambda v: type(v) in (int, float) and 0 < v < 1, "a number in (0, 1)"),
-    "n_train": (_int, "an integer >= 0"),
-    "n_val": (_int, "an integer >= 0"),
-}  # fmt: skip
-BACKEND_KEYS = {k: (lambda v: isinstance(v, str), "a string") for k in ("name", "device")}
-OLD_MODEL = {"M": "input_size", "D": "hidden_size", "C": "output_size", "init": "initializer",
-             "layers": "layers", "bidirectional": "bidirectional", "nonlinearity": "cell"}  # fmt: skip
-
-
 def _config(config: Any, version: int) -> tuple[dict[str, Any], RNN, TrainConfig]:
     """(the configuration in format 3's layout, its model, its TrainConfig)."""
+    text = (lambda v: isinstance(v, str), "a string")
     config = _section(config, "config", ("model", "train", "data", "backend"))
-    _section(config["data"], "config.data", DATA_KEYS)
-    _section(config["backend"], "config.backend", BACKEND_KEYS)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    _section(config["data"], "config.data", {
+        "source": text, "n_train": (_int, "an integer >= 0"), "n_val": (_int, "an integer >= 0"),
+        "sha256": (lambda v: re.fullmatch("[0-9a-f]{64}", str(v)), "64 hexadecimal digits"),
+        "val_fraction": (lambda v: type(v) in (int, float) and 0 < v < 1,
+                         "a number in (0, 1)")})  # fmt: skip
+    _section(config["backend"], "config.backend", {"name": text, "device": text})
+    options = {f.name for f in dataclasses.fields(TrainConfig)}
     if version >= 3:
-        names = {f.name for f in dataclasses.fields(RNN)}
-        model = _make(RNN, _section(config["model"], "config.model", names), "config.model")
-        options = {k: getattr(model, v) for k, v in MODEL_OPTIONS.items()}
-        stored = _section(config["train"], "config.train", fields - set(MODEL_OPTIONS))
-        train = _make(TrainConfig, {**stored, **options}, "config.train")
-    else:  # the model and the options apart, overlapping: the model is config.model
-        old = _section(config["model"], "config.model", {*OLD_MODEL, "dtype"}, ("M", "D", "C"))
-        model = _make(RNN, {OLD_MODEL[k]: v for k, v in old.items() if k != "dtype"},
+        fields = {f.name for f in dataclasses.fields(RNN)}
+        stored = _section(config["model"], "config.model", fields)
+        model = _make(RNN, stored, "config.model")
+        stored = _section(config["train"], "config.train", options - set(MODEL_OPTIONS))
+        make = TrainConfig
+    else:  # the model and the options apart, overlapping: the model is config.model's
+        stored = _section(config["model"], "config.model", {*OLD_MODEL, "dtype"}, ("M", "D", "C"))
+        model = _make(RNN, {OLD_MODEL[k]: v for k, v in stored.items() if k != "dtype"},
                       "config.model")  # fmt: skip
-        stored = _section(config["train"], "config.train", fields | {"nonlinearity"},
-                          fields - {"l2", "layers", "cell"})  # fmt: skip
-        options = {k: getattr(model, v) for k, v in MODEL_OPTIONS.items()}
-        train = _make(TrainConfig.from_stored, {"stored": stored, **options}, "config.train")
+        stored = _section(config["train"], "config.train", options | {"nonlinearity"},
+                          options - {"l2", "layers", "cell"})  # fmt: skip
+        make, stored = TrainConfig.from_stored, {"stored": stored}  # format 1's decay: l2
+    train = _make(make, {**stored, **{k: getattr(model, v) for k, v in MODEL_OPTIONS.items()}},
+                  "config.train")  # fmt: skip
     kept = {k: v for k, v in dataclasses.asdict(train).items() if k not in MODEL_OPTIONS}
     return {**config, "model": model.config(), "train": kept}, model, train
 
 
 def _check_meta(meta: Any, version: int) -> tuple[dict[str, Any], RNN, TrainConfig]:
-    keys = META_KEYS | ({"opt_scalars", "opt_slots"} if version == 1 else set())
-    meta = _section(meta, "meta", keys)
+    """(the configuration, its model, its TrainConfig) after checking every field of meta."""
+    old = {"opt_scalars", "opt_slots"} if version == 1 else set()
+    meta = _section(meta, "meta", {"step", "config", "position", "rng_state", "best", *old})
     step = meta["step"]
     if not _int(step):
         raise _Bad("meta.step", f"expected an integer >= 0; got {step!r}")
-    if version == 1 and not _int((meta["opt_scalars"] or {}).get("step")):
+    if old and not (
+        isinstance(meta["opt_scalars"], dict) and _int(meta["opt_scalars"].get("step"))
+    ):
         raise _Bad("meta.opt_scalars", f"expected {{'step': int}}; got {meta['opt_scalars']!r}")
     config, model, train = _config(meta["config"], version)
     position = _section(meta["position"], "meta.position",
-                        {k: (_int, "an integer >= 0") for k in ("epoch", "chunk", "offset")})  # fmt: skip
+                        dict.fromkeys(("epoch", "chunk", "offset"),
+                                      (_int, "an integer >= 0")))  # fmt: skip
     chunks = Streams(config["data"]["n_train"], train.batch, train.seq_len).chunks
     for key, bound in (("chunk", chunks), ("offset", train.seq_len)):
         if position[key] >= bound:
@@ -262,7 +256,8 @@ def _check_meta(meta: Any, version: int) -> tuple[dict[str, Any], RNN, TrainConf
     best = _section(meta["best"], "meta.best", {
         "best_val": (lambda v: v is None or (type(v) in (int, float) and math.isfinite(v)),
                      "a finite number or null"),
-        "best_step": (lambda v: v is None or (_int(v) and v <= step), f"null or a step in [0, {step}]"),
+        "best_step": (lambda v: v is None or (_int(v) and v <= step),
+                      f"null or a step in [0, {step}]"),
         "evals_since": (_int, "an integer >= 0")})  # fmt: skip
     if (best["best_val"] is None) != (best["best_step"] is None):
         raise _Bad("meta.best", "best_val and best_step must both be set or both null")
@@ -276,20 +271,6 @@ def _check_meta(meta: Any, version: int) -> tuple[dict[str, Any], RNN, TrainConf
 # ---- the archive: members one at a time, each .npy header read before its data ------------
 
 
-class _Counted:
-    """A member's stream for its header: reads of at most MAX_HEADER bytes, counted."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.count = stream, 0
-
-    def read(self, n: int = -1) -> bytes:
-        if n < 0 or n > MAX_HEADER:
-            raise _Bad(None, f"is corrupt (an .npy header longer than {MAX_HEADER} bytes)")
-        data = self.stream.read(n)
-        self.count += len(data)
-        return data
-
-
 def _damage(e: Exception) -> str:
     text = str(e)
     if isinstance(e, zlib.error) or "CRC" in text or "Bad magic" in text:
@@ -300,88 +281,74 @@ def _damage(e: Exception) -> str:
     return f"is corrupt ({text})"
 
 
-class Archive:
-    """An open ``.npz`` (a regular file only): ``names`` {member: ZipInfo} and
-    :meth:`read` of one member, its header checked first. A context manager."""
-
-    def __init__(self, path: Path) -> None:
-        self._opened, self._zip = limits.open_regular(path, what="checkpoint"), None
-        f, size = self._opened.__enter__()
+@contextlib.contextmanager
+def _archive(path: Path) -> Iterator[tuple[zipfile.ZipFile, dict[str, zipfile.ZipInfo]]]:
+    """(the open ``.npz`` of a regular file, {member name: its record}); nothing read yet."""
+    with limits.open_regular(path, what="checkpoint") as (f, size):
+        if f.read(4) != b"PK\x03\x04":
+            raise _Bad(None, "is not a bptt checkpoint (not an .npz archive)")
+        f.seek(0)
         try:
-            if f.read(4) != b"PK\x03\x04":
-                raise _Bad(None, "is not a bptt checkpoint (not an .npz archive)")
-            f.seek(0)
-            self._zip = zipfile.ZipFile(f)
-            self.names: dict[str, zipfile.ZipInfo] = {}
-            for info in self._zip.infolist():
+            zf = zipfile.ZipFile(f)
+        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
+            raise _Bad(None, _damage(e)) from None
+        with zf:
+            names: dict[str, zipfile.ZipInfo] = {}
+            for info in zf.infolist():
                 name = info.filename.removesuffix(".npy")
-                if name in self.names or name == info.filename:
+                if name in names or name == info.filename:
                     raise _Bad(None, f"is corrupt (member {info.filename!r} twice or not .npy)")
                 if info.file_size > size and info.compress_type == zipfile.ZIP_STORED:
                     raise _Bad(None, f"is truncated (member {info.filename!r} exceeds the file)")
-                self.names[name] = info
-        except (zipfile.BadZipFile, EOFError, zlib.error) as e:
-            self.close()
-            raise _Bad(None, _damage(e)) from None
-        except BaseException:
-            self.close()
-            raise
-
-    def __enter__(self) -> Archive:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-    def close(self) -> None:
-        if self._zip is not None:
-            self._zip.close()
-        self._opened.__exit__(None, None, None)
-
-    def read(self, name: str, check: Any, max_bytes: int | None = None, data: bool = True) -> Any:
-        """Member ``name`` after ``check(shape, dtype)`` passed on its header and its size
-        is at most ``max_bytes`` and the archive's record of it (``data=False``: nothing
-        past the header is read; returns None)."""
-        info = self.names.get(name)
-        if info is None:
-            raise _Bad(name, "missing from the file")
-        try:
-            with self._zip.open(info) as stream:
-                head = _Counted(stream)
-                version = np.lib.format.read_magic(head)
-                if version not in ((1, 0), (2, 0)):
-                    raise _Bad(name, f"is corrupt (an .npy header of version {version})")
-                reader = getattr(np.lib.format, f"read_array_header_{version[0]}_0")
-                shape, fortran, dtype = reader(head, max_header_size=MAX_HEADER)
-                check(shape, dtype)
-                nbytes = math.prod(shape) * dtype.itemsize
-                if max_bytes is not None and nbytes > max_bytes:
-                    raise _Bad(name, f"declares {limits.format_size(nbytes)}, more than the "
-                                     f"{limits.format_size(max_bytes)} this field may hold")  # fmt: skip
-                if info.file_size != head.count + nbytes:
-                    raise _Bad(name, f"declares {nbytes} bytes of data but the archive holds "
-                                     f"{info.file_size - head.count}")  # fmt: skip
-                if not data:
-                    return None
-                buffer, got = bytearray(nbytes), 0
-                while got < nbytes:
-                    n = stream.readinto(memoryview(buffer)[got:])
-                    if not n:
-                        raise _Bad(name, "is truncated (ends before its data)")
-                    got += n
-                if stream.read(1):  # also makes zipfile check the CRC
-                    raise _Bad(name, "is corrupt (more data than its header declares)")
-        except _Bad as e:
-            e.field = e.field or name
-            raise
-        except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError) as e:
-            raise _Bad(name, _damage(e)) from None
-        array = np.frombuffer(buffer, dtype=dtype)
-        return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+                names[name] = info
+            yield zf, names
 
 
-def _scalar(z: Archive, name: str, kinds: str, what: str, max_bytes: int | None = None) -> Any:
-    """A 0-d member of dtype kind in ``kinds`` (``what`` in words), as a NumPy scalar."""
+def _read(z: Any, name: str, check: Any, max_bytes: int | None = None, data: bool = True) -> Any:
+    """Member ``name`` of ``z`` (an :func:`_archive`), read after ``check(shape, dtype)``
+    passed on its header and its size is at most ``max_bytes`` and the archive's record
+    of it (``data=False``: nothing past the header is read)."""
+    zf, names = z
+    if name not in names:
+        raise _Bad(name, "missing from the file")
+    try:
+        with zf.open(names[name]) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version != (1, 0):  # a header of at most 64 KiB (savez writes no other)
+                raise _Bad(name, f"is corrupt (an .npy header of version {version}, not 1.0)")
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
+                stream, max_header_size=MAX_HEADER
+            )
+            check(shape, dtype)
+            header = stream.tell()
+            nbytes = math.prod(shape) * dtype.itemsize
+            if max_bytes is not None and nbytes > max_bytes:
+                size, most = limits.format_size(nbytes), limits.format_size(max_bytes)
+                raise _Bad(name, f"declares {size}, more than the {most} this field may hold")
+            if names[name].file_size != header + nbytes:
+                raise _Bad(name, f"declares {nbytes} bytes of data but the archive holds "
+                                 f"{names[name].file_size - header}")  # fmt: skip
+            if not data:
+                return None
+            buffer, got = bytearray(nbytes), 0
+            while got < nbytes:
+                n = stream.readinto(memoryview(buffer)[got:])
+                if not n:
+                    raise _Bad(name, "is truncated (it ends before its data)")
+                got += n
+            if stream.read(1):  # also makes zipfile check the CRC
+                raise _Bad(name, "is corrupt (more data than its header declares)")
+    except _Bad as e:
+        e.field = e.field or name
+        raise
+    except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError) as e:
+        raise _Bad(name, _damage(e)) from None
+    array = np.frombuffer(buffer, dtype=dtype)
+    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+
+
+def _scalar(z: Any, name: str, kinds: str, what: str, max_bytes: int | None = None) -> Any:
+    """A 0-d member of a dtype kind in ``kinds`` (``what``, in words)."""
 
     def check(shape: tuple, dtype: np.dtype) -> None:
         if dtype.hasobject or dtype.kind not in kinds:
@@ -389,10 +356,62 @@ def _scalar(z: Archive, name: str, kinds: str, what: str, max_bytes: int | None 
         if shape != ():
             raise _Bad(name, f"expected shape (); the file declares {shape}")
 
-    return z.read(name, check, max_bytes)[()]
+    return _read(z, name, check, max_bytes)[()]
+
+
+def _history(name: str, step: int) -> tuple[Any, int]:
+    def check(shape: tuple, dtype: np.dtype) -> None:
+        if dtype != np.float64 or len(shape) != 1:
+            raise _Bad(name, f"expected a 1-d array of float64; got shape {shape}, {dtype}")
+
+    return check, 8 * (step + 2)  # at most one entry a step (and one before the first)
 
 
 # ---- loading ------------------------------------------------------------------------------
+
+
+def _meta(z: Any) -> tuple[int, dict[str, Any]]:
+    """The format version and the JSON document, read within bounds (not yet checked)."""
+    if "format_version" not in z[1] or "meta" not in z[1]:
+        raise _Bad(None, "is not a bptt checkpoint (no format_version)")
+    version = int(_scalar(z, "format_version", "iu", "an integer"))
+    if version > FORMAT_VERSION:
+        raise _Bad(None, f"has format version {version}, written by a newer bptt; this "
+                         f"bptt reads versions up to {FORMAT_VERSION}: upgrade bptt to load "
+                         "it")  # fmt: skip
+    if version < 1:
+        raise _Bad("format_version", f"expected 1 to {FORMAT_VERSION}; got {version}")
+    try:
+        return version, json.loads(str(_scalar(z, "meta", "U", "text", META_MAX_BYTES)))
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise _Bad("meta", f"not a JSON document ({e})") from None
+
+
+def _vocabulary(z: Any, model: RNN, train: TrainConfig) -> str:
+    """The stored vocabulary (M distinct characters, sorted), and the model a training run
+    of ``train`` builds on it is ``model``."""
+    M = model.input_size
+    vocab = str(_scalar(z, "vocab", "U", "text", 4 * M))
+    if len(vocab) != M:
+        raise _Bad("vocab", f"{len(vocab)} characters for config.model.input_size = {M}")
+    points = np.frombuffer(vocab.encode("utf-32-le"), dtype=np.uint32)
+    if np.any(points[1:] <= points[:-1]):
+        raise _Bad("vocab", "the characters must be distinct and sorted (ids index them)")
+    ours = train.model(M)
+    for key in (f.name for f in dataclasses.fields(RNN)):
+        if getattr(model, key) != getattr(ours, key):
+            got, expected = getattr(model, key), getattr(ours, key)
+            message = f"expected {expected!r}, as a training run builds it; got {got!r}"
+            raise _Bad(f"config.model.{key}", message)
+    try:  # what loading holds at most: the parameters, two moments, the carried state
+        n = sum(math.prod(s) for s in model.param_shapes().values())
+        nbytes = np.dtype(train.dtype).itemsize * (
+            3 * n + math.prod(model.carry_shape(train.batch))
+        )
+        limits.require_memory(nbytes, f"its arrays (D = {model.hidden_size})")
+    except limits.TooLargeError as e:
+        raise _Bad("config.model", str(e)) from None
+    return vocab
 
 
 def _old_name(member: str, per_param: bool, version: int, names: Any) -> str | None:
@@ -401,98 +420,41 @@ def _old_name(member: str, per_param: bool, version: int, names: Any) -> str | N
     if version >= 3 or member in names or not member.startswith("opt/"):
         return member
     parts = member.split("/")
-    if version == 2:  # nu (RMSProp's), trace and sum_of_squares were SumState's "total"
+    if version == 2:  # trace, sum_of_squares and RMSProp's nu were one SumState's "total"
         return "/".join([*parts[:-2], "total", parts[-1]]) if per_param else member
     slots = [f"opt/{s}/{parts[-1]}" for s in OLD_SLOTS.get(parts[-2], ())] if per_param else []
     return next((s for s in slots if s in names), member if per_param else None)
 
 
-def _history(name: str, step: int) -> Any:
-    def check(shape: tuple, dtype: np.dtype) -> None:
-        if dtype != np.float64 or len(shape) != 1:
-            raise _Bad(name, f"expected a 1-d array of float64; got shape {shape}, {dtype}")
-
-    return check, 8 * (step + 2)
-
-
-def _load(z: Archive) -> Checkpoint:
-    if "format_version" not in z.names or "meta" not in z.names:
-        raise _Bad(None, "is not a bptt checkpoint (no format_version)")
-    version = int(_scalar(z, "format_version", "iu", "an integer"))
-    if version > FORMAT_VERSION:
-        raise _Bad(None, f"has format version {version}, written by a newer bptt; this bptt "
-                         f"reads versions up to {FORMAT_VERSION}: upgrade bptt to load it")  # fmt: skip
-    if version < 1:
-        raise _Bad("format_version", f"expected 1 to {FORMAT_VERSION}; got {version}")
-    try:
-        meta = json.loads(str(_scalar(z, "meta", "U", "text", META_MAX_BYTES)))
-    except (json.JSONDecodeError, RecursionError) as e:
-        raise _Bad("meta", f"not a JSON document ({e})") from None
-    config, model, train = _check_meta(meta, version)
-    step, M = meta["step"], model.input_size
-    vocab = str(_scalar(z, "vocab", "U", "text", 4 * M))
-    points = np.frombuffer(vocab.encode("utf-32-le"), dtype=np.uint32)
-    if len(vocab) != M:
-        raise _Bad("vocab", f"{len(vocab)} characters for config.model.input_size = {M}")
-    if np.any(points[1:] <= points[:-1]):
-        raise _Bad("vocab", "the characters must be distinct and sorted (ids index them)")
-    ours = train.model(M)  # what a run of these options trains on this vocabulary
-    for f in (
-        f.name for f in dataclasses.fields(RNN) if getattr(model, f.name) != getattr(ours, f.name)
-    ):
-        raise _Bad(f"config.model.{f}", f"expected {getattr(ours, f)!r}, as a training run "
-                                        f"builds it; got {getattr(model, f)!r}")  # fmt: skip
-    n = sum(math.prod(s) for s in model.param_shapes().values())
-    try:  # the parameters, up to two moments, the carried state
-        need = np.dtype(train.dtype).itemsize * (3 * n + math.prod(model.carry_shape(train.batch)))
-        limits.require_memory(need, f"its arrays (D = {model.hidden_size})")
-    except limits.TooLargeError as e:
-        raise _Bad("config.model", str(e)) from None
-    want = template(model, train)
-    stored = {m: _old_name(m, shape != (), version, z.names) for m, (shape, _) in want.items()}
-    histories = {f"history/{k}": _history(f"history/{k}", step) for k in HISTORY_KEYS
-                 if f"history/{k}" in z.names}  # fmt: skip
-    unknown = sorted(
-        set(z.names) - {*stored.values(), *histories, "format_version", "meta", "vocab"}
-    )
+def _members(z: Any, want: dict, version: int, meta: dict) -> dict[str, np.ndarray]:
+    """{template member or history: array}: every name and header checked first, then
+    each member read and its values checked."""
+    step, names = meta["step"], z[1]
+    stored = {m: _old_name(m, shape != (), version, names) for m, (shape, _) in want.items()}
+    checks = {f"history/{k}": _history(f"history/{k}", step) for k in HISTORY_KEYS
+              if f"history/{k}" in names}  # fmt: skip
+    unknown = sorted(set(names) - {*stored.values(), *checks, "format_version", "meta", "vocab"})
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise _Bad(unknown[0], "not a member of a bptt checkpoint of this configuration" + more)
-    missing = [name for name in stored.values() if name is not None and name not in z.names]
+    missing = [name for name in stored.values() if name is not None and name not in names]
     if missing:
         raise _Bad(missing[0], "missing from the file")
-    checks = {name: (lambda s, d, n=name, m=m: _check_header(n, s, d, want[m], "config.train.dtype"),
-                     None) for m, name in stored.items() if name is not None}  # fmt: skip
-    checks.update(histories)
+    checks |= {n: (lambda s, d, n=n, m=m: _check_header(n, s, d, want[m]), None)
+               for m, n in stored.items() if n is not None}  # fmt: skip
     for name, (check, bound) in checks.items():  # every header before any data
-        z.read(name, check, bound, data=False)
-    arrays = {name: z.read(name, check, bound) for name, (check, bound) in checks.items()}
+        _read(z, name, check, bound, data=False)
+    arrays = {name: _read(z, name, check, bound) for name, (check, bound) in checks.items()}
     for name, array in arrays.items():
         _check_values(name, array, step)
     for a, b in (("train_step", "train_bpc"), ("val_step", "val_bpc")):
-        if (h := arrays.get(f"history/{a}")) is not None and h.shape != arrays.get(
-            f"history/{b}", h
-        ).shape:
-            raise _Bad(
-                f"history/{b}", f"{arrays[f'history/{b}'].shape[0]} entries for {h.shape[0]} steps"
-            )
-    if version == 1:  # counts in meta; no norm kept
-        old = {
-            "count": np.asarray(meta["opt_scalars"]["step"], np.float64),
-            "norm": np.zeros((), train.dtype),
-        }
-        arrays.update({m: old[m.rsplit("/", 1)[-1]] for m, name in stored.items() if name is None})
-    arrays = {m: arrays[name] if name else arrays[m] for m, name in stored.items()} | {
-        k: arrays[k] for k in histories
-    }
-    return Checkpoint(
-        params={m[6:]: a for m, a in arrays.items() if m.startswith("param/")},
-        opt_state={m[4:]: a for m, a in arrays.items() if m.startswith("opt/")},
-        vocab=vocab, step=step, config=config, hidden=arrays["hidden"],
-        position=meta["position"], rng_state=meta["rng_state"],
-        history={k[8:]: a for k, a in arrays.items() if k.startswith("history/")},
-        best=meta["best"], format_version=version,
-    )  # fmt: skip
+        x, y = (arrays.get(f"history/{k}", np.zeros(0)) for k in (a, b))
+        if x.shape != y.shape:
+            raise _Bad(f"history/{b}", f"{len(y)} entries for {len(x)} steps")
+    old = {"count": np.asarray(meta.get("opt_scalars", {}).get("step", 0), np.float64)}
+    return {m: arrays[n] if n else old.get(m.rsplit("/", 1)[-1], np.zeros((), want[m][1]))
+            for m, n in stored.items()} | {k: arrays[k] for k in arrays
+                                           if k.startswith("history/")}  # fmt: skip
 
 
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
@@ -502,27 +464,33 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     p = resolve_path(path)
     name = repr(str(p))
     try:
-        with Archive(p) as z:
-            return _load(z)
+        with _archive(p) as z:
+            version, meta = _meta(z)
+            config, model, train = _check_meta(meta, version)
+            vocab = _vocabulary(z, model, train)
+            arrays = _members(z, template(model, train), version, meta)
     except FileNotFoundError:
         raise CheckpointError(f"checkpoint: no such file: {name}") from None
     except _Bad as e:
-        where = f"{name}: {e.field}:" if e.field else name
-        raise CheckpointError(f"checkpoint: {where} {e}") from None
+        raise CheckpointError(f"checkpoint: {name}: {e.field}: {e}" if e.field else
+                              f"checkpoint: {name} {e}") from None  # fmt: skip
     except limits.NotRegularFileError as e:
         raise CheckpointError(str(e)) from None
     except OSError as e:
         raise CheckpointError(f"checkpoint: cannot read {name}: {e.strerror or e}") from None
+    part = {p: {k[len(p) :]: v for k, v in arrays.items() if k.startswith(p)}
+            for p in ("param/", "opt/", "history/")}  # fmt: skip
+    return Checkpoint(part["param/"], part["opt/"], vocab, meta["step"], config, arrays["hidden"],
+                      meta["position"], meta["rng_state"], part["history/"], meta["best"],
+                      version)  # fmt: skip
 
 
 def peek_meta(path: str | os.PathLike) -> dict[str, Any] | None:
-    """A checkpoint's JSON document without its arrays; None if it is not readable."""
+    """A checkpoint's JSON document, its arrays unread; None if it is not readable."""
     try:
-        with Archive(Path(path)) as z:
-            if int(_scalar(z, "format_version", "iu", "an integer")) < 1:
-                return None
-            meta = json.loads(str(_scalar(z, "meta", "U", "text", META_MAX_BYTES)))
-    except (OSError, ValueError, RecursionError):
+        with _archive(Path(path)) as z:
+            meta = _meta(z)[1]
+    except (OSError, ValueError):
         return None
     return meta if isinstance(meta, dict) else None
 
@@ -533,13 +501,28 @@ def peek_meta(path: str | os.PathLike) -> dict[str, Any] | None:
 def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     meta = {"step": int(ckpt.step), "config": ckpt.config, "position": ckpt.position,
             "rng_state": ckpt.rng_state, "best": ckpt.best}  # fmt: skip
-    out = {"format_version": np.asarray(FORMAT_VERSION, dtype=np.int64),
+    out = {"format_version": np.asarray(FORMAT_VERSION, dtype=np.int64), "hidden": ckpt.hidden,
            "vocab": np.asarray(ckpt.vocab, dtype=np.str_),
-           "meta": np.asarray(json.dumps(meta), dtype=np.str_), "hidden": np.asarray(ckpt.hidden)}  # fmt: skip
-    out.update({f"param/{k}": np.asarray(v) for k, v in ckpt.params.items()})
-    out.update({f"opt/{k}": np.asarray(v) for k, v in ckpt.opt_state.items()})
-    out.update({f"history/{k}": np.asarray(v) for k, v in ckpt.history.items()})
-    return out
+           "meta": np.asarray(json.dumps(meta), dtype=np.str_)}  # fmt: skip
+    for prefix, part in (
+        ("param", ckpt.params),
+        ("opt", ckpt.opt_state),
+        ("history", ckpt.history),
+    ):
+        out.update({f"{prefix}/{k}": v for k, v in part.items()})
+    return {k: np.asarray(v) for k, v in out.items()}
+
+
+def _readable(arrays: dict[str, np.ndarray]) -> None:
+    """_Bad unless :func:`load_checkpoint` would accept ``arrays``: its meta, and the names,
+    shapes and dtypes of its members against the template."""
+    _, model, train = _check_meta(json.loads(str(arrays["meta"])), FORMAT_VERSION)
+    want = template(model, train)
+    have = {k for k in arrays if k.startswith(("param/", "opt/")) or k == "hidden"}
+    if have != set(want):
+        raise _Bad(sorted(have ^ set(want))[0], "is not in both the arrays and the template")
+    for name, expected in want.items():
+        _check_header(name, arrays[name].shape, arrays[name].dtype, expected)
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
@@ -548,18 +531,10 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     failure (a full disk, a signal) ``path`` keeps its contents; the OSError propagates."""
     target, arrays = Path(path), _arrays(ckpt)
     try:
-        _, model, train = _check_meta(json.loads(str(arrays["meta"])), FORMAT_VERSION)
-        want = template(model, train)
-        have = {k for k in arrays if k.startswith(("param/", "opt/")) or k == "hidden"}
-        if have != set(want):
-            raise _Bad(sorted(have ^ set(want))[0], "differs from the template's members")
-        for m, expected in want.items():
-            _check_header(m, arrays[m].shape, arrays[m].dtype, expected, "config.train.dtype")
+        _readable(arrays)
     except _Bad as e:
-        where = f"{e.field}: " if e.field else ""
-        raise CheckpointError(
-            f"checkpoint: refusing to write {str(target)!r}: {where}{e}"
-        ) from None
+        message = f"checkpoint: refusing to write {str(target)!r}: {e.field}: {e}"
+        raise CheckpointError(message) from None
     target.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{target.name}.{os.getpid()}."  # the pid: see rundir.remove_stale_temporaries
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=prefix, suffix=".tmp")
@@ -572,23 +547,19 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
     except BaseException:  # including KeyboardInterrupt: never leave a half file behind
         Path(tmp).unlink(missing_ok=True)
         raise
-    try:  # make the rename itself durable (some filesystems refuse fsync on directories)
+    with contextlib.suppress(OSError):  # the rename made durable, where the system can
         dir_fd = os.open(target.parent, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError:
-        pass
     return target
 
 
 # ---- a run's state and back ---------------------------------------------------------------
 
 
-def run_to_checkpoint(
-    run: RunState, *, config: dict[str, Any], vocab: str, backend: Any
-) -> Checkpoint:
+def run_to_checkpoint(run: RunState, *, config: dict, vocab: str, backend: Any) -> Checkpoint:
     """Host copy of a :class:`RunState` (device arrays in one transfer per dtype);
     optimizer leaves laid out like the flat parameters are stored per parameter."""
     xp, layout, carry = backend.xp, run.layout, run.carry
@@ -598,53 +569,46 @@ def run_to_checkpoint(
             device.update({f"opt/{path}/{k}": v for k, v in layout.unflatten(leaf, xp).items()})
         else:
             device[f"opt/{path}"] = leaf
-    device["hidden"] = carry.hidden
-    host = backend.to_numpy_many(device)
-    return Checkpoint(
-        params={k[6:]: v for k, v in host.items() if k.startswith("param/")},
-        opt_state={k[4:]: v for k, v in host.items() if k.startswith("opt/")},
-        vocab=vocab, step=run.step, config=config, hidden=host["hidden"],
-        position={"epoch": run.epoch, "chunk": run.chunk, "offset": run.offset},
-        rng_state=run.rng.bit_generator.state,
-        history={k: np.asarray(v, dtype=np.float64) for k, v in run.history.items()},
-        best=dict(run.best),
-    )  # fmt: skip
+    host = backend.to_numpy_many({**device, "hidden": carry.hidden})
+    part = {
+        p: {k[len(p) :]: v for k, v in host.items() if k.startswith(p)} for p in ("param/", "opt/")
+    }
+    history = {k: np.asarray(v, dtype=np.float64) for k, v in run.history.items()}
+    position = {"epoch": run.epoch, "chunk": run.chunk, "offset": run.offset}
+    return Checkpoint(part["param/"], part["opt/"], vocab, run.step, config, host["hidden"],
+                      position, run.rng.bit_generator.state, history, dict(run.best))  # fmt: skip
 
 
 def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype: str) -> RunState:
-    """The :class:`RunState` saved in ``ckpt``, on ``backend``; the optimizer state is
-    ``optimizer.init``'s, filled from the stored arrays (a CheckpointError names one
-    missing or misshapen)."""
+    """The :class:`RunState` saved in ``ckpt``, on ``backend``: ``optimizer.init``'s state
+    filled from the stored arrays (a CheckpointError names one missing or misshapen)."""
     layout = Layout.of(ckpt.params)
 
     def flat(get: Any) -> np.ndarray:  # (N,)
         return np.concatenate([np.asarray(get(k)).reshape(-1) for k in layout.keys])
 
-    params = backend.asarray(flat(ckpt.params.__getitem__), dtype=dtype)
-
     def load(path: str, _: Any, like: Any) -> Any:
-        per_param = tuple(like.shape) == (layout.size,)
-        stored = (
-            flat(lambda k: ckpt.opt_state[f"{path}/{k}"])
-            if per_param
-            else np.asarray(ckpt.opt_state[path])
-        )
+        if tuple(like.shape) == (layout.size,):
+            stored = flat(lambda k: ckpt.opt_state[f"{path}/{k}"])
+        else:
+            stored = np.asarray(ckpt.opt_state[path])
         if stored.shape != tuple(like.shape):
             raise CheckpointError(f"checkpoint: optimizer array {path!r} has shape "
                                   f"{stored.shape}, expected {tuple(like.shape)}")  # fmt: skip
         return backend.asarray(stored, dtype=like.dtype)
 
+    params = backend.asarray(flat(ckpt.params.__getitem__), dtype=dtype)
     state = optimizer.init(params)
     try:
         opt_state = optim.state_from_arrays(state, dict.fromkeys(optim.state_arrays(state)), load)
     except KeyError as e:
-        raise CheckpointError(f"checkpoint: no optimizer array {e.args[0]!r}: it was written for "
-                              "another optimizer; resume with the original --optimizer") from None  # fmt: skip
+        raise CheckpointError(f"checkpoint: no optimizer array {e.args[0]!r}: it was written "
+                              "for another optimizer; resume with the original "
+                              "--optimizer") from None  # fmt: skip
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt.rng_state
     counter = backend.xp.full((), ckpt.step, dtype=backend.integer, device=backend.device)
     carry = TrainCarry(params, opt_state, backend.asarray(ckpt.hidden, dtype=dtype), counter)
     history = {k: [float(x) for x in ckpt.history.get(k, ())] for k in HISTORY_KEYS}
-    return RunState(carry, layout, rng, ckpt.step, int(ckpt.position["epoch"]),
-                    int(ckpt.position["chunk"]), int(ckpt.position["offset"]), history,
-                    dict(ckpt.best))  # fmt: skip
+    epoch, chunk, offset = (int(ckpt.position[k]) for k in ("epoch", "chunk", "offset"))
+    return RunState(carry, layout, rng, ckpt.step, epoch, chunk, offset, history, dict(ckpt.best))

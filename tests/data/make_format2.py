@@ -1,10 +1,15 @@
-"""Format-2 fixtures, written by bptt at commit 4a907f7 (the last to write format 2)."""
+"""Format-2 fixtures, written by bptt at commit 4a907f7 (the last to write format 2):
+``python tests/data/make_format2.py OUT`` with that commit installed, then the two
+OUT/format2_*.npz copied here. Later
+releases write format 3: this script is kept to say how the files were made."""
 
-import json, sys
+import sys
+
 import numpy as np
 
 sys.path.insert(0, "tests")
 from train_helpers import small_trainer
+
 from bptt import backends
 from bptt.checkpoint import load_checkpoint, save_checkpoint
 
