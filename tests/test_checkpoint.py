@@ -276,3 +276,23 @@ def test_probe_writes_what_the_checkpoints_need(tmp_path, monkeypatch) -> None:
     trainer.run(steps=1)
     assert written[0] == 2 * trainer.checkpoint_bytes()  # the probe, before any step
     assert trainer.checkpoint_bytes() > (tmp_path / checkpoint.LATEST).stat().st_size
+
+
+@pytest.mark.parametrize(("options", "member"), [
+    ({"optimizer": "sgd", "lr": 0.1, "momentum": 0.9}, "opt/1/1/trace/W"),
+    ({"optimizer": "adagrad", "lr": 0.1}, "opt/1/1/sum_of_squares/W"),
+    ({"optimizer": "rmsprop", "lr": 0.01}, "opt/1/1/nu/W"),
+])  # fmt: skip
+def test_each_optimizer_state_is_checked_by_its_field_names(tmp_path, options, member) -> None:
+    """The template comes from the optimizer's init: every optimizer's checkpoint loads,
+    and a second moment (nu, sum_of_squares) with a negative entry is refused by name."""
+    small_trainer(NUMPY, tmp_path, **options).run(steps=2)
+    path = tmp_path / checkpoint.LATEST
+    assert member[4:] in load_checkpoint(path).opt_state
+    with np.load(path, allow_pickle=False) as z:
+        _rewrite(path, **{member: z[member] - 1.0})
+    if "trace" in member:  # a velocity may be negative
+        assert load_checkpoint(path).step == 2
+        return
+    with pytest.raises(CheckpointError, match=f": {member}: negative entries; "):
+        load_checkpoint(path)
