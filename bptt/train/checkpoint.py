@@ -53,7 +53,7 @@ __all__ = ["BEST", "FORMAT_VERSION", "LATEST", "MODEL_OPTIONS", "Checkpoint", "C
 FORMAT_VERSION = 3  # 2: optimizer arrays by path; 3: the configuration stored once
 # The TrainConfig options that are the model's fields (stored once, in config.model).
 MODEL_OPTIONS = {"hidden": "hidden_size", "layers": "layers", "cell": "cell", "init": "initializer"}
-META_MAX_BYTES, MAX_HEADER = 16 << 20, 4096  # the JSON document; an .npy header
+META_MAX_BYTES = 16 << 20  # the JSON document
 SQUARES = ("nu", "sum_of_squares")  # the state fields that are sums or means of squares
 OLD_SLOTS = {"mu": ("m",), "nu": ("v", "mean_sq"), "trace": ("velocity",),
              "sum_of_squares": ("sum_sq",)}  # format 1's slot for each field  # fmt: skip
@@ -145,19 +145,6 @@ def template(model: RNN, train: TrainConfig) -> dict[str, tuple[tuple[int, ...],
             out[f"opt/{path}"] = (leaf.shape, leaf.dtype)
     out["hidden"] = (model.carry_shape(train.batch), dtype)
     return out
-
-
-def _check_header(name: str, shape: tuple, dtype: np.dtype, want: tuple) -> None:
-    """A member's header against its template entry (shape, dtype); a 0-d optimizer leaf
-    (a count, a norm) may be float32 or float64, as the device that wrote it had."""
-    scalar = want[0] == () and name.startswith("opt/")
-    if dtype.hasobject or not (dtype == want[1] or (scalar and dtype in (np.float32, np.float64))):
-        raise _Bad(
-            name, f"expected {want[1]} (config.train.dtype); the file declares dtype {dtype}"
-        )
-    if tuple(shape) != tuple(want[0]):
-        raise _Bad(name, f"expected shape {tuple(want[0])} from the configuration; the file "
-                         f"declares {tuple(shape)}")  # fmt: skip
 
 
 def _check_values(name: str, array: np.ndarray, step: int) -> None:
@@ -304,11 +291,29 @@ def _archive(path: Path) -> Iterator[tuple[zipfile.ZipFile, dict[str, zipfile.Zi
             yield zf, names
 
 
-def _read(z: Any, name: str, check: Any, max_bytes: int | None = None, data: bool = True) -> Any:
-    """Member ``name`` of ``z`` (an :func:`_archive`), read after ``check(shape, dtype)``
-    passed on its header and its size is at most ``max_bytes`` and the archive's record
-    of it (``data=False``: nothing past the header is read)."""
-    zf, names = z
+def _check(name: str, shape: tuple, dtype: np.dtype, want: tuple) -> None:
+    """A member's shape and dtype against ``want`` = (shape, None for any 1-d; a test of
+    the dtype; the dtype in words; the most bytes it may hold, or None)."""
+    if dtype.hasobject or not want[1](dtype):
+        raise _Bad(name, f"expected {want[2]}; the file declares dtype {dtype}")
+    if len(shape) != 1 if want[0] is None else tuple(shape) != tuple(want[0]):
+        expected = "a 1-d array" if want[0] is None else f"shape {tuple(want[0])}"
+        raise _Bad(name, f"expected {expected} from the configuration; the file declares "
+                         f"{tuple(shape)}")  # fmt: skip
+
+
+def _expect(member: str, shape: tuple, dtype: np.dtype) -> tuple:
+    """What :func:`_check` wants of a template member: its shape, and its dtype (a 0-d
+    optimizer leaf, a count or a norm, as the writing device had it: float32 or float64)."""
+    floats = (np.float32, np.float64) if shape == () and member.startswith("opt/") else (dtype,)
+    return shape, lambda d: d in floats, f"{dtype} (config.train.dtype)", None
+
+
+def _read(z: Any, name: str, want: tuple, data: bool = True) -> Any:
+    """Member ``name`` of ``z`` (an :func:`_archive`), read after its header passed
+    :func:`_check` and its size the archive's record of it (``data=False``: nothing
+    past the header is read)."""
+    (zf, names), max_bytes = z, want[3]
     if name not in names:
         raise _Bad(name, "missing from the file")
     try:
@@ -316,55 +321,29 @@ def _read(z: Any, name: str, check: Any, max_bytes: int | None = None, data: boo
             version = np.lib.format.read_magic(stream)
             if version != (1, 0):  # a header of at most 64 KiB (savez writes no other)
                 raise _Bad(name, f"is corrupt (an .npy header of version {version}, not 1.0)")
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(
-                stream, max_header_size=MAX_HEADER
-            )
-            check(shape, dtype)
-            header = stream.tell()
-            nbytes = math.prod(shape) * dtype.itemsize
+            stored, _, dtype = np.lib.format.read_array_header_1_0(stream)
+            _check(name, stored, dtype, want)
+            nbytes, header = math.prod(stored) * dtype.itemsize, stream.tell()
             if max_bytes is not None and nbytes > max_bytes:
                 size, most = limits.format_size(nbytes), limits.format_size(max_bytes)
                 raise _Bad(name, f"declares {size}, more than the {most} this field may hold")
             if names[name].file_size != header + nbytes:
                 raise _Bad(name, f"declares {nbytes} bytes of data but the archive holds "
                                  f"{names[name].file_size - header}")  # fmt: skip
-            if not data:
-                return None
-            buffer, got = bytearray(nbytes), 0
-            while got < nbytes:
-                n = stream.readinto(memoryview(buffer)[got:])
-                if not n:
-                    raise _Bad(name, "is truncated (it ends before its data)")
-                got += n
-            if stream.read(1):  # also makes zipfile check the CRC
-                raise _Bad(name, "is corrupt (more data than its header declares)")
+        if data:  # exactly the size checked: reading to the end also checks the CRC
+            with zf.open(names[name]) as stream:
+                return np.lib.format.read_array(stream, allow_pickle=False)
     except _Bad as e:
         e.field = e.field or name
         raise
     except (zipfile.BadZipFile, EOFError, zlib.error, ValueError, OSError) as e:
         raise _Bad(name, _damage(e)) from None
-    array = np.frombuffer(buffer, dtype=dtype)
-    return array.reshape(shape[::-1]).T if fortran else array.reshape(shape)
+    return None
 
 
 def _scalar(z: Any, name: str, kinds: str, what: str, max_bytes: int | None = None) -> Any:
     """A 0-d member of a dtype kind in ``kinds`` (``what``, in words)."""
-
-    def check(shape: tuple, dtype: np.dtype) -> None:
-        if dtype.hasobject or dtype.kind not in kinds:
-            raise _Bad(name, f"expected {what}; the file declares dtype {dtype}")
-        if shape != ():
-            raise _Bad(name, f"expected shape (); the file declares {shape}")
-
-    return _read(z, name, check, max_bytes)[()]
-
-
-def _history(name: str, step: int) -> tuple[Any, int]:
-    def check(shape: tuple, dtype: np.dtype) -> None:
-        if dtype != np.float64 or len(shape) != 1:
-            raise _Bad(name, f"expected a 1-d array of float64; got shape {shape}, {dtype}")
-
-    return check, 8 * (step + 2)  # at most one entry a step (and one before the first)
+    return _read(z, name, ((), lambda d: d.kind in kinds, what, max_bytes))[()]
 
 
 # ---- loading ------------------------------------------------------------------------------
@@ -431,20 +410,19 @@ def _members(z: Any, want: dict, version: int, meta: dict) -> dict[str, np.ndarr
     each member read and its values checked."""
     step, names = meta["step"], z[1]
     stored = {m: _old_name(m, shape != (), version, names) for m, (shape, _) in want.items()}
-    checks = {f"history/{k}": _history(f"history/{k}", step) for k in HISTORY_KEYS
-              if f"history/{k}" in names}  # fmt: skip
-    unknown = sorted(set(names) - {*stored.values(), *checks, "format_version", "meta", "vocab"})
+    expect = {f"history/{k}": (None, lambda d: d == np.float64, "float64", 8 * (step + 2))
+              for k in HISTORY_KEYS if f"history/{k}" in names}  # fmt: skip
+    unknown = sorted(set(names) - {*stored.values(), *expect, "format_version", "meta", "vocab"})
     if unknown:
         more = f" (and {len(unknown) - 1} more)" if len(unknown) > 1 else ""
         raise _Bad(unknown[0], "not a member of a bptt checkpoint of this configuration" + more)
     missing = [name for name in stored.values() if name is not None and name not in names]
     if missing:
         raise _Bad(missing[0], "missing from the file")
-    checks |= {n: (lambda s, d, n=n, m=m: _check_header(n, s, d, want[m]), None)
-               for m, n in stored.items() if n is not None}  # fmt: skip
-    for name, (check, bound) in checks.items():  # every header before any data
-        _read(z, name, check, bound, data=False)
-    arrays = {name: _read(z, name, check, bound) for name, (check, bound) in checks.items()}
+    expect |= {name: _expect(m, *want[m]) for m, name in stored.items() if name is not None}
+    for name, expected in expect.items():  # every header before any data
+        _read(z, name, expected, data=False)
+    arrays = {name: _read(z, name, expected) for name, expected in expect.items()}
     for name, array in arrays.items():
         _check_values(name, array, step)
     for a, b in (("train_step", "train_bpc"), ("val_step", "val_bpc")):
@@ -522,7 +500,7 @@ def _readable(arrays: dict[str, np.ndarray]) -> None:
     if have != set(want):
         raise _Bad(sorted(have ^ set(want))[0], "is not in both the arrays and the template")
     for name, expected in want.items():
-        _check_header(name, arrays[name].shape, arrays[name].dtype, expected)
+        _check(name, arrays[name].shape, arrays[name].dtype, _expect(name, *expected))
 
 
 def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
