@@ -296,3 +296,16 @@ def test_each_optimizer_state_is_checked_by_its_field_names(tmp_path, options, m
         return
     with pytest.raises(CheckpointError, match=f": {member}: negative entries; "):
         load_checkpoint(path)
+
+
+def test_what_cannot_be_read_back_is_never_written(saved, tmp_path) -> None:
+    trainer, _ = saved
+    ckpt = trainer.checkpoint()
+    del ckpt.params["W"]
+    with pytest.raises(CheckpointError, match=r"refusing to write .*: param/W: is not in both"):
+        save_checkpoint(tmp_path / "x.npz", ckpt)
+    ckpt = trainer.checkpoint()
+    ckpt.config["train"]["batch"] = 5  # the carried state is (4, 12)
+    with pytest.raises(CheckpointError, match=r"hidden: expected shape \(5, 12\)"):
+        save_checkpoint(tmp_path / "x.npz", ckpt)
+    assert not (tmp_path / "x.npz").exists()

@@ -428,6 +428,11 @@ def _members(z: Any, want: dict, version: int, meta: dict) -> dict[str, np.ndarr
                                            if k.startswith("history/")}  # fmt: skip
 
 
+def _parts(arrays: dict[str, Any], *prefixes: str) -> list[dict[str, Any]]:
+    """{name: array} of the members under each prefix, the prefix removed."""
+    return [{k[len(p) :]: v for k, v in arrays.items() if k.startswith(p)} for p in prefixes]
+
+
 def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint file (or a directory's ``latest.npz``) as host data, checked
     against the template of its stored configuration; a :class:`CheckpointError` naming
@@ -449,11 +454,9 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(str(e)) from None
     except OSError as e:
         raise CheckpointError(f"checkpoint: cannot read {name}: {e.strerror or e}") from None
-    part = {p: {k[len(p) :]: v for k, v in arrays.items() if k.startswith(p)}
-            for p in ("param/", "opt/", "history/")}  # fmt: skip
-    return Checkpoint(part["param/"], part["opt/"], vocab, meta["step"], config, arrays["hidden"],
-                      meta["position"], meta["rng_state"], part["history/"], meta["best"],
-                      version)  # fmt: skip
+    params, opt, history = _parts(arrays, "param/", "opt/", "history/")
+    return Checkpoint(params, opt, vocab, meta["step"], config, arrays["hidden"], meta["position"],
+                      meta["rng_state"], history, meta["best"], version)  # fmt: skip
 
 
 def peek_meta(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -541,12 +544,9 @@ def run_to_checkpoint(run: RunState, *, config: dict, vocab: str, backend: Any) 
         else:
             device[f"opt/{path}"] = leaf
     host = backend.to_numpy_many({**device, "hidden": carry.hidden})
-    part = {
-        p: {k[len(p) :]: v for k, v in host.items() if k.startswith(p)} for p in ("param/", "opt/")
-    }
     history = {k: np.asarray(v, dtype=np.float64) for k, v in run.history.items()}
     position = {"epoch": run.epoch, "chunk": run.chunk, "offset": run.offset}
-    return Checkpoint(part["param/"], part["opt/"], vocab, run.step, config, host["hidden"],
+    return Checkpoint(*_parts(host, "param/", "opt/"), vocab, run.step, config, host["hidden"],
                       position, run.rng.bit_generator.state, history, dict(run.best))  # fmt: skip
 
 
