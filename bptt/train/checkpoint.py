@@ -369,12 +369,12 @@ def _vocabulary(z: Any, model: RNN, train: TrainConfig) -> str:
     points = np.frombuffer(vocab.encode("utf-32-le"), dtype=np.uint32)
     if np.any(points[1:] <= points[:-1]):
         raise _Bad("vocab", "the characters must be distinct and sorted (ids index them)")
-    ours = train.model(M)
-    for key in (f.name for f in dataclasses.fields(RNN)):
-        if getattr(model, key) != getattr(ours, key):
-            got, expected = getattr(model, key), getattr(ours, key)
-            message = f"expected {expected!r}, as a training run builds it; got {got!r}"
-            raise _Bad(f"config.model.{key}", message)
+    ours = train.model(M)  # the model a training run of these options builds
+    for key, expected in ours.config().items():
+        if getattr(model, key) != expected:
+            got = getattr(model, key)
+            raise _Bad(f"config.model.{key}", f"expected {expected!r}, as a training run "
+                                              f"builds it; got {got!r}")  # fmt: skip
     try:  # what loading holds at most: the parameters, two moments, the carried state
         n = sum(math.prod(s) for s in model.param_shapes().values())
         nbytes = np.dtype(train.dtype).itemsize * (
@@ -478,12 +478,8 @@ def _arrays(ckpt: Checkpoint) -> dict[str, np.ndarray]:
     out = {"format_version": np.asarray(FORMAT_VERSION, dtype=np.int64), "hidden": ckpt.hidden,
            "vocab": np.asarray(ckpt.vocab, dtype=np.str_),
            "meta": np.asarray(json.dumps(meta), dtype=np.str_)}  # fmt: skip
-    for prefix, part in (
-        ("param", ckpt.params),
-        ("opt", ckpt.opt_state),
-        ("history", ckpt.history),
-    ):
-        out.update({f"{prefix}/{k}": v for k, v in part.items()})
+    parts = {"param": ckpt.params, "opt": ckpt.opt_state, "history": ckpt.history}
+    out |= {f"{prefix}/{k}": v for prefix, part in parts.items() for k, v in part.items()}
     return {k: np.asarray(v) for k, v in out.items()}
 
 
