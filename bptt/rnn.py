@@ -112,7 +112,7 @@ class RNN:
 
     def param_names(self) -> tuple[str, ...]:
         """Every parameter's key, in the layout's order (:func:`bptt.layers.param_names`)."""
-        return tuple(_template(self))
+        return tuple(name for name, _ in _template(self))
 
     def param_shapes(self) -> dict[str, tuple[int, ...]]:
         """Every parameter's shape, keyed and ordered as :meth:`param_names`: the template

@@ -15,6 +15,10 @@
 - :func:`reconcile_best`: on resuming a run in place, the best record is what
   ``best.npz`` holds (it is written before ``latest.npz``, so after a failure
   between the two it may be ahead).
+- :func:`check_writable`: the directory takes the checkpoints' bytes before any
+  training, and temporary files of killed writers are removed
+  (:func:`remove_stale_temporaries`: a temporary carries its writer's process id,
+  ``.latest.npz.<pid>.<random>.tmp``, and is removed once no live process has that id).
 """
 
 from __future__ import annotations
@@ -24,13 +28,28 @@ import errno
 import json
 import os
 import socket
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import BEST, LATEST, CheckpointError, directory_error, peek_meta, process_alive
+__all__ = [
+    "BEST",
+    "LATEST",
+    "LOCK_NAME",
+    "CheckpointError",
+    "RunLock",
+    "carry_best",
+    "check_writable",
+    "directory_error",
+    "held_run",
+    "new_run_directory",
+    "process_alive",
+    "reconcile_best",
+    "remove_stale_temporaries",
+]
 
-__all__ = ["LOCK_NAME", "RunLock", "carry_best", "held_run", "new_run_directory", "reconcile_best"]
+LATEST, BEST = "latest.npz", "best.npz"
 
 LOCK_NAME = ".lock"
 # A lock file without a holder (its writer died between creating and writing it, or a
@@ -41,6 +60,86 @@ try:
     import fcntl
 except ImportError:  # Windows
     fcntl = None  # type: ignore[assignment]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or run directory that is missing, truncated, corrupt, too new, of another
+    model size, in use or not writable."""
+
+
+def directory_error(action: str, path: Path, e: OSError) -> str:
+    """``checkpoint-dir: cannot write to ...`` saying what the system's error means here:
+    a full disk, a path through a file, a directory that takes no files (/proc)."""
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (the disk is full or over quota: free space or use another --checkpoint-dir)"
+    elif e.errno == errno.ENOTDIR:
+        blocker = next((a for a in (path, *path.parents) if a.exists() and not a.is_dir()), None)
+        if blocker is not None:
+            reason = f"{str(blocker)!r} is not a directory"
+    elif e.errno == errno.ENOENT and path.is_dir():
+        reason = ("the directory exists but takes no new files (a virtual filesystem such as "
+                  f"/proc or /sys?); the system said: {reason}")  # fmt: skip
+    elif e.errno in (errno.EROFS,):
+        reason += " (a read-only filesystem)"
+    return f"checkpoint-dir: cannot {action} {str(path)!r}: {reason}"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (POSIX; elsewhere True: it cannot be tested safely)."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists but is not ours (EPERM)
+        return True
+    return True
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete temporary checkpoint and probe files whose writing process is gone.
+
+    Only names this module writes (``.<name>.npz.<pid>.<random>.tmp``,
+    ``.probe.<pid>.<random>.tmp``) are touched, and only on POSIX, where a
+    process id can be tested without side effects. Returns what was removed.
+    """
+    if os.name != "posix":
+        return []
+    removed = []
+    for f in Path(directory).glob(".*.tmp"):
+        parts = f.name.split(".")
+        ours = f.name.startswith(".probe.") or ".npz." in f.name
+        if ours and len(parts) >= 5 and parts[-3].isdigit() and not process_alive(int(parts[-3])):
+            f.unlink(missing_ok=True)
+            removed.append(f)
+    return removed
+
+
+def check_writable(directory: str | os.PathLike, *, nbytes: int = 4096) -> Path:
+    """Create ``directory`` and prove ``nbytes`` can be written there, before any training.
+
+    Writes and fsyncs a probe file of ``nbytes`` (pass what the checkpoints will
+    need, so that a nearly full disk is found now, not at the first save), then
+    deletes it and any temporary files left by killed runs
+    (:func:`remove_stale_temporaries`). Raises :class:`CheckpointError`.
+    """
+    d = Path(directory)
+    block = b"\0" * min(nbytes, 1 << 20)
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        remove_stale_temporaries(d)
+        prefix = f".probe.{os.getpid()}."
+        with tempfile.NamedTemporaryFile(dir=d, prefix=prefix, suffix=".tmp") as f:
+            left = max(nbytes, 1)
+            while left > 0:
+                left -= f.write(block[:left])
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        raise CheckpointError(directory_error("write to", d, e)) from None
+    return d
 
 
 class RunLock:
@@ -162,6 +261,8 @@ class RunLock:
 def held_run(directory: str | os.PathLike) -> str | None:
     """``"latest.npz at step 4000, best.npz at step 2600"`` if ``directory`` holds a run's
     checkpoints, else None."""
+    from .train.checkpoint import peek_meta  # here: that module imports this one
+
     d = Path(directory)
     found = []
     for name in (LATEST, BEST):
@@ -201,6 +302,8 @@ def reconcile_best(best: dict[str, Any], directory: str | os.PathLike) -> str | 
     the file on disk is what was saved, so its record wins. Without a best.npz
     (deleted) the best restarts, so that the next evaluation writes one.
     """
+    from .train.checkpoint import peek_meta
+
     path = Path(directory) / BEST
     if best.get("best_step") is None and not path.exists():
         return None
@@ -237,6 +340,8 @@ def carry_best(best: dict[str, Any], resumed: Path, step: int, directory: Path) 
     (a best.npz), else the best.npz beside it when that holds the recorded best;
     without one the best restarts (the first evaluation writes best.npz).
     """
+    from .train.checkpoint import peek_meta
+
     if best.get("best_step") is None:
         return None
     target = directory / BEST
@@ -262,7 +367,6 @@ def carry_best(best: dict[str, Any], resumed: Path, step: int, directory: Path) 
 def _copy_atomically(source: Path, target: Path) -> None:
     """``source`` to ``target`` through a temporary file (fsynced, renamed)."""
     import shutil
-    import tempfile
 
     fd, tmp = tempfile.mkstemp(
         dir=target.parent, prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp"

@@ -25,7 +25,7 @@ NUMERICS = ("random", "finite_diff")  # may ask backends which library they run 
 POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api",
                     "checks", "backends", "optim", "checkpoint", "data", "validation", "sample",
                     "limits",
-                    "rundir", "checkpoint_read", "checkpoint_schema", "evaluation",
+                    "rundir", "evaluation",
                     "dynamic_eval", "pullback", "interop", "distributed", "allreduce",
                     "rnn", "functional")  # fmt: skip
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
@@ -103,3 +103,16 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
     bad.write_text("from .numpy_exec import policy\nimport torch\n")
     (policy, names), (library, _) = _imports(bad, top_level_only=False, root=tmp_path)
     assert _bptt_modules(policy, names) == {"numpy_exec"} and library == "torch"
+
+
+def test_the_checkpoint_code_lives_with_the_training_job() -> None:
+    """bptt/train/checkpoint.py imports from the job only what is below it (the options,
+    the run state, the step); bptt/checkpoint.py only re-exports it; the run directory
+    (below the job) imports it only inside the functions that read a checkpoint."""
+    train = {m.split(".")[2] for m, _ in _imports(PACKAGE / "train" / "checkpoint.py",
+             top_level_only=False) if m.startswith("bptt.train.")}  # fmt: skip
+    assert train == {"config", "state", "step"}, train
+    shim = _imports(PACKAGE / "checkpoint.py", top_level_only=True)
+    assert {m for m, _ in shim} == {"__future__", "bptt.train.checkpoint"}, shim
+    rundir = {m for m, _ in _imports(PACKAGE / "rundir.py", top_level_only=True)}
+    assert not any(m.startswith("bptt.train") for m in rundir), rundir

@@ -168,7 +168,8 @@ MEMBERS = {
                         "evil: not a member of a bptt checkpoint of this configuration"),
     "a pickled member": ("hidden", _npy({"descr": "|O", "fortran_order": False, "shape": (4, 8)},
                                         b"\x80\x04N."), zipfile.ZIP_STORED,
-                         "hidden: expected float32 (config.model); the file declares dtype object"),
+                         "hidden: expected float32 (config.train.dtype); the file declares dtype "
+                         "object"),
 }  # fmt: skip
 
 
@@ -205,7 +206,7 @@ def test_sizes_that_cannot_fit_are_refused_up_front(run, tmp_path, capsys, argv,
     with np.load(run / LATEST, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     meta = json.loads(str(arrays["meta"]))
-    meta["config"]["model"]["D"] = meta["config"]["train"]["hidden"] = 10**6
+    meta["config"]["model"]["hidden_size"] = 10**6
     arrays["meta"] = np.asarray(json.dumps(meta), dtype=np.str_)
     with open(crafted, "wb") as f:
         np.savez(f, **arrays)

@@ -131,7 +131,7 @@ CHECKPOINT_ERRORS = {
     "truncated": "is truncated (an incomplete .npz archive",
     "not-npz": "is not a bptt checkpoint (not an .npz archive)",
     "corrupt": "is corrupt (",
-    "newer": "written by a newer bptt; this bptt reads versions up to 2",
+    "newer": "written by a newer bptt; this bptt reads versions up to 3",
 }
 
 

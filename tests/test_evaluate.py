@@ -41,7 +41,7 @@ def test_evaluate_equals_the_training_validation_on_every_backend(be, text_file,
     ckpt = load_checkpoint(result.latest)
     text = held_out(ckpt.vocab, ckpt.config)
     assert "validation split" in text.description and not text.removed
-    dtype = ckpt.config["model"]["dtype"]
+    dtype = ckpt.train.dtype
     with be.activate():
         params = {k: be.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}
     train_cfg = ckpt.config["train"]

@@ -207,8 +207,8 @@ def test_state_round_trips_through_named_arrays() -> None:
     state = opt.init(params)
     _, state = opt.update(grads[0], state, params)
     arrays = optim.state_arrays(state)
-    assert set(arrays) == {"0/norm", "1/1/total/W", "1/1/total/b"}  # EmptyStates hold none
+    assert set(arrays) == {"0/norm", "1/1/trace/W", "1/1/trace/b"}  # EmptyStates hold none
     again = optim.state_from_arrays(opt.init(params), arrays, lambda path, a, like: a)
     for path, value in optim.state_arrays(again).items():
         np.testing.assert_array_equal(value, arrays[path])
-    assert type(again[1][1]).__name__ == "SumState"
+    assert type(again[1][1]).__name__ == "TraceState"

@@ -103,15 +103,14 @@ DATA = Path(__file__).parent / "data"
 def test_older_checkpoints_load_as_one_tanh_layer(name) -> None:
     ckpt = load_checkpoint(DATA / name)
     assert ckpt.architecture == {"layers": 1, "bidirectional": False, "nonlinearity": "tanh"}
-    config = train.TrainConfig.from_stored(ckpt.config["train"])
-    assert config.layers == 1 and config.cell == "tanh"
+    assert ckpt.train.layers == 1 and ckpt.train.cell == "tanh"
 
 
 def test_a_different_depth_cannot_resume(tmp_path) -> None:
     trainer = small_trainer(NUMPY, tmp_path)
     trainer.run(steps=5)
     ckpt = load_checkpoint(tmp_path / LATEST)
-    ckpt.config["train"]["layers"] = 2  # a config that does not match the stored parameters
+    ckpt.config["model"]["layers"] = 2  # a config that does not match the stored parameters
     with pytest.raises(bptt.checkpoint.CheckpointError, match="number of layers 1, but 2"):
         train.Trainer.resume(ckpt, small_corpus())
 
@@ -228,29 +227,6 @@ def test_the_layer_masks_of_a_vjp_on_device1_never_sync(pbe) -> None:  # noqa: F
                              check_values=False)  # fmt: skip
     cot = pullback(dl, with_inputs=True, with_h0=True)
     assert isinstance(cot.inputs, Array) and pbe.ns.transfers == 0 and pbe.reads == 0
-
-
-def test_a_checkpoint_written_before_architectures_were_recorded_resumes(tmp_path) -> None:
-    """Today's format without the new fields (as the previous release wrote it): one
-    tanh layer, and the run continues exactly as one that never stopped."""
-    from bptt.checkpoint import save_checkpoint
-
-    straight = small_trainer(NUMPY)
-    straight.run(steps=10)
-    first = small_trainer(NUMPY, tmp_path)
-    first.run(steps=5)
-    ckpt = load_checkpoint(tmp_path / LATEST)
-    for key in ("layers", "cell"):
-        del ckpt.config["train"][key]
-    for key in ("layers", "bidirectional", "nonlinearity"):
-        del ckpt.config["model"][key]
-    save_checkpoint(tmp_path / "old.npz", ckpt)
-    old = load_checkpoint(tmp_path / "old.npz")
-    assert old.architecture == {"layers": 1, "bidirectional": False, "nonlinearity": "tanh"}
-    resumed = train.Trainer.resume(old, small_corpus())
-    resumed.run(steps=10)
-    for key, value in straight.params.items():
-        np.testing.assert_array_equal(resumed.params[key], value, err_msg=key)
 
 
 def test_vjp_traces_under_jax_jit() -> None:

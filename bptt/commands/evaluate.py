@@ -106,7 +106,7 @@ def _load(args: argparse.Namespace, best: str) -> tuple[Any, Any, Any, dict[str,
     if bad:
         raise CheckpointError(f"checkpoint: parameters {bad} hold NaN or infinite values")
     be = backends.get_backend(args.backend, args.device)
-    dtype = args.dtype or ckpt.config.get("model", {}).get("dtype", "float32")
+    dtype = args.dtype or ckpt.train.dtype
     be.require_dtype(dtype, "--dtype")
     with be.activate():
         params = {k: be.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}

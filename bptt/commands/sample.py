@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         ckpt = load_checkpoint(resolve_path(path))
         be = backends.get_backend(args.backend, args.device)
-        dtype = ckpt.config.get("model", {}).get("dtype", "float32")
+        dtype = ckpt.train.dtype
         if not be.supports(dtype):
             dtype = "float32"  # a float64 model samples fine in float32
         params = {k: be.asarray(v, dtype=dtype) for k, v in ckpt.params.items()}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import importlib.util
 import signal
 import sys
@@ -293,10 +294,8 @@ def _build(args: argparse.Namespace, comm: Any) -> tuple[Any, str, Path | None]:
     path = resolve_path(args.resume)
     ckpt = load_checkpoint(path)
     corpus = load_corpus(**_data_options(args, ckpt.config.get("data", {})))
-    stored = ckpt.config["train"]
-    if "nonlinearity" in stored:  # format 2 named the cell by its nonlinearity
-        stored = {**stored, "cell": stored["nonlinearity"]}
-    was = {k: stored.get(k, getattr(TrainConfig, k, None)) for k in MODEL_OPTIONS}  # old: defaults
+    stored = dataclasses.asdict(ckpt.train)
+    was = {k: stored[k] for k in MODEL_OPTIONS}
     fixed = [k for k in MODEL_OPTIONS if k in options and options[k] != was[k]]
     if "hidden" in fixed:
         ckpt.check_sizes(D=options["hidden"])  # the wrong-size message

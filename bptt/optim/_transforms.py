@@ -18,8 +18,11 @@ from ._tree import Tree, check_shapes, device_scalar, namespace, tree_map, zeros
 __all__ = [
     "ClipState",
     "MomentsState",
+    "ScaleByAdamState",
+    "ScaleByRmsState",
+    "ScaleByRssState",
     "ScheduleState",
-    "SumState",
+    "TraceState",
     "add_decayed_weights",
     "clip_by_global_norm",
     "global_norm",
@@ -38,14 +41,27 @@ class ClipState(NamedTuple):
     norm: Any  # 0-d: the global norm of the last updates clipped, before clipping
 
 
-class SumState(NamedTuple):
-    total: Any  # tree: a running sum (velocity, or sum / mean of squares)
+# Each transform has its own state, its fields named as optax names them: a field's name
+# says what holds of its values (a checkpoint checks nu and sum_of_squares >= 0, counts whole).
+class TraceState(NamedTuple):
+    trace: Any  # tree: the velocity
 
 
-class MomentsState(NamedTuple):
+class ScaleByRssState(NamedTuple):
+    sum_of_squares: Any  # tree: the running sum of squared updates (>= 0)
+
+
+class ScaleByRmsState(NamedTuple):
+    nu: Any  # tree: the running mean of squared updates (>= 0)
+
+
+class ScaleByAdamState(NamedTuple):
     count: Any  # 0-d device counter
     mu: Any  # tree: first moment
-    nu: Any  # tree: second moment
+    nu: Any  # tree: second moment (>= 0)
+
+
+MomentsState = ScaleByAdamState  # its earlier name
 
 
 class ScheduleState(NamedTuple):
@@ -129,25 +145,26 @@ def trace(momentum: float) -> GradientTransformation:
     """v <- momentum v + u;  u <- v  (heavy-ball momentum)."""
     momentum = number("momentum", momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
 
-    def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
-        check_shapes(updates, state.total, "the state")
-        v = tree_map(lambda v, u: momentum * v + u, state.total, updates)
-        return v, SumState(v)
+    def update(updates: Tree, state: TraceState, params: Tree = None) -> tuple[Tree, TraceState]:
+        check_shapes(updates, state.trace, "the state")
+        v = tree_map(lambda v, u: momentum * v + u, state.trace, updates)
+        return v, TraceState(v)
 
-    return GradientTransformation(lambda params: SumState(zeros_like(params)), update)
+    return GradientTransformation(lambda params: TraceState(zeros_like(params)), update)
 
 
 def scale_by_sum_of_squares(eps: float) -> GradientTransformation:
     """G <- G + u^2;  u <- u / sqrt(G + eps)   (Adagrad)."""
     eps = number("eps", eps, lambda v: v > 0, "a positive number")
 
-    def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
+    def update(updates: Tree, state: ScaleByRssState, params: Tree = None) -> tuple[Tree, Any]:
         xp = namespace(updates, "grads")
-        check_shapes(updates, state.total, "the state")
-        total = tree_map(lambda s, u: s + u * u, state.total, updates)
-        return tree_map(lambda u, s: u / xp.sqrt(s + eps), updates, total), SumState(total)
+        check_shapes(updates, state.sum_of_squares, "the state")
+        total = tree_map(lambda s, u: s + u * u, state.sum_of_squares, updates)
+        out = tree_map(lambda u, s: u / xp.sqrt(s + eps), updates, total)
+        return out, ScaleByRssState(total)
 
-    return GradientTransformation(lambda params: SumState(zeros_like(params)), update)
+    return GradientTransformation(lambda params: ScaleByRssState(zeros_like(params)), update)
 
 
 def scale_by_rms(decay: float, eps: float) -> GradientTransformation:
@@ -155,13 +172,13 @@ def scale_by_rms(decay: float, eps: float) -> GradientTransformation:
     decay = number("decay", decay, lambda v: 0 <= v < 1, "a number in [0, 1)")
     eps = number("eps", eps, lambda v: v > 0, "a positive number")
 
-    def update(updates: Tree, state: SumState, params: Tree = None) -> tuple[Tree, SumState]:
+    def update(updates: Tree, state: ScaleByRmsState, params: Tree = None) -> tuple[Tree, Any]:
         xp = namespace(updates, "grads")
-        check_shapes(updates, state.total, "the state")
-        mean = tree_map(lambda e, u: decay * e + (1 - decay) * (u * u), state.total, updates)
-        return tree_map(lambda u, e: u / (xp.sqrt(e) + eps), updates, mean), SumState(mean)
+        check_shapes(updates, state.nu, "the state")
+        mean = tree_map(lambda e, u: decay * e + (1 - decay) * (u * u), state.nu, updates)
+        return tree_map(lambda u, e: u / (xp.sqrt(e) + eps), updates, mean), ScaleByRmsState(mean)
 
-    return GradientTransformation(lambda params: SumState(zeros_like(params)), update)
+    return GradientTransformation(lambda params: ScaleByRmsState(zeros_like(params)), update)
 
 
 def scale_by_adam(b1: float, b2: float, eps: float) -> GradientTransformation:
@@ -171,10 +188,10 @@ def scale_by_adam(b1: float, b2: float, eps: float) -> GradientTransformation:
     b2 = number("b2", b2, lambda v: 0 <= v < 1, "a number in [0, 1)")
     eps = number("eps", eps, lambda v: v > 0, "a positive number")
 
-    def init(params: Tree) -> MomentsState:
-        return MomentsState(device_scalar(params), zeros_like(params), zeros_like(params))
+    def init(params: Tree) -> ScaleByAdamState:
+        return ScaleByAdamState(device_scalar(params), zeros_like(params), zeros_like(params))
 
-    def update(updates: Tree, state: MomentsState, params: Tree = None) -> tuple[Tree, Any]:
+    def update(updates: Tree, state: ScaleByAdamState, params: Tree = None) -> tuple[Tree, Any]:
         xp = namespace(updates, "grads")
         check_shapes(updates, state.mu, "the state")
         k = state.count + 1  # (), device
@@ -183,7 +200,7 @@ def scale_by_adam(b1: float, b2: float, eps: float) -> GradientTransformation:
         k_ = xp.astype(k, _first(m).dtype)  # (), the count in the moments' dtype
         c1, c2 = 1 - b1**k_, 1 - b2**k_  # bias corrections, on the device  ()
         step = tree_map(lambda m, v: (m / c1) / (xp.sqrt(v / c2) + eps), m, v)
-        return step, MomentsState(k, m, v)
+        return step, ScaleByAdamState(k, m, v)
 
     return GradientTransformation(init, update)
 

@@ -7,7 +7,7 @@ boundary) and updates the parameters once. The state is reset at the start of
 each epoch. Full BPTT over a whole sequence is the special case of one chunk.
 
 The parts, one job each: :mod:`.config` (the options), :mod:`.state` (the run
-state, saved by :mod:`bptt.checkpoint`), :mod:`.step` (the training step as one
+state, saved by :mod:`.checkpoint`), :mod:`.step` (the training step as one
 pure function), :mod:`.feed` (the data on the device), :mod:`.loop` and
 :mod:`.run` (the loop, logging, validation, samples, checkpoints).
 

@@ -18,16 +18,6 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from ..checkpoint import (
-    BEST,
-    LATEST,
-    Checkpoint,
-    CheckpointError,
-    check_writable,
-    run_from_checkpoint,
-    run_to_checkpoint,
-    save_checkpoint,
-)
 from ..data import Corpus, Streams
 from ..distributed import Local, as_communicator
 from ..flat import Layout
@@ -35,6 +25,17 @@ from ..limits import require_memory
 from ..rundir import RunLock
 from ..sample import sample
 from ..validation import evaluate, layout_validation
+from .checkpoint import (
+    BEST,
+    LATEST,
+    MODEL_OPTIONS,
+    Checkpoint,
+    CheckpointError,
+    check_writable,
+    run_from_checkpoint,
+    run_to_checkpoint,
+    save_checkpoint,
+)
 from .compiled import compile_step
 from .config import RESUMABLE, TrainConfig
 from .feed import EpochFeed
@@ -224,11 +225,11 @@ class Trainer:
                 f"{fraction:g}; another split would change the training text and compare the "
                 "best across two validation sets: resume with the stored fraction"
             )
-        stored = ckpt.config["train"]
+        stored = dataclasses.asdict(ckpt.train)
         bad = [k for k, v in overrides.items() if k not in RESUMABLE and stored.get(k) != v]
         if bad:
             raise ValueError(f"resume: {bad} cannot change when resuming; only {list(RESUMABLE)}")
-        config = TrainConfig.from_stored(stored, **overrides)
+        config = dataclasses.replace(ckpt.train, **overrides)
         ckpt.check_sizes(M=len(corpus.vocab), D=config.hidden, layers=config.layers)
         be = _backend(backend)
         _require_memory(config, len(corpus.vocab), be)
@@ -295,13 +296,11 @@ class Trainer:
         hidden = self.comm.gather_batch(self.state.carry.hidden, self.backend)  # ranks: (B, D)
         if not self.comm.is_root:
             return None
-        be, corpus, M = self.backend, self.corpus, len(self.corpus.vocab)
+        be, corpus = self.backend, self.corpus
         c = self.config
         config = {
-            "model": {"M": M, "D": c.hidden, "C": M, "dtype": c.dtype, "init": c.init,
-                      "layers": c.layers, "bidirectional": False,
-                      "nonlinearity": c.cell},
-            "train": dataclasses.asdict(c),
+            "model": self.model.config(),  # the configuration once: the model, the rest
+            "train": {k: v for k, v in dataclasses.asdict(c).items() if k not in MODEL_OPTIONS},
             "data": {"source": corpus.source, "sha256": corpus.sha256,
                      "val_fraction": corpus.val_fraction, "n_train": len(corpus.train),
                      "n_val": len(corpus.val)},

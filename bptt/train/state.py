@@ -27,7 +27,7 @@ def _best() -> dict[str, Any]:
 class RunState:
     """A run's state: the device side (:class:`TrainCarry`: flat parameters, optimizer
     state, carried hidden state, step counter) and the host side (position in the
-    data, generator, history, best). :func:`bptt.checkpoint.run_to_checkpoint` and
+    data, generator, history, best). :func:`bptt.train.checkpoint.run_to_checkpoint` and
     ``run_from_checkpoint`` convert it, parameter by parameter."""
 
     carry: TrainCarry
