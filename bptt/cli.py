@@ -29,13 +29,14 @@ class _Parser(argparse.ArgumentParser):
     """argparse, remembering the last error it reported (for the other ranks of a job)."""
 
     last_error: str | None = None
+    parsing = False  # while the command line is parsed (not when a command refuses later)
 
     def error(self, message: str) -> Any:  # type: ignore[override]
         from .distributed import launched_rank, launched_size
 
         _Parser.last_error = f"{self.prog}: error: {message}"
-        if launched_size() > 1 and launched_rank() != 0:  # rank 0 says it for the job
-            self.exit(2)
+        if _Parser.parsing and launched_size() > 1 and launched_rank() != 0:
+            self.exit(2)  # under mpiexec rank 0 says it for the job (_tell_other_ranks)
         super().error(message)
 
 
@@ -66,10 +67,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         try:
+            _Parser.parsing = True
             args = parser.parse_args(argv)
         except SystemExit as e:  # an error, --version, --help: tell a job's other ranks
             _tell_other_ranks(e.code)
             raise
+        finally:
+            _Parser.parsing = False
         name = f"bptt {args.command}"
         with guarded():  # a reader that went away, a full disk: recorded, not raised
             code = int(args.run(args) or 0)
