@@ -114,14 +114,14 @@ class _StartGuard:
     def __init__(self, timeout: float | None) -> None:
         self.proc = None
         size, rank = launched_size(), launched_rank()
-        if not timeout or size <= 1 or "mpi4py.MPI" in sys.modules:
-            return
+        if not timeout or size <= 1 or "mpi4py.MPI" in sys.modules or os.name != "posix":
+            return  # (select on a pipe: POSIX)
         import subprocess
 
         line = (
             f"bptt: rank {rank} of {size}: the {size} ranks did not all start MPI within "
-            f"{timeout:g} s (--start-timeout): another rank ended or failed before it started "
-            "(its message is above), or was started with another command; ending the job"
+            f"{timeout:g} s (--start-timeout): another rank ended or failed before starting "
+            "MPI (see its message, if any), or was started with another command; ending the job"
         )
         wait = float(timeout) + min(rank, 10) / 2
         self.proc = subprocess.Popen(
