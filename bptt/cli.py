@@ -29,13 +29,12 @@ class _Parser(argparse.ArgumentParser):
     """argparse, remembering the last error it reported (for the other ranks of a job)."""
 
     last_error: str | None = None
+    quiet = False  # parsing on a rank other than 0 of a job that trains: rank 0 says it
 
     def error(self, message: str) -> Any:  # type: ignore[override]
-        from .distributed import launched_rank, launched_size
-
         _Parser.last_error = f"{self.prog}: error: {message}"
-        if launched_size() > 1 and launched_rank() != 0:  # rank 0 says it for the job
-            self.exit(2)
+        if _Parser.quiet:
+            self.exit(2)  # the other ranks are told (_tell_other_ranks); rank 0 prints it
         super().error(message)
 
 
@@ -65,11 +64,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     name = "bptt"
     try:
         parser = build_parser()
+        words = sys.argv[1:] if argv is None else list(argv)
         try:
+            _Parser.quiet = _in_a_training_job(words) and _launched_rank() != 0
             args = parser.parse_args(argv)
         except SystemExit as e:  # an error, --version, --help: tell a job's other ranks
-            _tell_other_ranks(e.code)
+            if _in_a_training_job(words):
+                _tell_other_ranks(e.code)
             raise
+        finally:
+            _Parser.quiet = False
         name = f"bptt {args.command}"
         with guarded():  # a reader that went away, a full disk: recorded, not raised
             code = int(args.run(args) or 0)
@@ -91,14 +95,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _in_a_training_job(argv: list[str]) -> bool:
+    """Started by ``mpiexec`` with others, as ``bptt train`` or as no command at all
+    (``--version``, a misspelt one): ranks may wait to train with this one. A command
+    that never trains over MPI (``sample``, ``evaluate``, ...) has none waiting."""
+    from .distributed import launched_size
+
+    command = next((a for a in argv if not a.startswith("-")), None)
+    return launched_size() > 1 and (command not in COMMANDS or command == "train")
+
+
+def _launched_rank() -> int:
+    from .distributed import launched_rank
+
+    return launched_rank()
+
+
 def _tell_other_ranks(code: Any) -> None:
     """Under ``mpiexec``, a process that exits before MPI starts (its options do not
     parse, ``--version``) tells the ranks waiting to train, which then refuse at once
-    (:func:`bptt.distributed.report_exit`); elsewhere nothing."""
-    from .distributed import launched_size, report_exit
+    (:func:`bptt.distributed.report_exit`)."""
+    from .distributed import report_exit
 
-    if launched_size() <= 1:
-        return
     what = _Parser.last_error if code else None
     gone = f"it exited before starting (exit status {code or 0}: --version or --help)"
     report_exit(f"its command line was refused ({what})" if what else gone)

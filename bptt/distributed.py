@@ -114,14 +114,14 @@ class _StartGuard:
     def __init__(self, timeout: float | None) -> None:
         self.proc = None
         size, rank = launched_size(), launched_rank()
-        if not timeout or size <= 1 or "mpi4py.MPI" in sys.modules:
-            return
+        if not timeout or size <= 1 or "mpi4py.MPI" in sys.modules or os.name != "posix":
+            return  # (select on a pipe: POSIX)
         import subprocess
 
         line = (
             f"bptt: rank {rank} of {size}: the {size} ranks did not all start MPI within "
-            f"{timeout:g} s (--start-timeout): another rank ended or failed before it started "
-            "(its message is above), or was started with another command; ending the job"
+            f"{timeout:g} s (--start-timeout): another rank ended or failed before starting "
+            "MPI (see its message, if any), or was started with another command; ending the job"
         )
         wait = float(timeout) + min(rank, 10) / 2
         self.proc = subprocess.Popen(
@@ -251,7 +251,7 @@ class Local:
     saved: str | None = None  # the last checkpoint this run wrote ("FILE (step N)")
 
     def saved_note(self) -> str:
-        return _saved_note(self.saved)
+        return _saved_note(self.saved, root=True)
 
     def shard(self, batch: int) -> Shard:
         return Shard(0, 1, batch, 0, batch)
@@ -338,8 +338,9 @@ class Communicator:
     def saved_note(self) -> str:
         """What to do after the job ends: resume from the last checkpoint this run
         wrote, or, when it wrote none, start again (a message never names a checkpoint
-        that does not exist)."""
-        return _saved_note(self.saved)
+        that does not exist; a rank other than 0 may not know of the last one rank 0
+        wrote, and says so)."""
+        return _saved_note(self.saved, root=self.is_root)
 
     @property
     def who(self) -> str:
@@ -474,10 +475,13 @@ class Communicator:
         return buf
 
 
-def _saved_note(saved: str | None) -> str:
-    if saved is None:
+def _saved_note(saved: str | None, *, root: bool) -> str:
+    if saved is not None:
+        return f"The last checkpoint, {saved}, is complete: resume from it (on any number of ranks)"
+    if root:
         return "This run wrote no checkpoint: start it again (any earlier checkpoint is untouched)"
-    return f"The last checkpoint, {saved}, is complete: resume from it (on any number of ranks)"
+    return ("Any checkpoint rank 0 wrote is complete: resume from the run's latest.npz if it "
+            "has one, else start the run again")  # fmt: skip
 
 
 def _canonical(fingerprint: Mapping[str, Any]) -> dict[str, str]:

@@ -549,3 +549,20 @@ def test_the_last_checkpoint_failing_and_a_nan_end_every_rank_with_one_line(tmp_
     assert out.returncode == 1 and len(ours) == 1, out
     assert "no checkpoint was written. Start the run again with a lower --lr" in ours[0]
     assert "Resume" not in ours[0] and "resume" not in ours[0]
+
+
+@needs_mpi
+def test_a_command_that_never_trains_over_mpi_keeps_its_ranks_apart(tmp_path) -> None:
+    """``mpiexec`` running ``bptt sample``: a rank whose options do not parse says so
+    itself and waits for no one; the other rank's sample is unaffected."""
+    text = tmp_path / "text.txt"
+    text.write_text(SMALL_TEXT, encoding="utf-8")
+    assert cli.main(["train", "--text", str(text), *TINY, "--steps", "2",
+                     "--checkpoint-dir", str(tmp_path / "run")]) == 0  # fmt: skip
+    good = [sys.executable, "-m", "bptt", "sample", "run", "--length", "5"]
+    bad = [sys.executable, "-m", "bptt", "sample", "--length", "x"]
+    t0 = time.monotonic()
+    out = _launch([MPIEXEC, "-n", "1", *good, ":", "-n", "1", *bad], tmp_path,
+                  timeout=PHASE_BOUND)  # fmt: skip
+    assert out.returncode == 2 and time.monotonic() - t0 < PHASE_BOUND, out
+    assert "bptt sample: error: argument --length" in out.stderr and "rank" not in out.stderr

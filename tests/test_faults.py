@@ -420,3 +420,27 @@ def test_ctrl_c_while_the_command_imports_is_130_and_one_line(tmp_path, after) -
     assert proc.wait(timeout=60) == 130, rest
     ours = [line for line in rest.splitlines() if not line.startswith("import time:")]
     assert "Traceback" not in rest and len(ours) == 1 and ours[0].endswith(": interrupted"), rest
+
+
+def test_a_diagnose_plot_whose_directory_went_away_is_one_line(text, tmp_path, capsys,
+                                                              monkeypatch) -> None:  # fmt: skip
+    import shutil
+
+    from bptt.commands import diagnose
+
+    pytest.importorskip("matplotlib")
+    plots = tmp_path / "plots"
+    plots.mkdir()
+    real = diagnose.measure
+
+    def measure_then_remove(*args, **kwargs):
+        shutil.rmtree(plots, ignore_errors=True)  # while measuring, after the checks
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(diagnose, "measure", measure_then_remove)
+    with pytest.raises(SystemExit) as info:
+        cli.main(["diagnose", "--init", "--plot", str(plots / "flow.png")])
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]
+    assert info.value.code == 2 and "Traceback" not in err
+    assert len(lines) == 1 and "--plot: cannot write" in lines[0], err

@@ -181,9 +181,14 @@ def test_a_device_that_cannot_compute_is_one_line_before_any_run(name, device, t
     text = tmp_path / "text.txt"
     text.write_text(SMALL_TEXT, encoding="utf-8")
     run = tmp_path / "run"
-    for argv in (["train", "--text", str(text), "--steps", "2", "--checkpoint-dir", str(run)],
-                 ["train", "--text", str(text), "--steps", "2", "--dtype", "float32",
-                  "--checkpoint-dir", str(run)]):  # fmt: skip
+    commands = (
+        ["train", "--text", str(text), "--steps", "2", "--checkpoint-dir", str(run)],
+        ["train", "--text", str(text), "--steps", "2", "--dtype", "float32",
+         "--checkpoint-dir", str(run)],
+        ["gradcheck"],
+        ["diagnose", "--init"],
+    )  # fmt: skip
+    for argv in commands:
         with pytest.raises(SystemExit) as exit_info:
             cli.main([*argv, "--backend", name, "--device", device])
         err = capsys.readouterr().err

@@ -323,6 +323,8 @@ class Trainer:
         with self.comm.startup("write a checkpoint", CheckpointError, save=(name, self.step)):
             try:
                 saved = None if ckpt is None else save_checkpoint(target, ckpt)
+                if saved is not None and name == LATEST:  # rank 0 knows at once (watchdog)
+                    self.comm.saved = f"{target} (step {self.step})"
             except OSError as e:  # e.g. the disk filled up during the run
                 kept = "is unchanged" if target.exists() else "was never written"
                 raise CheckpointError(
