@@ -13,7 +13,7 @@ BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.S)
 
 def _numpy_block() -> str:
     (numpy_block,) = [b for b in BLOCKS if "import cupy" not in b and 'backend="jax"' not in b
-                      and "init_params" in b and "bptt.vjp" not in b]  # fmt: skip
+                      and "model.init(" in b and ".vjp" not in b]  # fmt: skip
     return numpy_block
 
 
@@ -27,7 +27,7 @@ def test_numpy_example_runs_and_learns(capsys) -> None:
 def test_cupy_example_mirrors_the_numpy_one() -> None:
     (cupy_block,) = [b for b in BLOCKS if "import cupy" in b]
     assert 'backend="cupy"' in cupy_block
-    call = "bptt.loss_and_grad(params, ids, targets, check_values=step == 0)"
+    call = "model.loss_and_grad(params, ids, targets, check_values=step == 0)"
     numpy_block = _numpy_block()
     assert cupy_block.count(call) == numpy_block.count(call) == 1
 
