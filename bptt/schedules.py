@@ -83,12 +83,12 @@ def resolve(
 def execution(
     xp: Any, B: int, D: int, schedule: str | None = None
 ) -> tuple[Any, Callable[[], Any]]:
-    """``(recurrences, context)`` for a pass that is not a whole step (:func:`bptt.vjp`,
-    :func:`bptt.forward`): NumPy's own recurrences (same bits, written into their
-    results) under the BLAS thread limit the single schedule uses; on JAX the scanned
-    ones (:mod:`bptt.jax_exec`) unless ``schedule`` is ``"unrolled"``; the pure ones
-    elsewhere. ``schedule`` as :func:`resolve_name` reads it; only the loop matters
-    here."""
+    """``(recurrences, context)`` for a pass that is not a whole step (:func:`bptt.vjp`;
+    :func:`bptt.forward` takes :func:`forward_recurrences`): NumPy's own recurrences
+    (same bits, written into their results) under the BLAS thread limit the single
+    schedule uses; on JAX the scanned ones (:mod:`bptt.jax_exec`) unless ``schedule``
+    is ``"unrolled"``; the pure ones elsewhere. ``schedule`` as :func:`resolve_name`
+    reads it; only the loop matters here."""
     library = namespace_library(xp)
     _refuse_scan(resolve_name(schedule), library, schedule)
     if library == "jax":
