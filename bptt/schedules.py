@@ -53,7 +53,7 @@ def resolve(
     direction (a stack cannot run ``"overlap"``)."""
     name = resolve_name(schedule)
     library = namespace_library(xp)
-    _refuse_scan(name, library)
+    _refuse_scan(name, library, schedule)
     if library != "numpy":
         if name in numpy_exec.SCHEDULES[1:]:
             raise ValueError(
@@ -83,14 +83,14 @@ def resolve(
 def execution(
     xp: Any, B: int, D: int, schedule: str | None = None
 ) -> tuple[Any, Callable[[], Any]]:
-    """``(recurrences, context)`` for a pass that is not a whole step (:func:`bptt.vjp`,
-    :func:`bptt.forward`): NumPy's own recurrences (same bits, written into their
-    results) under the BLAS thread limit the single schedule uses; on JAX the scanned
-    ones (:mod:`bptt.jax_exec`) unless ``schedule`` is ``"unrolled"``; the pure ones
-    elsewhere. ``schedule`` as :func:`resolve_name` reads it; only the loop matters
-    here."""
+    """``(recurrences, context)`` for a pass that is not a whole step (:func:`bptt.vjp`;
+    :func:`bptt.forward` takes :func:`forward_recurrences`): NumPy's own recurrences
+    (same bits, written into their results) under the BLAS thread limit the single
+    schedule uses; on JAX the scanned ones (:mod:`bptt.jax_exec`) unless ``schedule``
+    is ``"unrolled"``; the pure ones elsewhere. ``schedule`` as :func:`resolve_name`
+    reads it; only the loop matters here."""
     library = namespace_library(xp)
-    _refuse_scan(resolve_name(schedule), library)
+    _refuse_scan(resolve_name(schedule), library, schedule)
     if library == "jax":
         unrolled = resolve_name(schedule) == "unrolled"
         return (model if unrolled else jax_exec.recurrences), contextlib.nullcontext
@@ -104,13 +104,14 @@ def forward_recurrences(xp: Any, schedule: str | None = None) -> Any:
     on JAX unless ``schedule`` is ``"unrolled"``, the pure ones of :mod:`bptt.model`
     elsewhere (on NumPy as before, with the BLAS threads the caller has)."""
     name, library = resolve_name(schedule), namespace_library(xp)
-    _refuse_scan(name, library)
+    _refuse_scan(name, library, schedule)
     return jax_exec.recurrences if library == "jax" and name != "unrolled" else model
 
 
-def _refuse_scan(name: str, library: str) -> None:
+def _refuse_scan(name: str, library: str, schedule: str | None) -> None:
     if name == "scan" and library != "jax":
+        where = "schedule" if schedule is not None else ENV_VAR
         raise ValueError(
-            f"schedule: 'scan' runs each recurrence as one jax.lax.scan and needs JAX "
+            f"{where}: 'scan' runs each recurrence as one jax.lax.scan and needs JAX "
             f"arrays; these are {library} arrays: use 'single', 'unrolled' or 'auto'"
         )

@@ -212,6 +212,13 @@ def test_scan_is_refused_where_there_is_none(jx) -> None:
             bptt.forward(_on(be, problem)["params"], _on(be, problem)["inputs"], schedule="scan")
 
 
+def test_scan_from_the_environment_is_refused_naming_it(jx, monkeypatch) -> None:
+    monkeypatch.setenv(schedules.ENV_VAR, "scan")
+    with pytest.raises(ValueError, match=rf"^{schedules.ENV_VAR}: 'scan' runs"):
+        schedules.resolve(None, np, T, B, D, 8)
+    assert schedules.resolve(None, jx.xp, T, B, D, 8)[0] == "scan"
+
+
 def test_the_schedule_names_the_loop(jx) -> None:
     assert schedules.resolve(None, jx.xp, T, B, D, 8)[0] == "scan"
     assert schedules.resolve("single", jx.xp, T, B, D, 8)[0] == "scan"
