@@ -14,6 +14,7 @@ ms per step over the blocks and torch / bptt (> 1: bptt is faster).
 
     .venv/bin/python benchmarks/gated_step.py                 # S1 S2 S3, both cells
     .venv/bin/python benchmarks/gated_step.py --sizes S1 --cells gru --reps 9
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/gated_step.py --clock cpu
 """
 
 from __future__ import annotations
@@ -84,12 +85,32 @@ def torch_step(name: str, size: Size, seed: int = 0) -> Callable[[], Any]:
     return step
 
 
+def cpu_blocks(steps: list[Callable[[], Any]], reps: int) -> list[float]:
+    """Median CPU ms (``time.process_time``: all of this process's threads) per call,
+    interleaved A B A B ..., each timed call after one untimed one. On a shared
+    machine this is steadier than the wall clock: time spent waiting for a core is
+    not counted (with one thread it is the compute of the step)."""
+    samples: list[list[float]] = [[] for _ in steps]
+    for step in steps:
+        step()
+    for _ in range(reps):
+        for k, step in enumerate(steps):
+            step()
+            t0 = time.process_time()
+            step()
+            samples[k].append((time.process_time() - t0) * 1e3)
+    return [float(np.median(s)) for s in samples]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--reps", type=int, default=5, help="blocks per contender")
     parser.add_argument("--min-block", type=float, default=0.5, help="seconds per block")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: bench_timing's interleaved blocks (perf_counter); cpu: "
+                        "process CPU time per call (steadier on a shared machine)")  # fmt: skip
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's malloc thresholds (by default raised for both "
                         "contenders, as bench_step.py does: bptt.malloc.tune_malloc)")  # fmt: skip
@@ -99,17 +120,20 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or ''}"
           f" numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads), float32, median ms per step over {args.reps} interleaved blocks, "
-          f"malloc tuned: {tuned}")  # fmt: skip
+          f"threads), float32, median {args.clock} ms per step over {args.reps} interleaved "
+          f"blocks, malloc tuned: {tuned}")  # fmt: skip
     print("| size | cell | bptt (NumPy) ms | torch ms | torch / bptt |")
     print("|---|---|---|---|---|")
     for label in args.sizes:
         size = SIZES[label]
         for name in args.cells:
-            cases = [Case("bptt", bptt_step(CELLS[name], size)),
-                     Case("torch", torch_step(name, size))]  # fmt: skip
-            time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
-            ours, theirs = (stats(c.samples)["median"] for c in cases)
+            steps = [bptt_step(CELLS[name], size), torch_step(name, size)]
+            if args.clock == "cpu":
+                ours, theirs = cpu_blocks(steps, args.reps)
+            else:
+                cases = [Case("bptt", steps[0]), Case("torch", steps[1])]
+                time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
+                ours, theirs = (stats(c.samples)["median"] for c in cases)
             print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {theirs:.2f} | "
                   f"{theirs / ours:.2f} |", flush=True)  # fmt: skip
     return 0

@@ -201,7 +201,8 @@ def test_jax_jit_with_lax_scan_equals_eager(cell: str) -> None:
 
 def _counts(cell: Any, T: int, bias: bool) -> tuple[int, int, int]:
     """Kernels of the forward and of the backward recurrence on the counting proxy
-    (array_api_strict device1: a host read raises), and its host transfers."""
+    (array_api_strict device1: a host read raises), and its host transfers; float32 in,
+    nothing float64 made."""
     from bptt import backends
 
     be = backends.get_backend("array_api_strict", "device1")
@@ -217,6 +218,7 @@ def _counts(cell: Any, T: int, bias: bool) -> tuple[int, int, int]:
     forward = ns.kernels()
     ns.clear()
     cell.reverse_recurrence(p, H, aux, dS, ns)
+    assert ns.dtypes == {"float32"}, ns.dtypes
     return forward, ns.kernels(), ns.transfers
 
 
