@@ -41,6 +41,7 @@ __all__ = [
     "GATES",
     "KERNELS_PER_STEP",
     "STATE_PARTS",
+    "backward_factors",
     "from_torch_cell",
     "initial_state_grads",
     "input_grads",
@@ -103,6 +104,21 @@ def recurrence(
     return stack_states(h0, H, xp), (A, G, C, TC), last
 
 
+def backward_factors(aux: tuple[Any, ...], xp: Any) -> tuple[Any, Any, Any]:
+    """What multiplies dc_t and dh_t in eqs. (L7)-(L8), for all steps at once: ``F``
+    (T, B, 4D) with dA_t = [dc, dc, dc, dh]_t * F_t, ``dc_dh`` (T, B, D) = o (1 - tanh^2
+    c), and ``f`` (T, B, D), the forget gates that carry dc back."""
+    A, G, C, TC = aux
+    D = G.shape[2]
+    i, f, o = A[..., :D], A[..., D : 2 * D], A[..., 3 * D :]  # (T, B, D) each
+    dc_dh = o * (1 - TC * TC)  # (T, B, D), eq. (L7)
+    # sigma' = s (1 - s) on i, f, o, eq. (G5); on A's third block (1 + g)/2 it is
+    # (1 - g^2)/4, so 4 i times it is dA^g's factor i (1 - g^2): one product for all
+    S = A * (1 - A)  # (T, B, 4D), contiguous passes
+    F = S * xp.concat([G, C, 4 * i, TC], axis=-1)  # (T, B, 4D), eq. (L8)
+    return F, dc_dh, f
+
+
 def reverse_recurrence(
     p: Mapping[str, Any], H: Any, aux: tuple[Any, ...], dS: Any, xp: Any,
     scan: Scan = python_scan,
@@ -115,14 +131,8 @@ def reverse_recurrence(
     dL/ds_0, the pair (dh0, dc0) of (B, D) arrays (eq. (L9)).
     """
     W = p["W"]
-    A, G, C, TC = aux
     D = dS.shape[2]
-    i, f, o = A[..., :D], A[..., D : 2 * D], A[..., 3 * D :]  # (T, B, D) each
-    dc_dh = o * (1 - TC * TC)  # (T, B, D), eq. (L7)
-    # sigma' = s (1 - s) on i, f, o, eq. (G5); on A's third block (1 + g)/2 it is
-    # (1 - g^2)/4, so 4 i times it is dA^g's factor i (1 - g^2): one product for all
-    S = A * (1 - A)  # (T, B, 4D), contiguous passes
-    F = S * xp.concat([G, C, 4 * i, TC], axis=-1)  # (T, B, 4D): dA_t = [dc, dc, dc, dh]_t F_t
+    F, dc_dh, f = backward_factors(aux, xp)
 
     def step(carry: tuple[Any, Any], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
         g, dc_next = carry  # dA_{t+1} W and dc_{t+1} f_{t+1}, (B, D) each

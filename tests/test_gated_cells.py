@@ -232,3 +232,29 @@ def test_kernels_per_step_are_the_stated_budget(cell: Any, bias: bool) -> None:
         assert fwd - counts[2][0] == forward * (T - 2), counts
         assert bwd - counts[2][1] == cell.KERNELS_PER_STEP["backward"] * (T - 2), counts
         assert moved == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", ["ids", "dense-no-bias-h0", "mse-mask-h0"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_numpy_fast_path_has_the_same_bits(cell: str, variant: str, dtype: Any) -> None:
+    """bptt.numpy_exec.gated: the same results to the bit as the generic cell on NumPy."""
+    from bptt.numpy_exec import gated
+
+    mod = CELLS[cell]
+    fast = {"gru": (gated.gru_recurrence, gated.gru_reverse_recurrence),
+            "lstm": (gated.lstm_recurrence, gated.lstm_reverse_recurrence)}[cell]  # fmt: skip
+    for T in (1, 4):
+        case = make_case(cell, np.random.default_rng(T), T=T, dtype=dtype, **VARIANTS[variant])
+        p = case.params
+        xu = np.random.default_rng(0).standard_normal((T, 3, p["W"].shape[0])).astype(dtype)
+        dS = np.random.default_rng(1).standard_normal((T, 3, p["W"].shape[1])).astype(dtype)
+        H, aux, last = mod.recurrence(p, xu, case.s0, np)
+        H2, aux2, last2 = fast[0](p, xu, case.s0, np)
+        for x, y in zip((H, *aux, *np.atleast_1d(host(last))), (H2, *aux2,
+                        *np.atleast_1d(host(last2))), strict=True):  # fmt: skip
+            assert x.dtype == y.dtype == dtype and np.array_equal(x, y)
+        back, back2 = mod.reverse_recurrence(p, H, aux, dS, np), fast[1](p, H, aux, dS, np)
+        for x, y in zip(back[:2], back2[:2], strict=True):
+            assert np.array_equal(x, y)
+        assert np.array_equal(host(back[2]), host(back2[2]))

@@ -1,0 +1,141 @@
+"""The GRU and LSTM recurrences for NumPy, each step written straight into the results.
+
+:mod:`bptt.gru` and :mod:`bptt.lstm` run their steps through ``scan``, which collects
+each step's outputs and stacks them once at the end: the only way on JAX and one
+operation on a GPU. On NumPy that stack reads every output back from memory after
+the loop, and each step allocates its temporaries afresh. Here every operation of a
+step writes through ``out=`` into the (T, B, *) results or into a few (B, *) buffers
+reused by all steps, while the step is still in cache.
+
+Same contract as the functions of the cell modules (``scan`` is accepted and
+ignored) and the same bits: every value is computed by the same operations in the
+same order; the factors before the reverse loop are the cells' own
+``backward_factors``. tests/test_gated_cells.py holds them to ``array_equal``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from .. import gru, lstm
+from ..gates import gate_scale, scaled_transpose
+
+__all__ = [
+    "gru_recurrence",
+    "gru_reverse_recurrence",
+    "lstm_recurrence",
+    "lstm_reverse_recurrence",
+]
+
+
+def gru_recurrence(
+    p: Mapping[str, Any], xu: np.ndarray, s0: Any, xp: Any = np, scan: Any = None
+) -> tuple[np.ndarray, tuple[np.ndarray, ...], np.ndarray]:
+    """As :func:`bptt.gru.recurrence`: ``(H, (RZ, N, Q), h_T)``, eqs. (G1)-(G5)."""
+    W, b_hn = p["W"], p.get("b_hn")
+    T, B, GD = xu.shape
+    D = GD // 3
+    WT = scaled_transpose(W, (True, True, False), np)  # (D, 3D), eq. (G5)
+    x_rz = xu[..., : 2 * D] * 0.5  # (T, B, 2D)
+    H = np.empty((T + 1, B, D), dtype=xu.dtype)
+    RZ = np.empty((T, B, 2 * D), dtype=xu.dtype)
+    N, Q = np.empty((T, B, D), dtype=xu.dtype), np.empty((T, B, D), dtype=xu.dtype)
+    hw = np.empty((B, 3 * D), dtype=xu.dtype)  # per-step buffers
+    a = np.empty((B, D), dtype=xu.dtype)
+    H[0] = 0 if s0 is None else s0
+    for t in range(T):
+        np.matmul(H[t], WT, out=hw)  # eq. (G1)
+        rz = np.add(x_rz[t], hw[:, : 2 * D], out=RZ[t])
+        np.tanh(rz, out=rz)
+        rz *= 0.5
+        rz += 0.5  # eqs. (G2), (G5)
+        if b_hn is None:
+            Q[t] = hw[:, 2 * D :]
+        else:
+            np.add(hw[:, 2 * D :], b_hn, out=Q[t])
+        np.multiply(rz[:, :D], Q[t], out=a)
+        a += xu[t, :, 2 * D :]
+        n = np.tanh(a, out=N[t])  # eq. (G3)
+        h = np.subtract(H[t], n, out=H[t + 1])
+        h *= rz[:, D:]
+        h += n  # eq. (G4)
+    return H, (RZ, N, Q), H[T]
+
+
+def gru_reverse_recurrence(
+    p: Mapping[str, Any], H: np.ndarray, aux: tuple[np.ndarray, ...], dS: np.ndarray,
+    xp: Any = np, scan: Any = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
+    """As :func:`bptt.gru.reverse_recurrence`: ``(dXU, dHW, dh0)``, eqs. (G7)-(G11)."""
+    W = p["W"]
+    T, B, D = dS.shape
+    F, dn, z = gru.backward_factors(H, aux, np)
+    dHW = np.empty((T, B, 3 * D), dtype=dS.dtype)
+    dH = np.empty((T, B, D), dtype=dS.dtype)
+    g, direct = np.zeros((B, D), dtype=dS.dtype), np.empty((B, D), dtype=dS.dtype)
+    for t in range(T - 1, -1, -1):
+        dh = np.add(dS[t], g, out=dH[t])  # eq. (G7)
+        np.multiply(dh[:, None, :], F[t], out=dHW[t].reshape(B, 3, D))  # eqs. (G8)-(G9)
+        np.matmul(dHW[t], W, out=g)
+        g += np.multiply(dh, z[t], out=direct)  # eq. (G7)
+    dXU = np.empty_like(dHW)
+    dXU[..., : 2 * D] = dHW[..., : 2 * D]
+    np.multiply(dH, dn, out=dXU[..., 2 * D :])  # eq. (G9)
+    return dXU, dHW, g
+
+
+def lstm_recurrence(
+    p: Mapping[str, Any], xu: np.ndarray, s0: Any, xp: Any = np, scan: Any = None
+) -> tuple[np.ndarray, tuple[np.ndarray, ...], tuple[np.ndarray, np.ndarray]]:
+    """As :func:`bptt.lstm.recurrence`: ``(H, (A, G, C, TC), (h_T, c_T))``, (L1)-(L4)."""
+    W = p["W"]
+    T, B, GD = xu.shape
+    D = GD // 4
+    WT = scaled_transpose(W, lstm.SIGMOID, np)  # (D, 4D), eq. (G5)
+    xs = xu * gate_scale(lstm.SIGMOID, W, np)  # (T, B, 4D)
+    H, Call = np.empty((T + 1, B, D), dtype=xu.dtype), np.empty((T + 1, B, D), dtype=xu.dtype)
+    A = np.empty((T, B, 4 * D), dtype=xu.dtype)
+    G, TC = np.empty((T, B, D), dtype=xu.dtype), np.empty((T, B, D), dtype=xu.dtype)
+    a, ig = np.empty((B, 4 * D), dtype=xu.dtype), np.empty((B, D), dtype=xu.dtype)
+    H[0] = 0 if s0 is None else s0[0]
+    Call[0] = 0 if s0 is None else s0[1]
+    for t in range(T):
+        np.matmul(H[t], WT, out=a)  # eq. (L1)
+        a += xs[t]
+        np.tanh(a, out=a)
+        u = np.multiply(a, 0.5, out=A[t])
+        u += 0.5  # eqs. (L2), (G5)
+        G[t] = a[:, 2 * D : 3 * D]
+        c = np.multiply(u[:, D : 2 * D], Call[t], out=Call[t + 1])
+        c += np.multiply(u[:, :D], G[t], out=ig)  # eq. (L3)
+        np.tanh(c, out=TC[t])
+        np.multiply(u[:, 3 * D :], TC[t], out=H[t + 1])  # eq. (L4)
+    return H, (A, G, Call[:T], TC), (H[T], Call[T])
+
+
+def lstm_reverse_recurrence(
+    p: Mapping[str, Any], H: np.ndarray, aux: tuple[np.ndarray, ...], dS: np.ndarray,
+    xp: Any = np, scan: Any = None,
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
+    """As :func:`bptt.lstm.reverse_recurrence`: ``(dA, dA, (dh0, dc0))``, (L6)-(L9)."""
+    W = p["W"]
+    T, B, D = dS.shape
+    F, dc_dh, f = lstm.backward_factors(aux, np)
+    dA = np.empty((T, B, 4 * D), dtype=dS.dtype)
+    g, dc_next = np.zeros((B, D), dtype=dS.dtype), np.zeros((B, D), dtype=dS.dtype)
+    dh, dc = np.empty((B, D), dtype=dS.dtype), np.empty((B, D), dtype=dS.dtype)
+    for t in range(T - 1, -1, -1):
+        np.add(dS[t], g, out=dh)  # eq. (L6)
+        np.multiply(dh, dc_dh[t], out=dc)
+        dc += dc_next  # eq. (L7)
+        da = dA[t]
+        for k in range(3):
+            da[:, k * D : (k + 1) * D] = dc
+        da[:, 3 * D :] = dh
+        da *= F[t]  # eq. (L8)
+        np.matmul(da, W, out=g)
+        np.multiply(dc, f[t], out=dc_next)
+    return dA, dA, (g, dc_next)
