@@ -3,14 +3,17 @@
 A step is forward + backward for the softmax head (mean cross-entropy), token-id
 inputs, biases on, float32, at the sizes of ``bench_cases.py`` (S1-S3):
 
-- ``bptt``: :mod:`bptt.gru` / :mod:`bptt.lstm` composed with ``bptt.model`` (the input
-  projection as a gather, the output layer) and ``bptt.heads`` (as the integrator's
-  generic stack will compose them), on NumPy arrays;
+- ``bptt generic``: :mod:`bptt.gru` / :mod:`bptt.lstm` composed with ``bptt.model`` (the
+  input projection as a gather, the output layer) and ``bptt.heads`` (as the
+  integrator's generic stack will compose them), on NumPy arrays;
+- ``bptt NumPy fast path``: the same with the recurrences of
+  :mod:`bptt.numpy_exec.gated` (the same bits, written through ``out=``);
 - ``torch``: ``torch.nn.GRU`` / ``torch.nn.LSTM`` + ``Linear`` + ``CrossEntropyLoss`` +
   ``backward()`` (autograd), one-hot inputs made once, outside the timing.
 
-Contenders run interleaved (``bench_timing.time_blocks``); the table gives the median
-ms per step over the blocks and torch / bptt (> 1: bptt is faster).
+Contenders run interleaved (``bench_timing.time_blocks``, or :func:`cpu_blocks` with
+``--clock cpu``); the table gives the median ms per step over the blocks and torch /
+bptt (> 1: bptt is faster).
 
     .venv/bin/python benchmarks/gated_step.py                 # S1 S2 S3, both cells
     .venv/bin/python benchmarks/gated_step.py --sizes S1 --cells gru --reps 9
@@ -30,12 +33,19 @@ from bench_cases import SIZES, Size, data
 from bench_timing import Case, stats, time_blocks
 
 from bptt import gru, heads, lstm, malloc, model
+from bptt.numpy_exec import gated
 
 CELLS = {"gru": gru, "lstm": lstm}
 
 
-def bptt_step(cell: Any, size: Size, seed: int = 0) -> Callable[[], Any]:
-    """Our one-layer step on NumPy float32: the loss and every gradient."""
+def bptt_step(cell: Any, size: Size, seed: int = 0, fast: bool = False) -> Callable[[], Any]:
+    """Our one-layer step on NumPy float32: the loss and every gradient; ``fast``: the
+    recurrences of :mod:`bptt.numpy_exec.gated` (the same bits)."""
+    name = cell.__name__.rsplit(".", 1)[-1]
+    forward, reverse = cell.recurrence, cell.reverse_recurrence
+    if fast:
+        forward = getattr(gated, f"{name}_recurrence")
+        reverse = getattr(gated, f"{name}_reverse_recurrence")
     rng = np.random.default_rng(seed)
     s = np.float32(1 / np.sqrt(size.D))
     p = {k: rng.uniform(-s, s, shape).astype(np.float32)
@@ -48,13 +58,13 @@ def bptt_step(cell: Any, size: Size, seed: int = 0) -> Callable[[], Any]:
 
     def step() -> Any:
         xu = model.input_projection(p, x, np)  # (T, B, G D): a gather
-        H, aux, _ = cell.recurrence(p, xu, None, np)
+        H, aux, _ = forward(p, xu, None, np)
         logits, _ = model.output(p, H[1:], None, np)
         terms, dlogits = heads.softmax_cross_entropy(logits, y, np)
         loss, dlogits = heads.reduce(terms, dlogits, weight, np)
         grads = model.output_grads(p, dlogits, H[1:], np)
         dS = model.state_grads(p, dlogits, None, np)
-        dXU, dHW, _ = cell.reverse_recurrence(p, H, aux, dS, np)
+        dXU, dHW, _ = reverse(p, H, aux, dS, np)
         grads.update(cell.weight_grads(p, dXU, dHW, H, x, np))
         return loss, grads
 
@@ -122,20 +132,22 @@ def main(argv: list[str] | None = None) -> int:
           f" numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
           f"threads), float32, median {args.clock} ms per step over {args.reps} interleaved "
           f"blocks, malloc tuned: {tuned}")  # fmt: skip
-    print("| size | cell | bptt (NumPy) ms | torch ms | torch / bptt |")
-    print("|---|---|---|---|---|")
+    print("| size | cell | bptt generic ms | bptt NumPy fast path ms | torch ms "
+          "| torch / generic | torch / fast |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
     for label in args.sizes:
         size = SIZES[label]
         for name in args.cells:
-            steps = [bptt_step(CELLS[name], size), torch_step(name, size)]
+            steps = [bptt_step(CELLS[name], size), bptt_step(CELLS[name], size, fast=True),
+                     torch_step(name, size)]  # fmt: skip
             if args.clock == "cpu":
-                ours, theirs = cpu_blocks(steps, args.reps)
+                ours, fast, theirs = cpu_blocks(steps, args.reps)
             else:
-                cases = [Case("bptt", steps[0]), Case("torch", steps[1])]
+                cases = [Case(n, s) for n, s in zip(("bptt", "fast", "torch"), steps, strict=True)]
                 time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
-                ours, theirs = (stats(c.samples)["median"] for c in cases)
-            print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {theirs:.2f} | "
-                  f"{theirs / ours:.2f} |", flush=True)  # fmt: skip
+                ours, fast, theirs = (stats(c.samples)["median"] for c in cases)
+            print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {fast:.2f} | {theirs:.2f} | "
+                  f"{theirs / ours:.2f} | {theirs / fast:.2f} |", flush=True)  # fmt: skip
     return 0
 
 

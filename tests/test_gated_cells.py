@@ -254,7 +254,9 @@ def test_numpy_fast_path_has_the_same_bits(cell: str, variant: str, dtype: Any) 
         for x, y in zip((H, *aux, *np.atleast_1d(host(last))), (H2, *aux2,
                         *np.atleast_1d(host(last2))), strict=True):  # fmt: skip
             assert x.dtype == y.dtype == dtype and np.array_equal(x, y)
-        back, back2 = mod.reverse_recurrence(p, H, aux, dS, np), fast[1](p, H, aux, dS, np)
-        for x, y in zip(back[:2], back2[:2], strict=True):
-            assert np.array_equal(x, y)
-        assert np.array_equal(host(back[2]), host(back2[2]))
+        back = mod.reverse_recurrence(p, H, aux, dS, np)
+        for factors in ("before", "per-step", "auto"):
+            back2 = fast[1](p, H, aux, dS, np, factors=factors)
+            for x, y in zip(back[:2], back2[:2], strict=True):
+                assert np.array_equal(x, y), factors
+            assert np.array_equal(host(back[2]), host(back2[2])), factors

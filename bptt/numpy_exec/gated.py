@@ -23,7 +23,10 @@ import numpy as np
 from .. import gru, lstm
 from ..gates import gate_scale, scaled_transpose
 
+PER_STEP_FROM = 16384  # B D from which "auto" makes the backward factors step by step
+
 __all__ = [
+    "PER_STEP_FROM",
     "gru_recurrence",
     "gru_reverse_recurrence",
     "lstm_recurrence",
@@ -65,25 +68,68 @@ def gru_recurrence(
     return H, (RZ, N, Q), H[T]
 
 
+def _per_step(B: int, D: int, factors: str) -> bool:
+    """Make the backward factors step by step (in cache) rather than all at once before
+    the loop (whole (T, B, *) passes through memory): "auto" does so from B D =
+    PER_STEP_FROM on, where the passes cost more than the extra calls per step."""
+    return factors == "per-step" or (factors == "auto" and B * D >= PER_STEP_FROM)
+
+
+def _gru_factors_at(
+    t: int, H: np.ndarray, aux: tuple[np.ndarray, ...], F: np.ndarray, dn: np.ndarray,
+    tmp: np.ndarray,
+) -> None:  # fmt: skip
+    """:func:`bptt.gru.backward_factors` at step t into F (3, B, D) and dn (B, D): the
+    same operations in the same order, so the same bits."""
+    RZ, N, Q = aux
+    D = N.shape[2]
+    r, z, n = RZ[t, :, :D], RZ[t, :, D:], N[t]
+    np.subtract(1, z, out=dn)
+    np.multiply(n, n, out=tmp)
+    np.subtract(1, tmp, out=tmp)
+    dn *= tmp  # (1 - z) (1 - n^2), eq. (G8)
+    np.subtract(1, r, out=tmp)
+    tmp *= r  # r (1 - r)
+    np.multiply(dn, Q[t], out=F[0])
+    F[0] *= tmp
+    np.subtract(1, z, out=tmp)
+    tmp *= z  # z (1 - z)
+    np.subtract(H[t], n, out=F[1])
+    F[1] *= tmp
+    np.multiply(dn, r, out=F[2])  # eq. (G11)
+
+
 def gru_reverse_recurrence(
     p: Mapping[str, Any], H: np.ndarray, aux: tuple[np.ndarray, ...], dS: np.ndarray,
-    xp: Any = np, scan: Any = None,
+    xp: Any = np, scan: Any = None, factors: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:  # fmt: skip
-    """As :func:`bptt.gru.reverse_recurrence`: ``(dXU, dHW, dh0)``, eqs. (G7)-(G11)."""
+    """As :func:`bptt.gru.reverse_recurrence`: ``(dXU, dHW, dh0)``, eqs. (G7)-(G11).
+    ``factors``: "before" the loop, "per-step", or "auto" (:func:`_per_step`)."""
     W = p["W"]
     T, B, D = dS.shape
-    F, dn, z = gru.backward_factors(H, aux, np)
+    z = aux[0][..., D:]  # (T, B, D)
+    per_step = _per_step(B, D, factors)
+    if per_step:
+        F_t, dn_t, tmp = np.empty((3, B, D), dS.dtype), np.empty((B, D), dS.dtype), np.empty(
+            (B, D), dS.dtype)  # fmt: skip
+    else:
+        F, dn, _ = gru.backward_factors(H, aux, np)
     dHW = np.empty((T, B, 3 * D), dtype=dS.dtype)
-    dH = np.empty((T, B, D), dtype=dS.dtype)
+    dXU = np.empty((T, B, 3 * D), dtype=dS.dtype)
     g, direct = np.zeros((B, D), dtype=dS.dtype), np.empty((B, D), dtype=dS.dtype)
     for t in range(T - 1, -1, -1):
-        dh = np.add(dS[t], g, out=dH[t])  # eq. (G7)
-        np.multiply(dh[:, None, :], F[t], out=dHW[t].reshape(B, 3, D))  # eqs. (G8)-(G9)
+        if per_step:
+            _gru_factors_at(t, H, aux, F_t, dn_t, tmp)
+            F_here, dn_here = F_t.transpose(1, 0, 2), dn_t  # (B, 3, D) view
+        else:
+            F_here, dn_here = F[t], dn[t]
+        dh = np.add(dS[t], g, out=direct)  # eq. (G7)
+        np.multiply(dh[:, None, :], F_here, out=dHW[t].reshape(B, 3, D))  # eqs. (G8)-(G9)
+        np.multiply(dh, dn_here, out=dXU[t, :, 2 * D :])  # eq. (G9)
         np.matmul(dHW[t], W, out=g)
-        g += np.multiply(dh, z[t], out=direct)  # eq. (G7)
-    dXU = np.empty_like(dHW)
+        dh *= z[t]
+        g += dh  # eq. (G7)
     dXU[..., : 2 * D] = dHW[..., : 2 * D]
-    np.multiply(dH, dn, out=dXU[..., 2 * D :])  # eq. (G9)
     return dXU, dHW, g
 
 
@@ -116,26 +162,57 @@ def lstm_recurrence(
     return H, (A, G, Call[:T], TC), (H[T], Call[T])
 
 
+def _lstm_factors_at(
+    t: int, aux: tuple[np.ndarray, ...], F: np.ndarray, dc_dh: np.ndarray, tmp: np.ndarray
+) -> None:
+    """:func:`bptt.lstm.backward_factors` at step t into F (B, 4D) and dc_dh (B, D):
+    the same operations in the same order, so the same bits."""
+    A, G, C, TC = aux
+    D = G.shape[2]
+    a, tc = A[t], TC[t]
+    np.multiply(tc, tc, out=dc_dh)
+    np.subtract(1, dc_dh, out=dc_dh)
+    np.multiply(a[:, 3 * D :], dc_dh, out=dc_dh)  # o (1 - tanh^2 c), eq. (L7)
+    F[:, :D], F[:, D : 2 * D] = G[t], C[t]
+    np.multiply(4, a[:, :D], out=F[:, 2 * D : 3 * D])
+    F[:, 3 * D :] = tc
+    np.subtract(1, a, out=tmp)
+    tmp *= a  # s (1 - s)
+    np.multiply(tmp, F, out=F)  # eq. (L8)
+
+
 def lstm_reverse_recurrence(
     p: Mapping[str, Any], H: np.ndarray, aux: tuple[np.ndarray, ...], dS: np.ndarray,
-    xp: Any = np, scan: Any = None,
+    xp: Any = np, scan: Any = None, factors: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:  # fmt: skip
-    """As :func:`bptt.lstm.reverse_recurrence`: ``(dA, dA, (dh0, dc0))``, (L6)-(L9)."""
+    """As :func:`bptt.lstm.reverse_recurrence`: ``(dA, dA, (dh0, dc0))``, (L6)-(L9).
+    ``factors``: "before" the loop, "per-step", or "auto" (:func:`_per_step`)."""
     W = p["W"]
     T, B, D = dS.shape
-    F, dc_dh, f = lstm.backward_factors(aux, np)
+    f = aux[0][..., D : 2 * D]  # (T, B, D)
+    per_step = _per_step(B, D, factors)
+    if per_step:
+        F_t, dc_dh_t = np.empty((B, 4 * D), dS.dtype), np.empty((B, D), dS.dtype)
+        tmp = np.empty((B, 4 * D), dS.dtype)
+    else:
+        F, dc_dh, _ = lstm.backward_factors(aux, np)
     dA = np.empty((T, B, 4 * D), dtype=dS.dtype)
     g, dc_next = np.zeros((B, D), dtype=dS.dtype), np.zeros((B, D), dtype=dS.dtype)
     dh, dc = np.empty((B, D), dtype=dS.dtype), np.empty((B, D), dtype=dS.dtype)
     for t in range(T - 1, -1, -1):
+        if per_step:
+            _lstm_factors_at(t, aux, F_t, dc_dh_t, tmp)
+            F_here, dc_dh_here = F_t, dc_dh_t
+        else:
+            F_here, dc_dh_here = F[t], dc_dh[t]
         np.add(dS[t], g, out=dh)  # eq. (L6)
-        np.multiply(dh, dc_dh[t], out=dc)
+        np.multiply(dh, dc_dh_here, out=dc)
         dc += dc_next  # eq. (L7)
         da = dA[t]
         for k in range(3):
             da[:, k * D : (k + 1) * D] = dc
         da[:, 3 * D :] = dh
-        da *= F[t]  # eq. (L8)
+        da *= F_here  # eq. (L8)
         np.matmul(da, W, out=g)
         np.multiply(dc, f[t], out=dc_next)
     return dA, dA, (g, dc_next)
