@@ -208,11 +208,9 @@ def lstm_reverse_recurrence(
         np.add(dS[t], g, out=dh)  # eq. (L6)
         np.multiply(dh, dc_dh_here, out=dc)
         dc += dc_next  # eq. (L7)
-        da = dA[t]
-        for k in range(3):
-            da[:, k * D : (k + 1) * D] = dc
-        da[:, 3 * D :] = dh
-        da *= F_here  # eq. (L8)
-        np.matmul(da, W, out=g)
+        da, F3 = dA[t].reshape(B, 4, D), F_here.reshape(B, 4, D)  # views
+        np.multiply(dc[:, None, :], F3[:, :3], out=da[:, :3])  # [dc, dc, dc] F, eq. (L8)
+        np.multiply(dh, F3[:, 3], out=da[:, 3])  # dh F on the o rows
+        np.matmul(dA[t], W, out=g)
         np.multiply(dc, f[t], out=dc_next)
     return dA, dA, (g, dc_next)
