@@ -42,7 +42,6 @@ def gru_recurrence(
     T, B, GD = xu.shape
     D = GD // 3
     WT = scaled_transpose(W, (True, True, False), np)  # (D, 3D), eq. (G5)
-    x_rz = xu[..., : 2 * D] * 0.5  # (T, B, 2D)
     H = np.empty((T + 1, B, D), dtype=xu.dtype)
     RZ = np.empty((T, B, 2 * D), dtype=xu.dtype)
     N, Q = np.empty((T, B, D), dtype=xu.dtype), np.empty((T, B, D), dtype=xu.dtype)
@@ -51,7 +50,8 @@ def gru_recurrence(
     H[0] = 0 if s0 is None else s0
     for t in range(T):
         np.matmul(H[t], WT, out=hw)  # eq. (G1)
-        rz = np.add(x_rz[t], hw[:, : 2 * D], out=RZ[t])
+        rz = np.multiply(xu[t, :, : 2 * D], 0.5, out=RZ[t])  # halved step by step
+        rz += hw[:, : 2 * D]
         np.tanh(rz, out=rz)
         rz *= 0.5
         rz += 0.5  # eqs. (G2), (G5)
@@ -141,16 +141,17 @@ def lstm_recurrence(
     T, B, GD = xu.shape
     D = GD // 4
     WT = scaled_transpose(W, lstm.SIGMOID, np)  # (D, 4D), eq. (G5)
-    xs = xu * gate_scale(lstm.SIGMOID, W, np)  # (T, B, 4D)
+    scale = gate_scale(lstm.SIGMOID, W, np)  # (4D,): XU halved step by step, in cache
     H, Call = np.empty((T + 1, B, D), dtype=xu.dtype), np.empty((T + 1, B, D), dtype=xu.dtype)
     A = np.empty((T, B, 4 * D), dtype=xu.dtype)
     G, TC = np.empty((T, B, D), dtype=xu.dtype), np.empty((T, B, D), dtype=xu.dtype)
     a, ig = np.empty((B, 4 * D), dtype=xu.dtype), np.empty((B, D), dtype=xu.dtype)
+    xs = np.empty((B, 4 * D), dtype=xu.dtype)
     H[0] = 0 if s0 is None else s0[0]
     Call[0] = 0 if s0 is None else s0[1]
     for t in range(T):
         np.matmul(H[t], WT, out=a)  # eq. (L1)
-        a += xs[t]
+        a += np.multiply(xu[t], scale, out=xs)
         np.tanh(a, out=a)
         u = np.multiply(a, 0.5, out=A[t])
         u += 0.5  # eqs. (L2), (G5)
