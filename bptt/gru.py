@@ -110,8 +110,20 @@ def backward_factors(H: Any, aux: tuple[Any, ...], xp: Any) -> tuple[Any, Any, A
     RZ, N, Q = aux
     D = N.shape[2]
     r, z = RZ[..., :D], RZ[..., D:]  # (T, B, D) each
-    dn = (1 - z) * (1 - N * N)  # dA^n / dh  (T, B, D), eq. (G8)
-    F = xp.stack([dn * Q * (r * (1 - r)), (H[:-1, ...] - N) * (z * (1 - z)), dn * r], axis=2)
+    # In place on fresh arrays: fewer (T, B, D) temporaries (fresh pages on NumPy at S3)
+    dn, u = 1 - z, N * N
+    u *= -1
+    u += 1  # 1 - n^2
+    dn *= u  # dA^n / dh = (1 - z)(1 - n^2)  (T, B, D), eq. (G8)
+    u = 1 - r
+    u *= r  # r (1 - r)
+    F_r = dn * Q
+    F_r *= u
+    u = 1 - z
+    u *= z  # z (1 - z)
+    F_z = H[:-1, ...] - N
+    F_z *= u
+    F = xp.stack([F_r, F_z, dn * r], axis=2)  # (T, B, 3, D), eq. (G11)
     return F, dn, z
 
 
