@@ -125,11 +125,11 @@ def gru_reverse_recurrence(
             F_here, dn_here = F[t], dn[t]
         dh = np.add(dS[t], g, out=direct)  # eq. (G7)
         np.multiply(dh[:, None, :], F_here, out=dHW[t].reshape(B, 3, D))  # eqs. (G8)-(G9)
+        dXU[t, :, : 2 * D] = dHW[t, :, : 2 * D]  # while in cache
         np.multiply(dh, dn_here, out=dXU[t, :, 2 * D :])  # eq. (G9)
         np.matmul(dHW[t], W, out=g)
         dh *= z[t]
         g += dh  # eq. (G7)
-    dXU[..., : 2 * D] = dHW[..., : 2 * D]
     return dXU, dHW, g
 
 
