@@ -18,7 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = ("model", "layers", "heads", "step", "flat", "scan")  # pure: array-API helpers and each other
+MATH = ("model", "layers", "heads", "step", "flat", "scan", "gates", "gru", "lstm")  # pure
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "schedules", "train", "commands", "cli", "api", "checks",
                     "backends", "optim", "checkpoint", "data", "validation", "sample", "limits",
