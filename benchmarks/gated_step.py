@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from bench_cases import SIZES, Size, data
+from bench_cases import SIZES, Size, data, parse_size
 from bench_timing import Case, stats, time_blocks
 
 from bptt import gru, heads, lstm, malloc, model
@@ -114,7 +114,8 @@ def cpu_blocks(steps: list[Callable[[], Any]], reps: int) -> list[float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES),
+                        help="S1 S2 S3, or BxTxDxMxC such as 4x5x8x6x6")  # fmt: skip
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--reps", type=int, default=5, help="blocks per contender")
     parser.add_argument("--min-block", type=float, default=0.5, help="seconds per block")
@@ -135,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
     print("| size | cell | bptt generic ms | bptt NumPy fast path ms | torch ms "
           "| torch / generic | torch / fast |")  # fmt: skip
     print("|---|---|---|---|---|---|---|")
-    for label in args.sizes:
-        size = SIZES[label]
+    for text in args.sizes:
+        label, size = parse_size(text)
         for name in args.cells:
             steps = [bptt_step(CELLS[name], size), bptt_step(CELLS[name], size, fast=True),
                      torch_step(name, size)]  # fmt: skip

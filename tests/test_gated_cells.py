@@ -260,3 +260,21 @@ def test_numpy_fast_path_has_the_same_bits(cell: str, variant: str, dtype: Any) 
             for x, y in zip(back[:2], back2[:2], strict=True):
                 assert np.array_equal(x, y), factors
             assert np.array_equal(host(back[2]), host(back2[2])), factors
+
+
+@pytest.mark.parametrize("clock", ["cpu", "wall"])
+def test_the_benchmark_prints_a_row_per_cell(clock: str) -> None:
+    """benchmarks/gated_step.py at a tiny size: one table row per cell, three times, ratios."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gated_step.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--sizes", "2x3x4x5x3", "--reps", "2", "--clock", clock,
+         "--min-block", "0.01"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| 2x3x4x5x3")]
+    assert [r.split("|")[2].strip() for r in rows] == ["gru", "lstm"]
+    for row in rows:
+        numbers = [float(v) for v in row.strip("|").split("|")[2:]]
+        assert len(numbers) == 5 and min(numbers) > 0
