@@ -3,17 +3,21 @@
 A step is forward + backward for the softmax head (mean cross-entropy), token-id
 inputs, biases on, float32, at the sizes of ``bench_cases.py`` (S1-S3):
 
-- ``bptt``: :mod:`bptt.gru` / :mod:`bptt.lstm` composed with ``bptt.model`` (the input
-  projection as a gather, the output layer) and ``bptt.heads`` (as the integrator's
-  generic stack will compose them), on NumPy arrays;
+- ``bptt generic``: :mod:`bptt.gru` / :mod:`bptt.lstm` composed with ``bptt.model`` (the
+  input projection as a gather, the output layer) and ``bptt.heads`` (as the
+  integrator's generic stack will compose them), on NumPy arrays;
+- ``bptt NumPy fast path``: the same with the recurrences of
+  :mod:`bptt.numpy_exec.gated` (the same bits, written through ``out=``);
 - ``torch``: ``torch.nn.GRU`` / ``torch.nn.LSTM`` + ``Linear`` + ``CrossEntropyLoss`` +
   ``backward()`` (autograd), one-hot inputs made once, outside the timing.
 
-Contenders run interleaved (``bench_timing.time_blocks``); the table gives the median
-ms per step over the blocks and torch / bptt (> 1: bptt is faster).
+Contenders run interleaved (``bench_timing.time_blocks``, or :func:`cpu_blocks` with
+``--clock cpu``); the table gives the median ms per step over the blocks and torch /
+bptt (> 1: bptt is faster).
 
     .venv/bin/python benchmarks/gated_step.py                 # S1 S2 S3, both cells
     .venv/bin/python benchmarks/gated_step.py --sizes S1 --cells gru --reps 9
+    OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 .venv/bin/python benchmarks/gated_step.py --clock cpu
 """
 
 from __future__ import annotations
@@ -25,16 +29,23 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from bench_cases import SIZES, Size, data
+from bench_cases import SIZES, Size, data, parse_size
 from bench_timing import Case, stats, time_blocks
 
 from bptt import gru, heads, lstm, malloc, model
+from bptt.numpy_exec import gated
 
 CELLS = {"gru": gru, "lstm": lstm}
 
 
-def bptt_step(cell: Any, size: Size, seed: int = 0) -> Callable[[], Any]:
-    """Our one-layer step on NumPy float32: the loss and every gradient."""
+def bptt_step(cell: Any, size: Size, seed: int = 0, fast: bool = False) -> Callable[[], Any]:
+    """Our one-layer step on NumPy float32: the loss and every gradient; ``fast``: the
+    recurrences of :mod:`bptt.numpy_exec.gated` (the same bits)."""
+    name = cell.__name__.rsplit(".", 1)[-1]
+    forward, reverse = cell.recurrence, cell.reverse_recurrence
+    if fast:
+        forward = getattr(gated, f"{name}_recurrence")
+        reverse = getattr(gated, f"{name}_reverse_recurrence")
     rng = np.random.default_rng(seed)
     s = np.float32(1 / np.sqrt(size.D))
     p = {k: rng.uniform(-s, s, shape).astype(np.float32)
@@ -47,13 +58,13 @@ def bptt_step(cell: Any, size: Size, seed: int = 0) -> Callable[[], Any]:
 
     def step() -> Any:
         xu = model.input_projection(p, x, np)  # (T, B, G D): a gather
-        H, aux, _ = cell.recurrence(p, xu, None, np)
+        H, aux, _ = forward(p, xu, None, np)
         logits, _ = model.output(p, H[1:], None, np)
         terms, dlogits = heads.softmax_cross_entropy(logits, y, np)
         loss, dlogits = heads.reduce(terms, dlogits, weight, np)
         grads = model.output_grads(p, dlogits, H[1:], np)
         dS = model.state_grads(p, dlogits, None, np)
-        dXU, dHW, _ = cell.reverse_recurrence(p, H, aux, dS, np)
+        dXU, dHW, _ = reverse(p, H, aux, dS, np)
         grads.update(cell.weight_grads(p, dXU, dHW, H, x, np))
         return loss, grads
 
@@ -84,12 +95,33 @@ def torch_step(name: str, size: Size, seed: int = 0) -> Callable[[], Any]:
     return step
 
 
+def cpu_blocks(steps: list[Callable[[], Any]], reps: int) -> list[float]:
+    """Median CPU ms (``time.process_time``: all of this process's threads) per call,
+    interleaved A B A B ..., each timed call after one untimed one. On a shared
+    machine this is steadier than the wall clock: time spent waiting for a core is
+    not counted (with one thread it is the compute of the step)."""
+    samples: list[list[float]] = [[] for _ in steps]
+    for step in steps:
+        step()
+    for _ in range(reps):
+        for k, step in enumerate(steps):
+            step()
+            t0 = time.process_time()
+            step()
+            samples[k].append((time.process_time() - t0) * 1e3)
+    return [float(np.median(s)) for s in samples]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", nargs="+", default=list(SIZES), choices=list(SIZES))
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES),
+                        help="S1 S2 S3, or BxTxDxMxC such as 4x5x8x6x6")  # fmt: skip
     parser.add_argument("--cells", nargs="+", default=list(CELLS), choices=list(CELLS))
     parser.add_argument("--reps", type=int, default=5, help="blocks per contender")
     parser.add_argument("--min-block", type=float, default=0.5, help="seconds per block")
+    parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                        help="wall: bench_timing's interleaved blocks (perf_counter); cpu: "
+                        "process CPU time per call (steadier on a shared machine)")  # fmt: skip
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's malloc thresholds (by default raised for both "
                         "contenders, as bench_step.py does: bptt.malloc.tune_malloc)")  # fmt: skip
@@ -99,19 +131,24 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or ''}"
           f" numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
-          f"threads), float32, median ms per step over {args.reps} interleaved blocks, "
-          f"malloc tuned: {tuned}")  # fmt: skip
-    print("| size | cell | bptt (NumPy) ms | torch ms | torch / bptt |")
-    print("|---|---|---|---|---|")
-    for label in args.sizes:
-        size = SIZES[label]
+          f"threads), float32, median {args.clock} ms per step over {args.reps} interleaved "
+          f"blocks, malloc tuned: {tuned}")  # fmt: skip
+    print("| size | cell | bptt generic ms | bptt NumPy fast path ms | torch ms "
+          "| torch / generic | torch / fast |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|")
+    for text in args.sizes:
+        label, size = parse_size(text)
         for name in args.cells:
-            cases = [Case("bptt", bptt_step(CELLS[name], size)),
-                     Case("torch", torch_step(name, size))]  # fmt: skip
-            time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
-            ours, theirs = (stats(c.samples)["median"] for c in cases)
-            print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {theirs:.2f} | "
-                  f"{theirs / ours:.2f} |", flush=True)  # fmt: skip
+            steps = [bptt_step(CELLS[name], size), bptt_step(CELLS[name], size, fast=True),
+                     torch_step(name, size)]  # fmt: skip
+            if args.clock == "cpu":
+                ours, fast, theirs = cpu_blocks(steps, args.reps)
+            else:
+                cases = [Case(n, s) for n, s in zip(("bptt", "fast", "torch"), steps, strict=True)]
+                time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
+                ours, fast, theirs = (stats(c.samples)["median"] for c in cases)
+            print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {fast:.2f} | {theirs:.2f} | "
+                  f"{theirs / ours:.2f} | {theirs / fast:.2f} |", flush=True)  # fmt: skip
     return 0
 
 

@@ -19,7 +19,8 @@ each; it provides
 ``executor`` is where the loops come from (:mod:`bptt.model`, NumPy's
 :mod:`bptt.numpy_exec.recurrences`, or another library's): its ``recurrence`` and
 ``reverse_recurrence`` run the vanilla cell, its ``scan`` (lax.scan's contract,
-:mod:`bptt.scan`) any cell written as a step body.
+:mod:`bptt.scan`) any cell written as a step body, and a gated cell's own loops when it
+has them by name (``gru_recurrence``, ..., NumPy's: the same bits, written in place).
 """
 
 from __future__ import annotations
@@ -82,15 +83,20 @@ class Gated:
         return f"Gated({self.name!r})"
 
     def recurrence(self, p: Any, xu: Any, s0: Any, xp: Any, executor: Any) -> tuple[Any, ...]:
-        return self.module.recurrence(p, xu, s0, xp, scan=_scan(executor))  # (H, aux, last)
+        run = getattr(executor, f"{self.name}_recurrence", self.module.recurrence)
+        return run(p, xu, s0, xp, scan=_scan(executor))  # (H, aux, last)
 
     def reverse_recurrence(
         self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool,
         d_last: Any = None,
     ) -> tuple[Any, Any, Any]:  # fmt: skip
-        dXU, dHW, d_s0 = self.module.reverse_recurrence(
-            p, H, aux, dS, xp, scan=_scan(executor), d_last=d_last
-        )
+        fast = getattr(executor, f"{self.name}_reverse_recurrence", None)
+        if fast is not None and d_last is None:  # the executor's own loop (same bits)
+            dXU, dHW, d_s0 = fast(p, H, aux, dS, xp)
+        else:
+            dXU, dHW, d_s0 = self.module.reverse_recurrence(
+                p, H, aux, dS, xp, scan=_scan(executor), d_last=d_last
+            )
         return dXU, dHW, (d_s0 if want_s0 else None)
 
     def weight_grads(self, p: Any, dXU: Any, dHW: Any, H: Any, inputs: Any, xp: Any) -> dict:

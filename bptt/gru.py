@@ -41,6 +41,7 @@ __all__ = [
     "GATES",
     "KERNELS_PER_STEP",
     "STATE_PARTS",
+    "backward_factors",
     "from_torch_cell",
     "initial_state_grads",
     "input_grads",
@@ -102,6 +103,30 @@ def recurrence(
     return stack_states(h0, H, xp), (RZ, N, Q), last
 
 
+def backward_factors(H: Any, aux: tuple[Any, ...], xp: Any) -> tuple[Any, Any, Any]:
+    """What multiplies dh_t in eqs. (G8)-(G9), for all steps at once (eq. (G11)):
+    ``F`` (T, B, 3, D) with dHW_t = dh_t * F_t blockwise, ``dn`` (T, B, D) the n block
+    of dXU over dh, and ``z`` (T, B, D), the direct path of eq. (G7)."""
+    RZ, N, Q = aux
+    D = N.shape[2]
+    r, z = RZ[..., :D], RZ[..., D:]  # (T, B, D) each
+    # In place on fresh arrays: fewer (T, B, D) temporaries (fresh pages on NumPy at S3)
+    dn, u = 1 - z, N * N
+    u *= -1
+    u += 1  # 1 - n^2
+    dn *= u  # dA^n / dh = (1 - z)(1 - n^2)  (T, B, D), eq. (G8)
+    u = 1 - r
+    u *= r  # r (1 - r)
+    F_r = dn * Q
+    F_r *= u
+    u = 1 - z
+    u *= z  # z (1 - z)
+    F_z = H[:-1, ...] - N
+    F_z *= u
+    F = xp.stack([F_r, F_z, dn * r], axis=2)  # (T, B, 3, D), eq. (G11)
+    return F, dn, z
+
+
 def reverse_recurrence(
     p: Mapping[str, Any], H: Any, aux: tuple[Any, ...], dS: Any, xp: Any,
     scan: Scan = python_scan, d_last: Any = None,
@@ -115,12 +140,8 @@ def reverse_recurrence(
     ``d_last`` (B, D): the gradient reaching h_T from after these steps (None: zero).
     """
     W = p["W"]
-    RZ, N, Q = aux
     B, D = dS.shape[1:]
-    r, z = RZ[..., :D], RZ[..., D:]  # (T, B, D) each
-    dn = (1 - z) * (1 - N * N)  # dA^n / dh  (T, B, D), eq. (G8)
-    F = xp.stack([dn * Q * (r * (1 - r)), (H[:-1, ...] - N) * (z * (1 - z)), dn * r], axis=2)
-    # F (T, B, 3, D): dHW_t = dh_t * F_t blockwise, eq. (G11)
+    F, dn, z = backward_factors(H, aux, xp)
 
     def step(g: Any, x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
         dS_t, F_t, z_t = x  # (B, D), (B, 3, D), (B, D)

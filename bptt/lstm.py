@@ -41,6 +41,7 @@ __all__ = [
     "GATES",
     "KERNELS_PER_STEP",
     "STATE_PARTS",
+    "backward_factors",
     "from_torch_cell",
     "initial_state_grads",
     "input_grads",
@@ -103,6 +104,26 @@ def recurrence(
     return stack_states(h0, H, xp), (A, G, C, TC), last
 
 
+def backward_factors(aux: tuple[Any, ...], xp: Any) -> tuple[Any, Any, Any]:
+    """What multiplies dc_t and dh_t in eqs. (L7)-(L8), for all steps at once: ``F``
+    (T, B, 4D) with dA_t = [dc, dc, dc, dh]_t * F_t, ``dc_dh`` (T, B, D) = o (1 - tanh^2
+    c), and ``f`` (T, B, D), the forget gates that carry dc back."""
+    A, G, C, TC = aux
+    D = G.shape[2]
+    i, f, o = A[..., :D], A[..., D : 2 * D], A[..., 3 * D :]  # (T, B, D) each
+    # In place on fresh arrays: fewer (T, B, *) temporaries (fresh pages on NumPy at S3)
+    dc_dh = TC * TC
+    dc_dh *= -1
+    dc_dh += 1
+    dc_dh *= o  # o (1 - tanh^2 c)  (T, B, D), eq. (L7)
+    # sigma' = s (1 - s) on i, f, o, eq. (G5); on A's third block (1 + g)/2 it is
+    # (1 - g^2)/4, so 4 i times it is dA^g's factor i (1 - g^2): one product for all
+    F = 1 - A
+    F *= A  # (T, B, 4D), contiguous passes
+    F *= xp.concat([G, C, 4 * i, TC], axis=-1)  # (T, B, 4D), eq. (L8)
+    return F, dc_dh, f
+
+
 def reverse_recurrence(
     p: Mapping[str, Any], H: Any, aux: tuple[Any, ...], dS: Any, xp: Any,
     scan: Scan = python_scan, d_last: Any = None,
@@ -116,14 +137,8 @@ def reverse_recurrence(
     (dh, dc) reaching (h_T, c_T) from after these steps (None: zeros).
     """
     W = p["W"]
-    A, G, C, TC = aux
-    T, B, D = dS.shape
-    i, f, o = A[..., :D], A[..., D : 2 * D], A[..., 3 * D :]  # (T, B, D) each
-    dc_dh = o * (1 - TC * TC)  # (T, B, D), eq. (L7)
-    # sigma' = s (1 - s) on i, f, o, eq. (G5); on A's third block (1 + g)/2 it is
-    # (1 - g^2)/4, so 4 i times it is dA^g's factor i (1 - g^2): one product for all
-    S = xp.reshape(A * (1 - A), (T, B, 4, D))  # (T, B, 4, D), contiguous passes
-    F = S * xp.stack([G, C, 4 * i, TC], axis=2)  # (T, B, 4, D): dA_t = [dc, dc, dc, dh]_t F_t
+    D = dS.shape[2]
+    F, dc_dh, f = backward_factors(aux, xp)
 
     def step(carry: tuple[Any, Any], x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
         g, dc_next = carry  # dA_{t+1} W and dc_{t+1} f_{t+1}, (B, D) each
@@ -131,7 +146,7 @@ def reverse_recurrence(
         dh = dS_t + g  # dL/dh_t, eq. (L6)
         dc = dh * dc_dh_t
         dc += dc_next  # dL/dc_t, eq. (L7)
-        dA = xp.reshape(xp.stack([dc, dc, dc, dh], axis=1) * F_t, (B, 4 * D))  # eq. (L8)
+        dA = xp.concat([dc, dc, dc, dh], axis=1) * F_t  # (B, 4D), eq. (L8)
         return (dA @ W, dc * f_t), (dA,)  # to h_{t-1} through W; to c_{t-1} through f
 
     zero = zero_state(dS, D, xp)

@@ -201,7 +201,8 @@ def test_jax_jit_with_lax_scan_equals_eager(cell: str) -> None:
 
 def _counts(cell: Any, T: int, bias: bool) -> tuple[int, int, int]:
     """Kernels of the forward and of the backward recurrence on the counting proxy
-    (array_api_strict device1: a host read raises), and its host transfers."""
+    (array_api_strict device1: a host read raises), and its host transfers; float32 in,
+    nothing float64 made."""
     from bptt import backends
 
     be = backends.get_backend("array_api_strict", "device1")
@@ -217,6 +218,7 @@ def _counts(cell: Any, T: int, bias: bool) -> tuple[int, int, int]:
     forward = ns.kernels()
     ns.clear()
     cell.reverse_recurrence(p, H, aux, dS, ns)
+    assert ns.dtypes == {"float32"}, ns.dtypes
     return forward, ns.kernels(), ns.transfers
 
 
@@ -230,3 +232,49 @@ def test_kernels_per_step_are_the_stated_budget(cell: Any, bias: bool) -> None:
         assert fwd - counts[2][0] == forward * (T - 2), counts
         assert bwd - counts[2][1] == cell.KERNELS_PER_STEP["backward"] * (T - 2), counts
         assert moved == 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("variant", ["ids", "dense-no-bias-h0", "mse-mask-h0"])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_numpy_fast_path_has_the_same_bits(cell: str, variant: str, dtype: Any) -> None:
+    """bptt.numpy_exec.gated: the same results to the bit as the generic cell on NumPy."""
+    from bptt.numpy_exec import gated
+
+    mod = CELLS[cell]
+    fast = {"gru": (gated.gru_recurrence, gated.gru_reverse_recurrence),
+            "lstm": (gated.lstm_recurrence, gated.lstm_reverse_recurrence)}[cell]  # fmt: skip
+    for T in (1, 4):
+        case = make_case(cell, np.random.default_rng(T), T=T, dtype=dtype, **VARIANTS[variant])
+        p = case.params
+        xu = np.random.default_rng(0).standard_normal((T, 3, p["W"].shape[0])).astype(dtype)
+        dS = np.random.default_rng(1).standard_normal((T, 3, p["W"].shape[1])).astype(dtype)
+        H, aux, last = mod.recurrence(p, xu, case.s0, np)
+        H2, aux2, last2 = fast[0](p, xu, case.s0, np)
+        for x, y in zip((H, *aux, *np.atleast_1d(host(last))), (H2, *aux2,
+                        *np.atleast_1d(host(last2))), strict=True):  # fmt: skip
+            assert x.dtype == y.dtype == dtype and np.array_equal(x, y)
+        back = mod.reverse_recurrence(p, H, aux, dS, np)
+        for factors in ("before", "per-step", "auto"):
+            back2 = fast[1](p, H, aux, dS, np, factors=factors)
+            for x, y in zip(back[:2], back2[:2], strict=True):
+                assert np.array_equal(x, y), factors
+            assert np.array_equal(host(back[2]), host(back2[2])), factors
+
+
+@pytest.mark.parametrize("clock", ["cpu", "wall"])
+def test_the_benchmark_prints_a_row_per_cell(clock: str) -> None:
+    """benchmarks/gated_step.py at a tiny size: one table row per cell, three times, ratios."""
+    import subprocess
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gated_step.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--sizes", "2x3x4x5x3", "--reps", "2", "--clock", clock,
+         "--min-block", "0.01"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout  # fmt: skip
+    rows = [line for line in out.splitlines() if line.startswith("| 2x3x4x5x3")]
+    assert [r.split("|")[2].strip() for r in rows] == ["gru", "lstm"]
+    for row in rows:
+        numbers = [float(v) for v in row.strip("|").split("|")[2:]]
+        assert len(numbers) == 5 and min(numbers) > 0

@@ -171,3 +171,40 @@ def test_the_jitted_gated_step_equals_eager(cell) -> None:
             ys = jx.asarray(np.zeros((steps, B), dtype=np.int64))
             sizes.append(len(jax.make_jaxpr(step)(args[0], xs, ys, args[3]).eqns))
         assert sizes[0] == sizes[1]  # one loop body whatever T: the scan, not an unrolled loop
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_numpy_runs_the_gated_fast_path_with_the_same_bits(cell, monkeypatch) -> None:
+    """On NumPy the step takes the gated cells' own loops (bptt.numpy_exec.gated, written
+    in place) from its executor, and gives the bits of the generic step bodies."""
+    from bptt import layers, step
+    from bptt import model as vanilla
+    from bptt.heads import loss_weights
+    from bptt.numpy_exec import gated
+
+    net = bptt.RNN(M, D, C, cell=cell, layers=2, bidirectional=True)
+    problem = _problem(net, dense=False)
+    p, x, y, h0 = (problem[k] for k in ("params", "x", "y", "h0"))
+    calls = []
+    fast = getattr(gated, f"{cell}_recurrence")
+    monkeypatch.setattr(bptt.numpy_exec.recurrences, f"{cell}_recurrence",
+                        lambda *a, **k: calls.append(1) or fast(*a, **k))  # fmt: skip
+    loss, grads, _ = net.loss_and_grad(p, x, y, h0=h0, schedule="single")
+    assert len(calls) == 4  # every cell of the stack
+    weights = loss_weights(None, (T, B, C), head="softmax", reduction="mean",
+                           dtype=np.float64, xp=np)  # fmt: skip
+    want = step.loss_and_grad(
+        p,
+        x,
+        y,
+        h0=h0,
+        head="softmax",
+        weights=weights,
+        dropout_mask=None,
+        xp=np,
+        recurrences=vanilla,
+        cell=cell,
+    )
+    assert float(loss) == float(want[0])
+    for key in grads:
+        np.testing.assert_array_equal(grads[key], want[1][key], err_msg=key)

@@ -19,7 +19,21 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["recurrence", "reverse_recurrence"]
+from .gated import (  # the gated cells' loops for NumPy, found by bptt.cells by name
+    gru_recurrence,
+    gru_reverse_recurrence,
+    lstm_recurrence,
+    lstm_reverse_recurrence,
+)
+
+__all__ = [
+    "gru_recurrence",
+    "gru_reverse_recurrence",
+    "lstm_recurrence",
+    "lstm_reverse_recurrence",
+    "recurrence",
+    "reverse_recurrence",
+]
 
 
 def _relu(z: np.ndarray, out: np.ndarray) -> np.ndarray:
