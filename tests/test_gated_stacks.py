@@ -177,8 +177,8 @@ def test_the_jitted_gated_step_equals_eager(cell) -> None:
 def test_numpy_runs_the_gated_fast_path_with_the_same_bits(cell, monkeypatch) -> None:
     """On NumPy the step takes the gated cells' own loops (bptt.numpy_exec.gated, written
     in place) from its executor, and gives the bits of the generic step bodies."""
-    from bptt import layers, step
     from bptt import model as vanilla
+    from bptt import step
     from bptt.heads import loss_weights
     from bptt.numpy_exec import gated
 
