@@ -81,8 +81,8 @@ def _refuse_to_numpy(self: Any, x: Any) -> Any:
     raise HostSync("Backend.to_numpy inside a step")
 
 
-def _params(pbe: ProxyBackend, dtype: str) -> dict[str, Array]:
-    host = MODEL.init(dtype=dtype, seed=1, backend=STRICT, device="device1")
+def _params(pbe: ProxyBackend, dtype: str, model: bptt.RNN = MODEL) -> dict[str, Array]:
+    host = model.init(dtype=dtype, seed=1, backend=STRICT, device="device1")
     return {k: Array(v, pbe.ns) for k, v in host.items()}
 
 
@@ -95,18 +95,18 @@ class Counts:
 
 
 def train_steps(pbe: ProxyBackend, T: int, *, dtype: str = "float32", steps: int = 2,
-                **options: Any) -> Counts:  # fmt: skip
+                model: bptt.RNN = MODEL, **options: Any) -> Counts:  # fmt: skip
     """``steps`` training steps on proxy arrays; the counts are those of the last one."""
     ns, xp = pbe.ns, pbe.ns
     config = TrainConfig(hidden=D, batch=B, seq_len=T, dtype=dtype, **options)
-    params = _params(pbe, dtype)
+    params = _params(pbe, dtype, model)
     layout = Layout.of(params)
     opt = config.make_optimizer()
     flat = layout.flatten(params, xp)
-    hidden = xp.zeros((B, D), dtype=flat.dtype, device=pbe.device)
+    hidden = xp.zeros(model.carry_shape(B), dtype=flat.dtype, device=pbe.device)
     counter = xp.zeros((), dtype=pbe.integer, device=pbe.device)
     carry = TrainCarry(flat, opt.init(flat), hidden, counter)
-    step = make_train_step(opt, layout, dropout=config.dropout, seed=config.seed, model=MODEL)
+    step = make_train_step(opt, layout, dropout=config.dropout, seed=config.seed, model=model)
     rng = np.random.default_rng(0)
     x = pbe.asarray(rng.integers(0, M, (T, B)))
     y = pbe.asarray(rng.integers(0, M, (T, B)))
@@ -162,6 +162,21 @@ def test_kernel_budget_is_6T_plus_62(pbe: ProxyBackend) -> None:
     views = {T: ns.views for T, ns in counts.items()}
     assert all(kernels[T] == KERNELS_PER_STEP * T + KERNELS_FIXED for T in counts), kernels
     assert all(views[T] - views[2] == VIEWS_PER_STEP * (T - 2) for T in counts), views
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_gated_steps_never_sync_and_spend_their_cells_budget(pbe: ProxyBackend, cell) -> None:
+    """A GRU or LSTM training step (dropout on): no host read or transfer, no float64,
+    and exactly the cell's kernels per time step (its forward and backward step bodies,
+    bptt.gru / bptt.lstm ``KERNELS_PER_STEP``) on top of a constant."""
+    module = {"gru": bptt.gru, "lstm": bptt.lstm}[cell]
+    model = bptt.RNN(M, D, M, cell=cell)
+    counts = {T: train_steps(pbe, T, model=model, dropout=0.3) for T in (2, 3, 5, 9)}
+    per_step = module.KERNELS_PER_STEP["forward"] + module.KERNELS_PER_STEP["backward"]
+    fixed = counts[2].kernels - per_step * 2
+    assert all(c.kernels == per_step * T + fixed for T, c in counts.items()), counts
+    assert all(c.transfers == 0 and "float64" not in c.dtypes for c in counts.values()), counts
+    assert pbe.reads == 0
 
 
 def test_dropout_adds_a_constant(pbe: ProxyBackend) -> None:
