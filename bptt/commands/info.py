@@ -66,6 +66,12 @@ def run(args: argparse.Namespace) -> int:
         "(Adam, clipping, no dropout; 662 at T = 100), no host sync, no host-to-device "
         "copy (held by tests/test_sync_free.py; counted by python benchmarks/op_count.py)"
     )
+    from .. import gru, lstm
+
+    for name, cell in (("GRU", gru), ("LSTM", lstm)):
+        k = cell.KERNELS_PER_STEP
+        print(f"  {name} cell: {k['forward']} + {k['backward']} per time step (forward, "
+              "backward step bodies; held by the same tests)")  # fmt: skip
     return 0
 
 
