@@ -39,6 +39,7 @@ def make_gradients(
     schedule: str | None = None,
     model: Any,
     columns: tuple[int, int, int] | None = None,
+    remat: Any = None,
 ) -> Callable[[TrainCarry, Any, Any], tuple[Any, Any, Any]]:
     """``gradients(carry, inputs, targets) -> (loss, grads, h_last)``: the chunk's mean
     loss, its gradients by name and the state to carry on.
@@ -72,7 +73,7 @@ def make_gradients(
                 mask, layer_masks = mask[-1, ...], [mask[i, ...] for i in range(arch.layers - 1)]
         loss, grads, h_last = loss_and_grad(
             model, params, inputs, targets, h0=carry.hidden, dropout_mask=mask,
-            check_values=False, schedule=schedule, layer_masks=layer_masks,
+            check_values=False, schedule=schedule, layer_masks=layer_masks, remat=remat,
         )  # fmt: skip
         return loss, grads, h_last
 
@@ -87,6 +88,7 @@ def make_train_step(
     seed: int = 0,
     schedule: str | None = None,
     model: Any,
+    remat: Any = None,
 ) -> Callable[[TrainCarry, Any, Any], tuple[TrainCarry, Any, Any]]:
     """The step for ``optimizer`` over parameters laid out by ``layout``.
 
@@ -94,10 +96,10 @@ def make_train_step(
     the chunk's mean loss in nats per character, ``norm`` the gradient's global norm
     before clipping (recorded by the optimizer's clip, or computed). Dropout as in
     :func:`make_gradients`. ``carry.hidden`` is (B, D) for one layer, (L K, B, D) for
-    a stack.
+    a stack. ``remat``: memory-bounded BPTT (:mod:`bptt.remat`).
     """
     gradients = make_gradients(layout, dropout=dropout, seed=seed, schedule=schedule,
-                               model=model)  # fmt: skip
+                               model=model, remat=remat)  # fmt: skip
 
     def train_step(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[TrainCarry, Any, Any]:
         xp, _ = namespace_of({"carry.params": carry.params})
