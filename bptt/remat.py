@@ -132,13 +132,19 @@ def hsm_table(T: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     cost = np.full((T + 1, m + 1), _INF, dtype=np.int64)
     split = np.zeros((T + 1, m + 1), dtype=np.int64)
     cost[0, :] = 0
-    for j in range(1, m + 1):
-        cost[1 : min(j, T) + 1, j] = np.arange(1, min(j, T) + 1)  # one segment fits
-        for t in range(j + 1, T + 1):
-            y = np.arange(1, t)  # (t-1,)
-            total = y + cost[t - y, j - 1] + cost[y, j]  # (t-1,)
-            best = int(np.argmin(total))
-            cost[t, j], split[t, j] = min(int(total[best]), _INF), best + 1
+    j = np.arange(1, m + 1)  # (m,)
+    ys = np.arange(1, T + 1, dtype=np.int64)[:, None]  # (T, 1)
+    for t in range(1, T + 1):  # every budget at once: one (t-1, m) array per t, views
+        fits = j >= t  # one segment of t steps fits in j slots
+        if t == 1:
+            cost[1, 1:] = 1
+            continue
+        total = cost[t - 1 : 0 : -1, :m] + cost[1:t, 1:]  # C(t-y, j-1) + C(y, j), y = 1..t-1
+        total += ys[: t - 1]  # + y: the advance
+        best = np.argmin(total, axis=0)  # (m,)
+        found = np.minimum(total[best, j - 1], _INF)
+        cost[t, 1:] = np.where(fits, t, found)
+        split[t, 1:] = np.where(fits, 0, best + 1)
     return cost, split
 
 

@@ -209,13 +209,13 @@ def test_vjp_equals_full_bptt_and_dh0_is_bit_for_bit(cell: str, layers: int) -> 
         assert rel_err(only_states["W"], pull(None, dstates).params["W"]) < TOL
 
 
-@pytest.mark.parametrize("setting", ["sqrt", "budget:3"])
-def test_every_backend_equals_full_bptt(be: Any, setting: str) -> None:
+def test_every_backend_equals_full_bptt(be: Any) -> None:
+    setting = "budget:3"  # advances and replays
     dtype = "float64" if be.supports("float64") else "float32"
     tol = TOL if dtype == "float64" else 1e-5
     rng = np.random.default_rng(5)
-    model, host, x, y = _problem(rng, T=9, layers=2, dense=False)
-    kw = _extras(rng, model, 9, 3, masks=True, h0=True)
+    model, host, x, y = _problem(rng, T=7, layers=2, dense=False)
+    kw = _extras(rng, model, 7, 3, masks=True, h0=True)
     dev = {k: be.asarray(np.asarray(v).astype(dtype), dtype=dtype) if k != "mask"
            else be.asarray(v) for k, v in kw.items() if k != "layer_masks"}  # fmt: skip
     dev["layer_masks"] = [be.asarray(m.astype(dtype), dtype=dtype) for m in kw["layer_masks"]]
@@ -237,7 +237,7 @@ def test_jit_compiles_remat_and_equals_eager() -> None:
 
     with jax_x64(True):
         rng = np.random.default_rng(2)
-        model, host, x, y = _problem(rng, T=13, layers=2)
+        model, host, x, y = _problem(rng, T=9, layers=2)
         params = {k: jax.numpy.asarray(v) for k, v in host.items()}
         xs, ys = jax.numpy.asarray(x), jax.numpy.asarray(y)
 
@@ -245,7 +245,7 @@ def test_jit_compiles_remat_and_equals_eager() -> None:
             return model.loss_and_grad(p, xs, ys, check_values=False, remat=setting)
 
         full = model.loss_and_grad(params, xs, ys)
-        for setting in ("sqrt", "budget:4"):
+        for setting in ("budget:4",):
             jitted = jax.jit(step, static_argnums=1)(params, setting)
             eager = step(params, setting)
             for got in (jitted, eager):
@@ -269,6 +269,6 @@ def test_training_step_takes_remat() -> None:
     outs = []
     for setting in (None, "sqrt"):
         step = make_train_step(opt, layout, model=model, remat=setting, dropout=0.3)
-        new, loss, norm = step(carry, x, y)
+        new, loss, _ = step(carry, x, y)
         outs.append((new.params, float(loss)))
     assert rel_err(outs[0][0], outs[1][0]) < TOL and abs(outs[0][1] - outs[1][1]) < TOL
