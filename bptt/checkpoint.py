@@ -111,7 +111,9 @@ class Checkpoint:
         and directions as recorded (a checkpoint written before they were: one tanh layer)."""
         arch = self.architecture
         init = (self.config or {}).get("model", {}).get("init", "uniform")
-        return RNN.from_params(self.params, cell=arch["nonlinearity"], initializer=init)
+        scale = (self.config or {}).get("train", {}).get("init_scale", 1.0)
+        return RNN.from_params(self.params, cell=arch["nonlinearity"], initializer=init,
+                               init_scale=scale)  # fmt: skip
 
     def check_sizes(self, **expected: int | None) -> None:
         """CheckpointError unless the stored M/D/C/layers match ``expected`` (None: anything)."""

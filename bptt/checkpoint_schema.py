@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from .cells import CELLS
+from .params import INITS
 
 __all__ = [
     "META_KEYS",
@@ -75,10 +76,7 @@ MODEL_FIELDS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "D": (lambda v: _int(v, 1), "a positive integer"),
     "C": (lambda v: _int(v, 1), "a positive integer"),
     "dtype": (lambda v: v in ("float32", "float64"), "'float32' or 'float64'"),
-    "init": (
-        lambda v: v in ("uniform", "xavier", "orthogonal"),
-        "'uniform', 'xavier' or 'orthogonal'",
-    ),
+    "init": (lambda v: v in INITS, f"one of {list(INITS)}"),
     # the architecture (bptt.layers), recorded since stacks: absent means one tanh layer
     "layers": (lambda v: _int(v, 1), "a positive integer"),
     "bidirectional": (lambda v: isinstance(v, bool), "true or false"),
