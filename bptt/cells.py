@@ -59,7 +59,7 @@ class Vanilla:
         self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool,
         d_last: Any = None,
     ) -> tuple[Any, Any, Any]:  # fmt: skip
-        if d_last is not None:  # dL/ds_T from later steps joins dS_T, as the sum in (B12)
+        if d_last is not None:  # dL/ds_T from later steps joins dS_T, eq. (B25)
             dS = xp.concat([dS[:-1, ...], (dS[-1, ...] + d_last)[None, ...]], axis=0)
         dZ = executor.reverse_recurrence(p["W"], H, dS, None, xp, self.nonlinearity)  # eq. (B12)
         d_s0 = model.initial_state_grads(p["W"], dZ[0, ...]) if want_s0 else None  # eq. (B23)

@@ -139,7 +139,7 @@ def hsm_table(T: int, m: int) -> tuple[np.ndarray, np.ndarray]:
         if t == 1:
             cost[1, 1:] = 1
             continue
-        total = cost[t - 1 : 0 : -1, :m] + cost[1:t, 1:]  # C(t-y, j-1) + C(y, j), y = 1..t-1
+        total = cost[t - 1 : 0 : -1, :m] + cost[1:t, 1:]  # C(t-y, j-1) + C(y, j), eq. (B26)
         total += ys[: t - 1]  # + y: the advance
         best = np.argmin(total, axis=0)  # (m,)
         found = np.minimum(total[best, j - 1], _INF)
@@ -179,7 +179,7 @@ def plan(T: int, remat: Any) -> Plan:
             chunk = j
         else:
             k = _k_of(remat, T)
-            y, chunk = (k if b - a > k else 0), k
+            y, chunk = (k if b - a > k else 0), k  # every k-th state, eq. (B27)
         if y == 0:
             ops.append(("leaf", a, b))
             cost, peak = cost + b - a, max(peak, held + b - a)
@@ -254,7 +254,7 @@ def run(
             g, dx, d = layers.backward(
                 params, cache, dlogits, dstates, xp, want_inputs=want_inputs,
                 want_h0=want_h0 or a > 0, recurrences=recurrences, d_last=d,
-            )  # fmt: skip  # d: dL/ds_a, carried to the segment before, eq. (B23)
+            )  # fmt: skip  # d: dL/ds_a, carried to the segment before, eq. (B25)
             del cache, dlogits, dstates
             grads = _add(grads, g)
             pieces.append(dx)
