@@ -34,8 +34,8 @@ def test_the_task_is_the_papers() -> None:
 
 def test_irnn_learns_a_short_adding_problem(capsys) -> None:
     ap = _load()
-    results = ap.main(["--T", "10", "--models", "irnn", "--hidden", "16", "--steps", "300",
-                       "--eval-every", "100", "--lr", "1e-2", "--test", "300",
+    results = ap.main(["--T", "10", "--models", "irnn", "--hidden", "16", "--steps", "1500",
+                       "--eval-every", "250", "--lr", "1e-2", "--test", "300",
                        "--remat", "3"])  # fmt: skip
-    assert results["irnn"] < 0.05 < ap.BASELINE_EXACT
+    assert results["irnn"] < 0.02 < ap.BASELINE_EXACT  # seeds 0-2: 0.0008-0.0015
     assert "irnn: best test MSE" in capsys.readouterr().out
