@@ -272,3 +272,69 @@ def test_training_step_takes_remat() -> None:
         new, loss, _ = step(carry, x, y)
         outs.append((new.params, float(loss)))
     assert rel_err(outs[0][0], outs[1][0]) < TOL and abs(outs[0][1] - outs[1][1]) < TOL
+
+
+# -- on the GPU stand-in: no sync, no transfer, and the replay's kernels -----------------
+
+LEAF_KERNELS, PIECE_KERNELS, REPLAY_FIXED = 39, 5, -1  # one tanh layer, ids, softmax
+
+
+def _proxy_kernels(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """kernels(T, remat): the kernels of one loss_and_grad on the counting proxy over
+    array_api_strict's device1 (a host read raises, a transfer is counted)."""
+    import contextlib
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from proxy import Array, Namespace
+
+    from bptt import backends
+
+    be = backends.get_backend("array_api_strict", "device1")
+    ns = Namespace(be.xp)
+
+    class Proxy:
+        name, device, integer, xp = be.name, be.device, be.integer, ns
+
+        def asarray(self, x: Any, *, dtype: Any = None) -> Any:
+            ns.transfers += 1
+            return Array(be.asarray(x, dtype=dtype), ns)
+
+        def activate(self) -> Any:
+            return contextlib.nullcontext()
+
+    proxy = Proxy()
+    monkeypatch.setattr(backends, "backend_of", lambda x: proxy)
+    model = bptt.RNN(5, 4, 5)
+    host = model.init(seed=1, dtype="float32", backend=be.name, device=be.device)
+    params = {k: Array(v, ns) for k, v in host.items()}
+    rng = np.random.default_rng(0)
+
+    def kernels(T: int, setting: Any) -> int:
+        x, y = proxy.asarray(rng.integers(0, 5, (T, 3))), proxy.asarray(rng.integers(0, 5, (T, 3)))
+        ns.clear()
+        loss, grads, h_last = model.loss_and_grad(params, x, y, check_values=False,
+                                                  remat=setting)  # fmt: skip
+        assert all(isinstance(a, Array) for a in (loss, h_last, *grads.values()))
+        assert ns.transfers == 0, "host-to-device copies inside the step"
+        return ns.kernels()
+
+    return kernels
+
+
+def test_remat_never_syncs_and_its_kernels_are_counted(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Full BPTT: 6 T + F kernels. The replay adds 3 per recomputed step (product, sum,
+    tanh), LEAF_KERNELS per segment beyond the first (its head, the gradient joining
+    dS at its end, the sums of the gradients) and PIECE_KERNELS per advance piece, and
+    REPLAY_FIXED once; a step that reads the host raises (the proxy)."""
+    kernels = _proxy_kernels(monkeypatch)
+    fixed = kernels(6, None) - 6 * 6
+    assert kernels(12, None) == 6 * 12 + fixed
+    for T, setting in [(6, 2), (12, 2), (12, 3), (12, 4), (12, "budget:4"), (16, "sqrt")]:
+        p = plan(T, setting)
+        leaves = sum(op[0] == "leaf" for op in p.ops)
+        pieces = sum(-(-(op[2] - op[1]) // op[3]) for op in p.ops if op[0] == "advance")
+        expected = (6 * T + fixed + 3 * (p.cost - T) + LEAF_KERNELS * (leaves - 1)
+                    + PIECE_KERNELS * pieces + REPLAY_FIXED)  # fmt: skip
+        assert kernels(T, setting) == expected, (T, setting)
