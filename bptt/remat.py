@@ -213,8 +213,16 @@ def _advance(params: Any, inputs: Any, state: Any, a: int, b: int, chunk: int, x
             params, inputs[c:e, ...], state, xp, cell=cell, recurrences=recurrences,
             layer_masks=_mask_rows(layer_masks, c, e), with_output=False,
         )  # fmt: skip
-        state = out.h_last  # shaped as h0
+        state = _own(out.h_last, xp)  # shaped as h0
     return state
+
+
+def _own(state: Any, xp: Any) -> Any:
+    """A copy of a last state: for one cell it is a view of the whole segment's states,
+    which holding it would keep alive."""
+    if isinstance(state, tuple):  # a state of two parts (LSTM's (h, c))
+        return tuple(xp.asarray(part, copy=True) for part in state)
+    return xp.asarray(state, copy=True)
 
 
 def run(
@@ -247,7 +255,7 @@ def run(
                 dropout_mask=_rows(dropout_mask, a, b), layer_masks=_mask_rows(layer_masks, a, b),
             )  # fmt: skip  # the replay: the first pass's operations on steps a+1..b
             if b == T:
-                h_last = out.h_last
+                h_last = _own(out.h_last, xp)
             part, dlogits, dstates = head(a, b, out)
             del out
             loss = part if loss is None else loss + part
