@@ -238,20 +238,23 @@ def run(
     """
     check(remat, layers.arch_of(params).directions)
     T = inputs.shape[0]
+    barrier = getattr(recurrences, "barrier", lambda tree: tree)  # JAX: no CSE, no hoisting
     held: dict[int, Any] = {0: h0}
     loss = grads = h_last = d = None
     pieces: list[Any] = []
     for op in plan(T, remat).ops:
         if op[0] == "advance":
             _, a, b, chunk = op
-            held[b] = _advance(params, inputs, held[a], a, b, chunk, xp, cell, layer_masks,
+            start, d = barrier((held[a], d))  # after the later segments' backward passes
+            held[b] = _advance(params, inputs, start, a, b, chunk, xp, cell, layer_masks,
                                recurrences)  # fmt: skip
         elif op[0] == "free":
             del held[op[1]]
         else:
             _, a, b = op
+            start, d = barrier((held[a], d))  # a replay, not the first pass's values
             out, cache = layers.forward(
-                params, inputs[a:b, ...], held[a], xp, cell=cell, recurrences=recurrences,
+                params, inputs[a:b, ...], start, xp, cell=cell, recurrences=recurrences,
                 dropout_mask=_rows(dropout_mask, a, b), layer_masks=_mask_rows(layer_masks, a, b),
             )  # fmt: skip  # the replay: the first pass's operations on steps a+1..b
             if b == T:
