@@ -95,8 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--B", type=int, default=32)
     parser.add_argument("--D", type=int, default=256)
     parser.add_argument("--vocab", type=int, default=64)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="0: peak memory only")
     parser.add_argument("--budget-mib", type=float, default=64.0)
+    parser.add_argument("--settings", default=None, help="comma-separated (default: see above)")
     args = parser.parse_args(argv)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo")
                 if ln.startswith("model name")), platform.processor())  # fmt: skip
@@ -107,9 +108,14 @@ def main(argv: list[str] | None = None) -> None:
           f"fits {args.budget_mib:g} MiB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
     for T in (int(t) for t in args.T.split(",")):
-        settings = settings_for(T)
+        settings = settings_for(T) if args.settings is None else [
+            None if s == "None" else s for s in args.settings.split(",")]  # fmt: skip
         peaks = {s: measure(T, args.B, args.D, args.vocab, s) for s in settings}
-        times = timings(T, args.B, args.D, args.vocab, settings, args.reps)
+        times = (
+            timings(T, args.B, args.D, args.vocab, settings, args.reps)
+            if args.reps
+            else {s: (float("nan"), float("nan")) for s in settings}
+        )  # --reps 0: memory only
         for s in settings:
             p = plan(T, s) if s is not None else None
             cost, slots = (T, T) if p is None else (p.cost, p.peak)

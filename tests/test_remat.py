@@ -338,3 +338,28 @@ def test_remat_never_syncs_and_its_kernels_are_counted(monkeypatch: pytest.Monke
         expected = (6 * T + fixed + 3 * (p.cost - T) + LEAF_KERNELS * (leaves - 1)
                     + PIECE_KERNELS * pieces + REPLAY_FIXED)  # fmt: skip
         assert kernels(T, setting) == expected, (T, setting)
+
+
+def test_peak_memory_follows_the_plan() -> None:
+    """tracemalloc sees NumPy's allocations: the step's peak under remat is a fraction of
+    full BPTT's (benchmarks/remat_memory.py measures it at scale)."""
+    import gc
+    import tracemalloc
+
+    rng = np.random.default_rng(0)
+    model = bptt.RNN(16, 64, 16)
+    params = model.init(seed=0, dtype="float64")
+    x, y = rng.integers(0, 16, (400, 8)), rng.integers(0, 16, (400, 8))
+
+    def peak(setting: Any) -> int:
+        gc.collect()
+        tracemalloc.start()
+        before, _ = tracemalloc.get_traced_memory()
+        out = model.loss_and_grad(params, x, y, check_values=False, remat=setting)
+        _, top = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        del out
+        return top - before
+
+    full = peak(None)
+    assert peak("sqrt") < 0.2 * full and peak("budget:10") < 0.1 * full
