@@ -4,7 +4,8 @@
 
 One step is ``model.loss_and_grad`` (forward, softmax head, backward; token ids in,
 a vocabulary of ``--vocab``) on NumPy, float32, with ``schedule="single"`` for every
-setting (the same execution: BLAS threads of the single schedule, no overlap). Peak
+setting (the same execution: the single schedule, no overlap; run it with
+OPENBLAS_NUM_THREADS=1 on a shared machine, where two BLAS threads thrash). Peak
 bytes: ``tracemalloc`` (which sees NumPy's array allocations) around the step, minus
 what was allocated before it (parameters, inputs, targets): what the step itself
 holds at its highest, not RSS. Time: median of ``--reps`` interleaved rounds (every

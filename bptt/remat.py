@@ -6,8 +6,9 @@
 - an integer k: store every k-th state (Chen et al. 2016), replay each segment of k
   steps from its stored state during the backward pass;
 - ``"sqrt"``: k = ceil(sqrt(T));
-- ``"budget:m"`` (or :class:`Budget`\\ (m)): hold at most m time steps' states at once
-  (stored states plus the segment being replayed), the replay order that minimises
+- ``"budget:m"`` (or :class:`Budget`\\ (m)): hold at most m states' worth at once
+  (stored states, plus :data:`REPLAY_SLOTS` per step of the segment being replayed:
+  its state, U x + b, dS and dz), the replay order that minimises
   recomputation found by Gruslys et al. 2016's dynamic program (BPTT-HSM), see
   :func:`hsm_table` and docs/derivation.md, "Memory-bounded BPTT".
 
@@ -58,11 +59,15 @@ __all__ = [
 ]
 
 _INF = np.iinfo(np.int64).max // 4
+# What a replayed step holds, in stored states: its state s_t, U x_t + b, dS_t and dz_t
+# (tracemalloc at T = 1,000: ~4.4 states' bytes per replayed step, one per checkpoint).
+REPLAY_SLOTS = 4
 
 
 @dataclass(frozen=True)
 class Budget:
-    """At most ``states`` time steps' states held at once (beyond h0)."""
+    """At most ``states`` stored states' worth held at once (beyond h0; a replayed step
+    counts :data:`REPLAY_SLOTS`)."""
 
     states: int
 
@@ -70,7 +75,8 @@ class Budget:
 @dataclass(frozen=True)
 class Plan:
     """A static schedule: ``ops`` in order, ``cost`` forward steps run (T without
-    recomputation), ``peak`` the most states held at once (beyond h0)."""
+    recomputation), ``peak`` the most memory held at once (beyond h0), in stored
+    states, a replayed step counting :data:`REPLAY_SLOTS`."""
 
     ops: tuple[tuple[Any, ...], ...]
     cost: int
@@ -114,15 +120,15 @@ def _whole(value: Any, low: int) -> bool:
 
 
 @functools.cache
-def hsm_table(T: int, m: int) -> tuple[np.ndarray, np.ndarray]:
+def hsm_table(T: int, m: int, w: int = REPLAY_SLOTS) -> tuple[np.ndarray, np.ndarray]:
     """Gruslys et al.'s dynamic program (BPTT-HSM) for t <= T steps and j <= m slots:
     ``(cost, split)`` (T+1, m+1) int64 arrays.
 
     cost[t, j]: the fewest forward steps that backpropagate t steps from a held start
     state with j slots free; split[t, j]: the first advance y (0: replay all t as one
-    segment, which needs t <= j slots)::
+    segment, which needs w t <= j slots: a replayed step holds w states' worth)::
 
-        C(0, j) = 0,   C(t, 0) = inf (t > 0),   C(t, j) = t if t <= j, else
+        C(0, j) = 0,   C(t, 0) = inf (t > 0),   C(t, j) = t if w t <= j, else
         C(t, j) = min_{1 <= y < t}  y + C(t - y, j - 1) + C(y, j)
 
     (advance y steps and hold that state: one slot while the last t - y steps are
@@ -135,9 +141,9 @@ def hsm_table(T: int, m: int) -> tuple[np.ndarray, np.ndarray]:
     j = np.arange(1, m + 1)  # (m,)
     ys = np.arange(1, T + 1, dtype=np.int64)[:, None]  # (T, 1)
     for t in range(1, T + 1):  # every budget at once: one (t-1, m) array per t, views
-        fits = j >= t  # one segment of t steps fits in j slots
+        fits = j >= w * t  # one segment of t steps fits in j slots
         if t == 1:
-            cost[1, 1:] = 1
+            cost[1, 1:] = np.where(fits, 1, _INF)
             continue
         total = cost[t - 1 : 0 : -1, :m] + cost[1:t, 1:]  # C(t-y, j-1) + C(y, j), eq. (B26)
         total += ys[: t - 1]  # + y: the advance
@@ -155,17 +161,20 @@ def _k_of(remat: Any, T: int) -> int:
 @functools.cache
 def plan(T: int, remat: Any) -> Plan:
     """The static plan for T steps under ``remat`` (:func:`parse`d, not None)."""
-    remat = parse(remat)
-    table = None
+    remat, w = parse(remat), REPLAY_SLOTS
+    table, m = None, 0
     if isinstance(remat, Budget):
-        if T > 1 and remat.states < 2:
+        need = w + (T > 1)  # one replayed step, and a stored state before it
+        if remat.states < need:
             raise ValueError(
                 f"remat: a budget of {remat.states} state(s) cannot backpropagate {T} steps "
-                "(a replayed step holds its start and its end): give 2 or more"
+                f"(a replayed step holds {w} states' worth, and one is stored before it): "
+                f"give {need} or more"
             )
-        table = hsm_table(T, min(remat.states, T))
+        m = min(remat.states, w * T)
+        table = hsm_table(T, m, w)
     ops: list[tuple[Any, ...]] = []
-    stack: list[tuple[Any, ...]] = [("node", 0, T, min(remat.states, T) if table else 0)]
+    stack: list[tuple[Any, ...]] = [("node", 0, T, m)]
     held = peak = cost = 0
     while stack:
         item = stack.pop()
@@ -176,16 +185,16 @@ def plan(T: int, remat: Any) -> Plan:
         _, a, b, j = item
         if table is not None:
             y = int(table[1][b - a, j])
-            chunk = j
+            chunk = max(1, j // w)
         else:
             k = _k_of(remat, T)
             y, chunk = (k if b - a > k else 0), k  # every k-th state, eq. (B27)
         if y == 0:
             ops.append(("leaf", a, b))
-            cost, peak = cost + b - a, max(peak, held + b - a)
+            cost, peak = cost + b - a, max(peak, held + w * (b - a))
             continue
         ops.append(("advance", a, a + y, chunk))
-        peak = max(peak, held + min(chunk, y))  # the pieces in flight, then s_{a+y} alone
+        peak = max(peak, held + w * min(chunk, y))  # the pieces in flight, then s_{a+y}
         cost, held = cost + y, held + 1
         stack += [("node", a, a + y, j), ("free", a + y), ("node", a + y, b, j - 1)]
     return Plan(tuple(ops), cost, peak)
