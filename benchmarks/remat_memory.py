@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import bptt
-from bptt.remat import plan
+from bptt.remat import REPLAY_SLOTS, plan
 
 __all__ = ["main", "measure"]
 
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
         )  # --reps 0: memory only
         for s in settings:
             p = plan(T, s) if s is not None else None
-            cost, slots = (T, T) if p is None else (p.cost, p.peak)
+            cost, slots = (T, REPLAY_SLOTS * T) if p is None else (p.cost, p.peak)
             mib = peaks[s] / 2**20
             fits = "yes" if mib <= args.budget_mib else "no"
             print(f"| {T} | {s} | {cost} | {slots} | {mib:.1f} | "
