@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import layers, schedules
+from . import remat as _remat
 from .backends import device_context
 from .checks import as_index, check_call
 from .checks import check_values as _check_values
@@ -67,6 +68,7 @@ def loss_and_grad(
     check_values: bool = True,
     schedule: str | None = None,
     layer_masks: Any = None,
+    remat: Any = None,
 ) -> tuple[Any, dict[str, Any], Any]:
     """Loss, gradients of every parameter, and the last state, by BPTT.
 
@@ -92,16 +94,20 @@ def loss_and_grad(
     ``schedule``: how the step runs (:mod:`bptt.schedules`): ``"auto"`` (the
     default, or ``$BPTT_SCHEDULE``), ``"single"``, or the NumPy-only ``"overlap"``
     and ``"split"``; all give the same result to rounding.
+    ``remat``: store only some states and recompute the rest in the backward pass
+    (:mod:`bptt.remat`): None (store all), an integer k, ``"sqrt"`` or ``"budget:m"``;
+    the same gradients (to rounding; the states and dL/dh0 bit for bit on NumPy).
     """
     xp, dims = check_call(
         model, params, inputs, targets=targets, h0=h0, mask=mask, reduction=reduction,
         dropout_mask=dropout_mask, need_targets=True, layer_masks=layer_masks,
     )  # fmt: skip
     inputs, targets, mask = (as_index(a, xp) for a in (inputs, targets, mask))
+    remat = _remat.check(remat, dims.arch.directions)
     head, T, B = model.head, *inputs.shape[:2]
     itemsize = _itemsize(dims.dtype, xp)
     single = dims.arch.single and model.gates == 1
-    _, run = schedules.resolve(schedule, xp, T, B, dims.D, itemsize, single=single)
+    _, run = schedules.runner(schedule, xp, T, B, dims.D, itemsize, single=single, remat=remat)
     with device_context(params["U"]):
         if check_values:
             _check_values(

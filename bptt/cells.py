@@ -12,8 +12,14 @@ each; it provides
 - ``reverse_recurrence(p, H, aux, dS, xp, executor, want_s0, d_last=None)`` ->
   ``(dXU, dHW, d_s0)``: dL/d(xu_t) and dL/d(h_{t-1} W^T) (T, B, G D) (the same array
   when the hidden projection enters as the input's does), and dL/ds_0 when
-  ``want_s0``; ``d_last`` is the gradient reaching the last state from after these
-  steps, shaped as the state (LSTM: the pair for (h_T, c_T)), None for zero;
+  ``want_s0``, shaped as the state (a pair for a state of two parts);
+  ``d_last`` (optional, shaped as ``last``) is the gradient reaching the last state
+  s_T from outside these T steps: what the steps after them sent back (their
+  ``d_s0``), so that a sequence run in segments (:mod:`bptt.remat`) chains its
+  backward passes; for LSTM the pair (dL/dh_T, dL/dc_T), dL/dc crossing the
+  boundary. None means zero (the end of the sequence): the interface's first form,
+  which :mod:`bptt.layers` still uses when nothing comes from outside, so a cell
+  without the argument runs everything but segments;
 - ``weight_grads(p, dXU, dHW, H, inputs, xp) -> dict``, ``input_grads(U, dXU, xp)``.
 
 ``executor`` is where the loops come from (:mod:`bptt.model`, NumPy's
@@ -57,8 +63,8 @@ class Vanilla:
         self, p: Any, H: Any, aux: Any, dS: Any, xp: Any, executor: Any, want_s0: bool,
         d_last: Any = None,
     ) -> tuple[Any, Any, Any]:  # fmt: skip
-        if d_last is not None:  # what reaches s_T from later joins its own output's gradient
-            dS = xp.concat([dS[:-1, ...], (dS[-1, ...] + d_last)[None, ...]])  # (T, B, D)
+        if d_last is not None:  # dL/ds_T from later steps joins dS_T, eq. (B25)
+            dS = xp.concat([dS[:-1, ...], (dS[-1, ...] + d_last)[None, ...]], axis=0)
         dZ = executor.reverse_recurrence(p["W"], H, dS, None, xp, self.nonlinearity)  # eq. (B12)
         d_s0 = model.initial_state_grads(p["W"], dZ[0, ...]) if want_s0 else None  # eq. (B23)
         return dZ, dZ, d_s0

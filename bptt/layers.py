@@ -170,8 +170,12 @@ def forward(
     dropout_mask: Any = None,
     layer_masks: Any = None,
     recurrences: Any = model,
+    with_output: bool = True,
 ) -> tuple[Forward, Cache]:
     """The stack over ``inputs`` (T, B) ids or (T, B, M): ``(Forward, Cache)``.
+
+    ``with_output=False`` skips V (logits None): what a replay that only moves the
+    state forward needs (:mod:`bptt.remat`).
 
     ``h0`` (B, D) for one cell, (L K, B, D) for L layers of K directions (None:
     zeros). ``cell``: a name of :data:`bptt.cells.CELLS` or a cell. ``recurrences``:
@@ -198,7 +202,9 @@ def forward(
             last.append(s_last)  # (B, D), or a pair of them
             outs.append(_flip(states[1:, ...], xp) if direction else states[1:, ...])
         x = outs[0] if arch.directions == 1 else xp.concat(outs, axis=-1)  # (T, B, K D)
-    logits, out_states = model.output(params, x, dropout_mask, xp)  # (T, B, C), eq. (B3)
+    logits = out_states = None
+    if with_output:
+        logits, out_states = model.output(params, x, dropout_mask, xp)  # (T, B, C), eq. (B3)
     h_last = _stack_last(last, arch, xp)  # shaped as h0
     cache = Cache(tuple(layer_inputs), tuple(all_states), tuple(all_aux), out_states,
                   dropout_mask, layer_masks, kind)  # fmt: skip
@@ -235,12 +241,15 @@ def backward(
     want_inputs: bool = False,
     want_h0: bool = False,
     recurrences: Any = model,
+    d_last: Any = None,
 ) -> tuple[dict[str, Any], Any, Any]:
     """The stack's VJP: ``(grads, d_inputs, d_h0)``, grads keyed and ordered as params.
 
     ``dlogits`` (T, B, C) and/or ``dstates`` (T, B, K D) (None: zero). ``d_inputs``
     (T, B, M) for dense inputs when ``want_inputs``, ``d_h0`` shaped as h0 when
-    ``want_h0``; None otherwise.
+    ``want_h0``; None otherwise. ``d_last``, shaped as ``h_last`` (None: zero), is the
+    gradient reaching every cell's last state from later steps (the ``d_h0`` of the
+    segment after these, :mod:`bptt.remat`); one direction only.
     """
     arch, kind = arch_of(params), cache.cell
     grads, dS = _state_grads(params, dlogits, dstates, cache, xp)
@@ -260,8 +269,9 @@ def backward(
             x_d = x
             if direction:  # the reverse cell's steps ran on flipped time: so do their grads
                 dS_d, x_d = _flip(dS_d, xp), _flip(x, xp)
+            last = {} if d_last is None else {"d_last": _h0_of(d_last, arch, layer, direction)}
             dXU, dHW, d_h0[index] = kind.reverse_recurrence(
-                p, states, cache.aux[index], dS_d, xp, recurrences, want_h0
+                p, states, cache.aux[index], dS_d, xp, recurrences, want_h0, **last
             )  # (T, B, G D) twice (one array for most cells), eq. (B12); dL/ds_0, eq. (B23)
             del dS_d
             if direction == arch.directions - 1:

@@ -10,7 +10,8 @@ from . import backends
 
 __all__ = ["INITS", "draw", "dtype_name"]
 
-INITS = ("uniform", "xavier", "orthogonal")
+INITS = ("uniform", "xavier", "orthogonal", "identity")
+IRNN_STD = 1e-3  # Le et al. 2015: every other matrix from N(0, 0.001^2)
 FLOAT_DTYPES = ("float32", "float64")
 
 
@@ -43,8 +44,10 @@ def draw(
     gives the same parameters on every backend (float32 differs from float64 only by
     rounding). ``model.initializer``: ``"uniform"`` draws every matrix from
     U(-1/sqrt(fan_in), 1/sqrt(fan_in)); ``"xavier"`` from U(-a, a) with
-    a = sqrt(6 / (fan_in + fan_out)); ``"orthogonal"`` makes each W a random orthogonal
-    matrix (per gate block) and the rest as ``"uniform"``. Biases start at 0.
+    a = sqrt(6 / (fan_in + fan_out)); ``"orthogonal"`` makes each W ``init_scale``
+    times a random orthogonal matrix (per gate block) and the rest as ``"uniform"``;
+    ``"identity"`` (IRNN, Le et al. 2015) makes each W ``init_scale`` times the identity
+    (per gate block) and every other matrix N(0, 0.001^2). Biases start at 0.
     """
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected an integer >= 0; got {seed!r}")
@@ -60,7 +63,12 @@ def draw(
         elif model.initializer == "xavier":
             host[key] = _uniform(rng, (fan_out, fan_in), np.sqrt(6.0 / (fan_in + fan_out)))
         elif model.initializer == "orthogonal" and key[0] == "W":
-            host[key] = np.concatenate([_orthogonal(rng, fan_in) for _ in range(fan_out // fan_in)])
+            blocks = [_orthogonal(rng, fan_in) for _ in range(fan_out // fan_in)]
+            host[key] = model.init_scale * np.concatenate(blocks)  # (G D, D)
+        elif model.initializer == "identity" and key[0] == "W":
+            host[key] = model.init_scale * np.tile(np.eye(fan_in), (fan_out // fan_in, 1))
+        elif model.initializer == "identity":
+            host[key] = rng.normal(0.0, IRNN_STD, size=(fan_out, fan_in))
         else:
             host[key] = _uniform(rng, (fan_out, fan_in), 1.0 / np.sqrt(fan_in))
     return {key: be.asarray(value.astype(dtype), dtype=dtype) for key, value in host.items()}

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from . import layers, schedules
+from . import remat as _remat
 from .backends import device_context
 from .checks import as_index, check_call, check_cotangents
 from .checks import check_values as _check_values
@@ -46,6 +47,7 @@ def vjp(
     dropout_mask: Any = None,
     layer_masks: Any = None,
     check_values: bool = True,
+    remat: Any = None,
 ) -> tuple[Forward, Callable[..., Cotangents]]:
     """The forward pass and its pullback: ``(outputs, pullback)``.
 
@@ -63,11 +65,15 @@ def vjp(
     and device. It can be called any number of times; it makes one device read per
     call for the value check when ``check_values`` (finite cotangents), as the
     forward pass does for its inputs.
+
+    ``remat`` (:mod:`bptt.remat`): the pullback keeps no cache but the arguments and
+    replays the forward pass from h0 under that plan (None: the cache of every step).
     """
     xp, dims = check_call(
         model, params, inputs, h0=h0, dropout_mask=dropout_mask, layer_masks=layer_masks
     )
     inputs = as_index(inputs, xp)  # ids of any integer dtype
+    remat = _remat.check(remat, dims.arch.directions)
     T, B = inputs.shape[:2]
     recurrences, blas = schedules.execution(xp, B, dims.D)
     with device_context(params["U"]), blas():
@@ -78,6 +84,8 @@ def vjp(
             params, inputs, h0, xp, cell=model.cell, dropout_mask=dropout_mask,
             layer_masks=layer_masks, recurrences=recurrences,
         )  # fmt: skip
+    if remat is not None:
+        cache = None  # let every step's cache go: the pullback replays
     dense = inputs.ndim == 3
 
     def pullback(
@@ -93,10 +101,17 @@ def vjp(
         with device_context(params["U"]), blas():
             if check_values:
                 _check_finite({"dlogits": dlogits, "dstates": dstates}, xp)
-            grads, d_inputs, d_h0 = layers.backward(
-                params, cache, dlogits, dstates, xp, want_inputs=with_inputs,
-                want_h0=with_h0, recurrences=recurrences,
-            )  # fmt: skip
+            if remat is not None:
+                grads, d_inputs, d_h0 = _remat.pullback(
+                    params, inputs, h0, xp, dlogits, dstates, remat=remat, cell=model.cell,
+                    dropout_mask=dropout_mask, layer_masks=layer_masks,
+                    recurrences=recurrences, want_inputs=with_inputs, want_h0=with_h0,
+                )  # fmt: skip
+            else:
+                grads, d_inputs, d_h0 = layers.backward(
+                    params, cache, dlogits, dstates, xp, want_inputs=with_inputs,
+                    want_h0=with_h0, recurrences=recurrences,
+                )  # fmt: skip
         return Cotangents(grads, d_inputs, d_h0)
 
     return outputs, pullback

@@ -62,7 +62,9 @@ class RNN:
     running on reversed time (eq. B21), K = 2 directions; ``bias``: the cells' b and
     the output's c; ``head``: the output and its loss, ``"softmax"`` (class ids),
     ``"sigmoid"`` (0/1 labels) or ``"mse"`` (real targets); ``initializer``: how
-    :meth:`init` draws the matrices (``"uniform"``, ``"xavier"``, ``"orthogonal"``);
+    :meth:`init` draws the matrices (``"uniform"``, ``"xavier"``, ``"orthogonal"``,
+    ``"identity"``: IRNN, W = ``init_scale`` I, :func:`bptt.params.draw`);
+    ``init_scale``: the factor on W for ``"identity"`` and ``"orthogonal"``;
     ``output_bias``: the output's c (None: as ``bias``; torch's ``Linear`` may differ).
     """
 
@@ -76,6 +78,7 @@ class RNN:
     head: str = "softmax"
     initializer: str = "uniform"
     output_bias: bool | None = None
+    init_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.output_bias is None:
@@ -88,6 +91,10 @@ class RNN:
         _flag("bidirectional", self.bidirectional)
         _flag("bias", self.bias)
         _flag("output_bias", self.output_bias)
+        scale = self.init_scale
+        if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < 1e6:
+            raise ValueError(f"init_scale: expected a positive number; got {scale!r}")
+        object.__setattr__(self, "init_scale", float(scale))
 
     # -- what the model is ------------------------------------------------------------
 

@@ -27,9 +27,18 @@ from collections.abc import Callable
 from typing import Any
 
 from . import jax_exec, model, numpy_exec, step
+from . import remat as remat_step
 from .backends import namespace_library
 
-__all__ = ["ENV_VAR", "SCHEDULES", "execution", "forward_recurrences", "resolve", "resolve_name"]
+__all__ = [
+    "ENV_VAR",
+    "SCHEDULES",
+    "execution",
+    "forward_recurrences",
+    "resolve",
+    "resolve_name",
+    "runner",
+]
 
 SCHEDULES = ("auto", "single", "overlap", "split", "scan", "unrolled")
 ENV_VAR = "BPTT_SCHEDULE"
@@ -78,6 +87,26 @@ def resolve(
         if name == "overlap" and not single:
             name = "single"
     return name, numpy_exec.schedule(name, T, B, D, forced=forced)
+
+
+def runner(
+    schedule: str | None, xp: Any, T: int, B: int, D: int, itemsize: int, *,
+    single: bool = True, remat: Any = None,
+) -> tuple[str, Callable[..., Any]]:  # fmt: skip
+    """:func:`resolve`, or with ``remat`` (checked, :func:`bptt.remat.check`) the
+    memory-bounded step of :mod:`bptt.remat` on the loops :func:`execution` picks, under
+    its BLAS context: ``(name, run)``, ``run`` taking :func:`bptt.step.loss_and_grad`'s
+    arguments."""
+    if remat is None:
+        return resolve(schedule, xp, T, B, D, itemsize, single=single)
+    recurrences, blas = execution(xp, B, D, schedule)
+
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with blas():
+            return remat_step.loss_and_grad(*args, remat=remat, recurrences=recurrences,
+                                            **kwargs)  # fmt: skip
+
+    return "remat", run
 
 
 def execution(

@@ -20,7 +20,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = ("model", "cells", "gru", "lstm", "gates", "layers", "heads", "step", "flat", "scan")
+MATH = (
+    "model",
+    "cells",
+    "gru",
+    "lstm",
+    "gates",
+    "layers",
+    "heads",
+    "step",
+    "flat",
+    "scan",
+    "remat",
+)  # pure math
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api",
                     "checks", "backends", "optim", "checkpoint", "data", "validation", "sample",

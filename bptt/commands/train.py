@@ -14,6 +14,7 @@ from typing import Any
 
 from ..allreduce import ALLREDUCE_MODES
 from ..cells import CELLS
+from ..params import INITS
 from ._args import (
     FIGURE_SUFFIXES,
     add_backend_arguments,
@@ -69,9 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refused: a next-character model cannot read the text ahead (see the error)",
     )  # fmt: skip
     model.add_argument("--dtype", choices=("float32", "float64"), help="default float32")
-    model.add_argument(
-        "--init", choices=("uniform", "xavier", "orthogonal"), help="default uniform"
-    )
+    model.add_argument("--init", choices=INITS, help="default uniform; identity: IRNN (W = I)")
     model.add_argument("--seq-len", type=positive_int, help="T, characters per chunk (default 100)")
     model.add_argument("--batch", type=positive_int, help="B, parallel streams (default 64)")
     model.add_argument(
@@ -98,6 +97,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     opt.add_argument("--dropout", type=probability, help="on the states before V (default 0)")
     opt.add_argument("--lr-decay", type=factor, help="factor per --lr-decay-every steps")
+    opt.add_argument(
+        "--remat", metavar="K|sqrt|budget:M",
+        help="memory-bounded BPTT: store every K-th state, every ceil(sqrt T)-th, or at most "
+        "M states by Gruslys et al.'s dynamic program; the backward pass recomputes the rest",
+    )  # fmt: skip
     opt.add_argument("--lr-decay-every", type=positive_int, help="default 1000")
     run = parser.add_argument_group("run")
     run.add_argument(

@@ -12,9 +12,9 @@ from __future__ import annotations
 from typing import Any
 
 from .. import model
-from .loop import scan
+from .loop import is_traced, scan
 
-__all__ = ["recurrence", "reverse_recurrence", "scan"]
+__all__ = ["barrier", "recurrence", "reverse_recurrence", "scan"]
 
 
 def recurrence(W: Any, xu: Any, s: Any, xp: Any, nonlinearity: str = "tanh") -> Any:
@@ -27,3 +27,19 @@ def reverse_recurrence(
 ) -> Any:
     """As :func:`bptt.model.reverse_recurrence`: dz_n .. dz_1, (n, B, D), eq. (62)."""
     return model.reverse_recurrence(W, states, dS, dz, xp, nonlinearity, scan=scan)
+
+
+def barrier(tree: Any) -> Any:
+    """``jax.lax.optimization_barrier(tree)`` under a trace, ``tree`` itself eagerly.
+
+    What :mod:`bptt.remat` hands a replay its start state through, together with the
+    gradient coming from later steps: XLA can then neither merge the replay with the
+    first pass's identical operations (common-subexpression elimination would undo the
+    recomputation and keep every state alive) nor run it before the later segments'
+    backward passes (as ``jax.checkpoint`` does with its residuals).
+    """
+    if not is_traced(tree):
+        return tree
+    import jax
+
+    return jax.lax.optimization_barrier(tree)

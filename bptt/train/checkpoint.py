@@ -52,7 +52,8 @@ __all__ = ["BEST", "FORMAT_VERSION", "LATEST", "MODEL_OPTIONS", "Checkpoint", "C
 
 FORMAT_VERSION = 3  # 2: optimizer arrays by path; 3: the configuration stored once
 # The TrainConfig options that are the model's fields (stored once, in config.model).
-MODEL_OPTIONS = {"hidden": "hidden_size", "layers": "layers", "cell": "cell", "init": "initializer"}
+MODEL_OPTIONS = {"hidden": "hidden_size", "layers": "layers", "cell": "cell", "init": "initializer",
+                 "init_scale": "init_scale"}  # the options the model holds  # fmt: skip
 META_MAX_BYTES = 16 << 20  # the JSON document
 SQUARES = ("nu", "sum_of_squares")  # the state fields that are sums or means of squares
 OLD_SLOTS = {"mu": ("m",), "nu": ("v", "mean_sq"), "trace": ("velocity",),
@@ -212,7 +213,7 @@ def _config(config: Any, version: int) -> tuple[dict[str, Any], RNN, TrainConfig
         model = _make(RNN, {OLD_MODEL[k]: v for k, v in stored.items() if k != "dtype"},
                       "config.model")  # fmt: skip
         stored = _section(config["train"], "config.train", options | {"nonlinearity"},
-                          options - {"l2", "layers", "cell"})  # fmt: skip
+                          options - {"l2", "layers", "cell", "init_scale", "remat"})  # fmt: skip
         make, stored = TrainConfig.from_stored, {"stored": stored}  # format 1's decay: l2
     train = _make(make, {**stored, **{k: getattr(model, v) for k, v in MODEL_OPTIONS.items()}},
                   "config.train")  # fmt: skip

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import optim
+from .. import optim, remat
 from ..cells import CELLS
 from ..params import INITS, dtype_name
 from ..rnn import RNN
@@ -26,6 +26,7 @@ RESUMABLE = (
     "eval_every",
     "patience",
     "sample_length",
+    "remat",  # the same gradients (to rounding), less memory: free to change
 )  # val_streams and val_warmup are fixed: they define the validation "best" is judged on
 
 
@@ -52,7 +53,8 @@ class TrainConfig:
     lr_decay: float = 1.0  # the learning rate is multiplied by this ...
     lr_decay_every: int = 1000  # ... every this many steps (smoothly)
     dtype: str = "float32"
-    init: str = "uniform"
+    init: str = "uniform"  # bptt.params.INITS
+    init_scale: float = 1.0  # W's factor under init "identity" (IRNN) and "orthogonal"
     seed: int = 0
     log_every: int = 20
     eval_every: int = 200
@@ -60,6 +62,7 @@ class TrainConfig:
     sample_length: int = 200
     val_streams: int = 16
     val_warmup: int = 100
+    remat: int | str | None = None  # memory-bounded BPTT: k, "sqrt", "budget:m" (bptt.remat)
 
     def __post_init__(self) -> None:
         self.dtype = dtype_name(self.dtype)
@@ -76,6 +79,7 @@ class TrainConfig:
         _real("lr_decay", self.lr_decay, lambda v: 0 < v <= 1, "a factor in (0, 1]")
         _real("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
         _real("clip", self.clip, lambda v: v >= 0, "a number >= 0 (0: no clipping)")
+        _real("init_scale", self.init_scale, lambda v: v > 0, "a positive number")
         for name in ("sample_length", "val_streams"):
             if not _whole(getattr(self, name), 1):
                 raise ValueError(
@@ -84,6 +88,9 @@ class TrainConfig:
         for name in ("val_warmup", "seed"):
             if not _whole(getattr(self, name), 0):
                 raise ValueError(f"{name}: expected an integer >= 0; got {getattr(self, name)!r}")
+        self.remat = remat.parse(self.remat)  # an int, "sqrt" or "budget:m" (JSON-ready)
+        if isinstance(self.remat, remat.Budget):
+            self.remat = f"budget:{self.remat.states}"
         if self.init not in INITS:
             raise ValueError(f"init: expected one of {list(INITS)}; got {self.init!r}")
         if self.cell not in CELLS:
@@ -112,7 +119,7 @@ class TrainConfig:
     def model(self, vocab_size: int) -> RNN:
         """The model this run trains on a vocabulary of ``vocab_size`` characters."""
         return RNN(vocab_size, self.hidden, vocab_size, cell=self.cell, layers=self.layers,
-                   initializer=self.init)  # fmt: skip
+                   initializer=self.init, init_scale=self.init_scale)  # fmt: skip
 
     def make_optimizer(self) -> optim.GradientTransformation:
         """Global-norm clipping (``clip`` 0: the norm only recorded), then the optimizer.

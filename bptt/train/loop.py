@@ -136,13 +136,14 @@ class Trainer:
         self.model = config.model(len(corpus.vocab))  # what the parameters are
         if isinstance(self.comm, Local):
             step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
-                                   seed=config.seed, model=self.model)  # fmt: skip
+                                   seed=config.seed, model=self.model,
+                                   remat=config.remat)  # fmt: skip
             self.train_step = compile_step(step, be, compile)  # .mode, .compile_seconds
         else:  # the gradient part, the all-reduce, the update part
             self.train_step = make_parallel_step(
                 self.optimizer, state.layout, self.comm, be, self.shard, dropout=config.dropout,
                 seed=config.seed, compile=compile, allreduce=allreduce,
-                model=self.model,
+                model=self.model, remat=config.remat,
             )  # fmt: skip
         with be.activate():  # CuPy: allocate on this run's GPU, not the current one
             self.feed = EpochFeed(corpus.train, Streams(len(corpus.train), config.batch,

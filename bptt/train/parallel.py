@@ -37,7 +37,7 @@ __all__ = ["ParallelStep", "make_gradient_part", "make_parallel_step", "make_upd
 
 def make_gradient_part(
     layout: Layout, shard: Shard, *, dropout: float = 0.0, seed: int = 0,
-    schedule: str | None = None, model: Any,
+    schedule: str | None = None, model: Any, remat: Any = None,
 ) -> Callable[[TrainCarry, Any, Any], tuple[Any, Any]]:  # fmt: skip
     """``gradients(carry, inputs, targets) -> (buffer, h_last)`` for this rank's streams:
     ``inputs``/``targets`` (T, B/N), ``carry.hidden`` (..., B/N, D); ``buffer`` (N + 1,)
@@ -45,7 +45,7 @@ def make_gradient_part(
     this rank's rows of the whole batch's (:func:`bptt.train.step.make_gradients`)."""
     columns = (shard.start, shard.stop, shard.batch)
     local = make_gradients(layout, dropout=dropout, seed=seed, schedule=schedule,
-                           model=model, columns=columns)  # fmt: skip
+                           model=model, columns=columns, remat=remat)  # fmt: skip
 
     def gradients(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[Any, Any]:
         xp, _ = namespace_of({"carry.params": carry.params})
@@ -107,7 +107,7 @@ class ParallelStep:
 def make_parallel_step(
     optimizer: optim.GradientTransformation, layout: Layout, comm: Any, backend: Any,
     shard: Shard, *, dropout: float = 0.0, seed: int = 0, compile: str = "auto",
-    allreduce: str = "auto", schedule: str | None = None, model: Any,
+    allreduce: str = "auto", schedule: str | None = None, model: Any, remat: Any = None,
 ) -> ParallelStep:  # fmt: skip
     """The data-parallel step on ``backend`` for ``comm``'s ranks. ``compile``: ``"auto"``
     or ``"jit"`` (JAX: each part under ``jax.jit``), ``"none"``; a CUDA graph cannot hold
@@ -120,7 +120,7 @@ def make_parallel_step(
         )
     reduce = gradient_allreduce(comm, backend, allreduce)
     gradients = make_gradient_part(layout, shard, dropout=dropout, seed=seed, schedule=schedule,
-                                   model=model)  # fmt: skip
+                                   model=model, remat=remat)  # fmt: skip
     update = make_update_part(optimizer, layout, shard)
     parts = [compile_step(part, backend, compile) for part in (gradients, update)]
     return ParallelStep(parts[0], reduce, parts[1], shard.size)

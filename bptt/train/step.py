@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from .. import optim, random, schedules
+from .. import remat as _remat
 from ..backends import device_context, namespace_of
 from ..flat import Layout
 from ..heads import loss_weights
@@ -31,12 +32,15 @@ class TrainCarry(NamedTuple):
     step: Any  # 0-d integer: updates done, the dropout stream's counter
 
 
-def make_plan(model: Any, schedule: str | None, reduction: str) -> Callable[..., Any]:
+def make_plan(
+    model: Any, schedule: str | None, reduction: str, remat: Any = None
+) -> Callable[..., Any]:
     """``plan(xp, T, B, dtype) -> (run, weights)``: the pure step of the schedule chosen
-    for (T, B) chunks of ``model`` (:func:`bptt.schedules.resolve`, taking the arguments
-    of :func:`bptt.step.loss_and_grad`) and the loss weights of ``reduction``, resolved on
-    the first chunk of each shape: a step built on it reads no environment and checks
-    no argument when it runs."""
+    for (T, B) chunks of ``model`` (:func:`bptt.schedules.runner`, taking the arguments
+    of :func:`bptt.step.loss_and_grad`; memory-bounded with ``remat``) and the loss
+    weights of ``reduction``, resolved on the first chunk of each shape: a step built on
+    it reads no environment and checks no argument when it runs."""
+    remat = _remat.check(remat, model.directions)
     resolved: dict[tuple[Any, ...], tuple[Any, Any]] = {}
     single = model.arch.single and model.gates == 1
 
@@ -44,8 +48,8 @@ def make_plan(model: Any, schedule: str | None, reduction: str) -> Callable[...,
         key = (xp.__name__, T, B, str(dtype))
         if key not in resolved:
             itemsize = xp.finfo(dtype).bits // 8
-            _, run = schedules.resolve(schedule, xp, T, B, model.hidden_size, itemsize,
-                                       single=single)  # fmt: skip
+            _, run = schedules.runner(schedule, xp, T, B, model.hidden_size, itemsize,
+                                      single=single, remat=remat)  # fmt: skip
             weights = loss_weights(None, (T, B, model.output_size), head=model.head,
                                    reduction=reduction, dtype=dtype, xp=xp)  # fmt: skip
             resolved[key] = run, weights
@@ -62,6 +66,7 @@ def make_gradients(
     schedule: str | None = None,
     model: Any,
     columns: tuple[int, int, int] | None = None,
+    remat: Any = None,
 ) -> Callable[[TrainCarry, Any, Any], tuple[Any, Any, Any]]:
     """``gradients(carry, inputs, targets) -> (loss, grads, h_last)``: the chunk's mean
     loss, its gradients by name and the state to carry on.
@@ -80,7 +85,7 @@ def make_gradients(
     """
     arch = model.arch
     width = arch.directions * model.hidden_size  # K D
-    plan = make_plan(model, schedule, "mean")
+    plan = make_plan(model, schedule, "mean", remat)
 
     def gradients(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[Any, Any, Any]:
         xp, device = namespace_of({"carry.params": carry.params, "carry.hidden": carry.hidden})
@@ -117,6 +122,7 @@ def make_train_step(
     seed: int = 0,
     schedule: str | None = None,
     model: Any,
+    remat: Any = None,
 ) -> Callable[[TrainCarry, Any, Any], tuple[TrainCarry, Any, Any]]:
     """The step for ``optimizer`` over parameters laid out by ``layout``.
 
@@ -124,10 +130,10 @@ def make_train_step(
     the chunk's mean loss in nats per character, ``norm`` the gradient's global norm
     before clipping (recorded by the optimizer's clip, or computed). Dropout as in
     :func:`make_gradients`. ``carry.hidden`` is (B, D) for one layer, (L K, B, D) for
-    a stack.
+    a stack. ``remat``: memory-bounded BPTT (:mod:`bptt.remat`).
     """
     gradients = make_gradients(layout, dropout=dropout, seed=seed, schedule=schedule,
-                               model=model)  # fmt: skip
+                               model=model, remat=remat)  # fmt: skip
 
     def train_step(carry: TrainCarry, inputs: Any, targets: Any) -> tuple[TrainCarry, Any, Any]:
         xp, _ = namespace_of({"carry.params": carry.params})
