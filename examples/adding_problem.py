@@ -27,8 +27,9 @@ Measured (2026-12-06, AMD EPYC, 2 vCPUs shared with other jobs, NumPy, float32,
 --eval-every 500``): the IRNN reached test MSE 0.0039 (best; 0.0092 at step 5000)
 after 5593 steps in 13 minutes, below the paper's 0.01 bar, after sitting at the
 baseline for ~4000 steps; the tanh RNN stayed at the baseline (see
-benchmarks/NOTES.md, "The adding problem", for its numbers). No LSTM cell in this
-version: skipped.
+benchmarks/NOTES.md, round 7: best 0.1803 after 10458 steps). At T = 300 (``--models
+irnn --minutes 15 --remat sqrt``, one BLAS thread) the IRNN stayed at the baseline
+(0.1692 after 33913 steps). No LSTM cell in this version: skipped.
 """
 
 from __future__ import annotations
