@@ -199,7 +199,7 @@ def test_a_device_that_cannot_compute_is_one_line_before_any_run(name, device, t
 
 
 def test_dtype_advice_never_names_the_refused_dtype() -> None:
-    from backends._dtypes import refusal
+    from bptt.backends._dtypes import refusal
 
     for dtype in ("float32", "float64", "int64"):
         message = refusal("torch", "mps", dtype, "--dtype")
