@@ -38,7 +38,7 @@ from .scan import python_scan
 
 __all__ = ["CELLS", "GATED", "GATED_MODULES", "VANILLA", "Gated", "Vanilla", "get_cell"]
 
-VANILLA = ("tanh", "relu")
+VANILLA = model.NONLINEARITIES  # ("tanh", "relu"): the vanilla cell's f
 GATED = ("gru", "lstm")
 
 

@@ -17,7 +17,6 @@ from .backends import namespace_of
 from .layers import Arch
 
 __all__ = [
-    "PARAM_KEYS",
     "Dims",
     "as_index",
     "check_call",
@@ -26,7 +25,6 @@ __all__ = [
     "check_values",
 ]
 
-PARAM_KEYS = ("U", "W", "V", "b", "c")  # one layer, one direction (bptt.layers: the rest)
 REDUCTIONS = ("mean", "sum")
 
 

@@ -43,7 +43,6 @@ __all__ = [
     "STATE_PARTS",
     "backward_factors",
     "from_torch_cell",
-    "initial_state_grads",
     "input_grads",
     "input_projection",
     "param_shapes",
@@ -162,11 +161,6 @@ def weight_grads(
 ) -> dict[str, Any]:
     """dW, dU, db, db_hn (eq. (G10)), one product or one sum each, keys in p's order."""
     return _weight_grads(p, dXU, dHW, H, inputs, xp, EXTRA_BIASES)
-
-
-def initial_state_grads(p: Mapping[str, Any], dHW: Any, ds0: Any) -> Any:
-    """dL/dh_0 (B, D): :func:`reverse_recurrence` already returns it in full (eq. (G10))."""
-    return ds0
 
 
 def from_torch_cell(

@@ -43,7 +43,6 @@ __all__ = [
     "STATE_PARTS",
     "backward_factors",
     "from_torch_cell",
-    "initial_state_grads",
     "input_grads",
     "input_projection",
     "param_shapes",
@@ -160,11 +159,6 @@ def weight_grads(
 ) -> dict[str, Any]:
     """dW, dU, db (eq. (L9)), one product or one sum each, keys in p's order."""
     return _weight_grads(p, dXU, dHW, H, inputs, xp)
-
-
-def initial_state_grads(p: Mapping[str, Any], dHW: Any, ds0: Any) -> Any:
-    """(dL/dh_0, dL/dc_0): :func:`reverse_recurrence` already returns them (eq. (L9))."""
-    return ds0
 
 
 def from_torch_cell(

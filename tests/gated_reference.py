@@ -106,7 +106,7 @@ def run_cell(cell: Any, p: dict[str, Any], inputs: Any, targets: Any, s0: Any, h
     dS = model.state_grads(p, dlogits, None, xp)
     dXU, dHW, ds0 = cell.reverse_recurrence(p, H, aux, dS, xp, scan)
     grads.update(cell.weight_grads(p, dXU, dHW, H, inputs, xp))
-    out = {"loss": loss, "grads": grads, "ds0": cell.initial_state_grads(p, dHW, ds0),
+    out = {"loss": loss, "grads": grads, "ds0": ds0,
            "last": last, "H": H}  # fmt: skip
     if inputs.ndim == 3:
         out["dx"] = cell.input_grads(p["U"], dXU, xp)
