@@ -14,18 +14,14 @@ from __future__ import annotations
 # isort: off
 # _startup first (before any other import): Ctrl-C while the bptt command starts, exit 130
 from ._startup import INSTALLED as _STARTUP_GUARD  # noqa: F401
-from importlib.metadata import PackageNotFoundError, version
+from ._version import __version__
 
 # isort: on
 
-from . import backends, interop, optim
-from .functional import forward, gradcheck, init_params, loss_and_grad, vjp
-from .rnn import RNN
-
-try:
-    __version__ = version("bptt")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from . import backends, optim
+from .api import interop
+from .api.functional import forward, gradcheck, init_params, loss_and_grad, vjp
+from .api.rnn import RNN
 
 __all__ = [
     "RNN",

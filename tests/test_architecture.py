@@ -1,13 +1,12 @@
 """The layering of docs/architecture.md, held by reading each module's imports.
 
-- The math (model, cells, layers, heads, step, flat, scan) imports no execution policy,
-  no training, no command line, no backend selection and not the public API (rnn,
-  functional): only array-API helpers and each other. The numerics beside it (random,
-  finite_diff) may also ask the device layer (backends) which library an array belongs to.
+- bptt/ is a few subpackages, one per layer (``LAYERS``); a module imports only its own
+  layer and the layers that layer may import, so the layers form a DAG, and no chain of
+  imports between modules (lazy ones included) comes back to where it started.
 - Nothing under bptt/ imports torch, jax or cupy at module level; only backends/
   (lazily) and the compiled-step module (inside the functions that need them).
-- JAX is imported (inside functions) by its execution layer only: bptt/jax_exec/ and
-  the compiled-step module; no JAX branch in the math.
+- JAX is imported (inside functions) by its execution layer only: bptt/execution/jax_exec/
+  and the compiled-step module; no JAX branch in the math.
 - No module calls a private name of another bptt module.
 """
 
@@ -16,30 +15,28 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "bptt"
-MATH = (
-    "model",
-    "cells",
-    "gru",
-    "lstm",
-    "gates",
-    "layers",
-    "heads",
-    "step",
-    "flat",
-    "scan",
-    "remat",
-)  # pure math
-NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
-POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api",
-                    "checks", "backends", "optim", "checkpoint", "data", "validation", "sample",
-                    "limits",
-                    "rundir", "evaluation",
-                    "dynamic_eval", "pullback", "interop", "distributed", "allreduce",
-                    "rnn", "functional")  # fmt: skip
+BELOW_TRAIN = {"host", "backends", "math", "numerics", "execution", "optim", "api", "text"}
+# each layer (a subpackage of bptt, or a top-level module) and the layers it may import
+LAYERS: dict[str, set[str]] = {
+    "_startup": set(),
+    "_version": set(),
+    "host": set(),  # bounds on files and memory, the allocator, plots: host-side only
+    "backends": set(),  # which array libraries are usable, devices, transfers
+    "math": set(),  # the equations: array-API code of xp only
+    "numerics": {"math", "backends"},  # the counter-based generator, finite differences
+    "execution": {"math", "numerics", "backends"},  # schedules, numpy_exec, jax_exec, compile
+    "optim": {"backends"},
+    "api": {"math", "numerics", "execution", "backends"},  # bptt.RNN and its calls
+    "text": {"host", "backends", "math", "execution"},  # vocabularies, sampling, scoring
+    "train": BELOW_TRAIN
+    | {"_version"},  # the job: options, step, loop, checkpoints, run directory, MPI
+    "evaluation": BELOW_TRAIN | {"train"},  # held-out text, dynamic evaluation, diagnostics
+    "cli": BELOW_TRAIN | {"train", "evaluation", "_startup", "_version"},
+    "__init__": {"_startup", "_version", "backends", "api", "optim"},
+    "__main__": {"cli"},
+}
 LIBRARIES = ("torch", "jax", "jaxlib", "cupy")
 
 
@@ -72,14 +69,91 @@ def _bptt_modules(module: str, names: list[str]) -> set[str]:
     return set(names)
 
 
-@pytest.mark.parametrize("name", MATH + NUMERICS)
-def test_the_math_imports_no_policy(name: str) -> None:
-    reached = set()
-    for module, names in _imports(PACKAGE / f"{name}.py", top_level_only=False):
-        reached |= _bptt_modules(module, names)
-        assert module.split(".")[0] not in LIBRARIES, (name, module)
-    allowed = {"backends"} if name in NUMERICS else set()
-    assert not reached & (set(POLICY_AND_ABOVE) - allowed), (name, reached)
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[0] == "backends":
+        parts.insert(0, "bptt")
+    if parts[-1] == "__init__" and len(parts) > 2:
+        parts.pop()
+    return ".".join(parts)
+
+
+def _is_module(name: str) -> bool:
+    parts = name.split(".")
+    base = ROOT / "backends" if parts[:2] == ["bptt", "backends"] else ROOT / parts[0]
+    rest = parts[2:] if parts[:2] == ["bptt", "backends"] else parts[1:]
+    base = base.joinpath(*rest)
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def _graph() -> dict[str, set[str]]:
+    """Each bptt module and the bptt modules it imports (lazy imports included)."""
+    files = [*PACKAGE.rglob("*.py"), *(ROOT / "backends").rglob("*.py")]
+    graph = {}
+    for path in files:
+        reached = set()
+        for module, names in _imports(path, top_level_only=False):
+            if not module.startswith("bptt"):
+                continue
+            subs = [f"{module}.{n}" for n in names if _is_module(f"{module}.{n}")]
+            reached |= set(subs) if subs else {module}
+        graph[_module_name(path)] = reached - {_module_name(path)}
+    return graph
+
+
+def _layer(module: str) -> str:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else "__init__"
+
+
+def test_every_module_belongs_to_a_layer() -> None:
+    assert {_layer(m) for m in _graph()} == set(LAYERS)
+
+
+def test_each_layer_imports_only_the_layers_below_it() -> None:
+    wrong = [(m, t) for m, targets in _graph().items() for t in targets
+             if _layer(t) != _layer(m) and _layer(t) not in LAYERS[_layer(m)]]  # fmt: skip
+    assert not wrong, wrong
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == 1:
+                return [*stack[stack.index(nxt) :], nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles() -> None:
+    assert _cycle(LAYERS) is None  # the layers form a DAG
+    assert _cycle(_graph()) is None, _cycle(_graph())
+
+
+def test_the_checks_can_fail() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    graph = _graph()
+    assert "bptt.math.layers" in graph["bptt.api.rnn"]  # `from ..math.layers import ...`
+    assert "bptt.math.heads" in graph["bptt.api.rnn"]
+
+
+def test_the_architecture_page_names_every_layer() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    for layer in set(LAYERS) - {"_startup", "_version", "__init__", "__main__", "backends"}:
+        assert f"`bptt/{layer}/" in page, layer
 
 
 def test_no_array_library_imported_at_module_level() -> None:
@@ -88,7 +162,10 @@ def test_no_array_library_imported_at_module_level() -> None:
             assert module.split(".")[0] not in LIBRARIES, (path, module)
 
 
-JAX_USERS = {PACKAGE / "train" / "compiled.py", *(PACKAGE / "jax_exec").glob("*.py")}
+JAX_USERS = {
+    PACKAGE / "execution" / "compiled.py",
+    *(PACKAGE / "execution" / "jax_exec").glob("*.py"),
+}
 
 
 def test_jax_is_imported_by_its_execution_layer_only() -> None:
@@ -109,22 +186,9 @@ def test_no_private_names_of_other_modules() -> None:
                 assert not private, (path, module, private)
 
 
-def test_the_check_can_fail(tmp_path: Path) -> None:
-    bad = tmp_path / "bptt" / "model.py"
-    bad.parent.mkdir()
-    bad.write_text("from .numpy_exec import policy\nimport torch\n")
-    (policy, names), (library, _) = _imports(bad, top_level_only=False, root=tmp_path)
-    assert _bptt_modules(policy, names) == {"numpy_exec"} and library == "torch"
-
-
 def test_the_checkpoint_code_lives_with_the_training_job() -> None:
     """bptt/train/checkpoint.py imports from the job only what is below it (the options,
-    the run state, the step); bptt/checkpoint.py only re-exports it; the run directory
-    (below the job) imports it only inside the functions that read a checkpoint."""
+    the run state, the step, the run directory's file helpers)."""
     train = {m.split(".")[2] for m, _ in _imports(PACKAGE / "train" / "checkpoint.py",
              top_level_only=False) if m.startswith("bptt.train.")}  # fmt: skip
-    assert train == {"config", "state", "step"}, train
-    shim = _imports(PACKAGE / "checkpoint.py", top_level_only=True)
-    assert {m for m, _ in shim} == {"__future__", "bptt.train.checkpoint"}, shim
-    rundir = {m for m, _ in _imports(PACKAGE / "rundir.py", top_level_only=True)}
-    assert not any(m.startswith("bptt.train") for m in rundir), rundir
+    assert train <= {"config", "state", "step", "rundir"}, train

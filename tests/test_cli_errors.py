@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 from train_helpers import SMALL_TEXT
 
-from bptt import backends, checkpoint, cli
-from bptt.commands import _args
+from bptt import backends, cli
+from bptt.cli import _args
+from bptt.math import remat
+from bptt.train import checkpoint
 
 COMMANDS = ("train", "sample", "gradcheck", "diagnose")
 POSITIONAL = {"sample": ["x.npz"]}  # a required argument, so that parsing reaches the option
@@ -30,6 +32,7 @@ BAD_VALUES = {
     _args.fraction: ["0", "1"],
     _args.factor: ["0", "1.5", "-1"],
     _args.size: ["0", "-1", "2X", "big", "nan"],
+    _args.type_of(remat.parse): ["0", "-2", "x", "budget:0", "sqrt2"],
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bptt import data
+from bptt.text import data
 
 
 def _write(tmp_path, content: bytes, name: str = "t.txt"):
@@ -87,7 +87,7 @@ def test_utf8_with_bom(tmp_path) -> None:
 def test_too_short_for_batch_and_seq_len(tmp_path) -> None:
     corpus = data.load_corpus(text=_write(tmp_path, b"abcdefghij" * 30))  # 270 train chars
     corpus.check_fits(batch=4, seq_len=10)
-    with pytest.raises(data.DataError, match=r"too short for --batch 64 and --seq-len 10"):
+    with pytest.raises(data.DataError, match=r"too short for batch=64 and seq_len=10"):
         corpus.check_fits(batch=64, seq_len=10)
 
 

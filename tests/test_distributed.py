@@ -1,4 +1,4 @@
-"""Data-parallel training: ``bptt.distributed`` and ``bptt/train/parallel.py``.
+"""Data-parallel training: ``bptt.train.distributed`` and ``bptt/train/parallel.py``.
 
 In this process (no MPI): the step's two parts on simulated ranks give the one-process
 step (on every backend), validation split into parts adds up, the refusals say what
@@ -28,12 +28,12 @@ from conftest import Backend, jax_x64, load
 from mpi_worker import OPTIMIZERS, STEPS, config
 from train_helpers import SMALL_TEXT, small_config, small_corpus
 
-from bptt import allreduce, cli, distributed, train
-from bptt.checkpoint import load_checkpoint
-from bptt.train import make_train_step
-from bptt.train.compiled import compile_step
+from bptt import cli, train
+from bptt.execution.compiled import compile_step
+from bptt.text.validation import evaluate, layout_validation
+from bptt.train import allreduce, distributed, make_train_step
+from bptt.train.checkpoint import load_checkpoint
 from bptt.train.parallel import make_gradient_part, make_parallel_step, make_update_part
-from bptt.validation import evaluate, layout_validation
 
 HERE = Path(__file__).resolve().parent
 MPIEXEC = shutil.which(
@@ -223,7 +223,7 @@ def test_validation_parts_add_up_to_the_whole() -> None:
 
 
 def test_a_batch_the_ranks_do_not_divide_is_refused_with_the_fix() -> None:
-    with pytest.raises(ValueError, match=r"--batch 6: .* 4 ranks .* use --batch 4 or 8"):
+    with pytest.raises(ValueError, match=r"batch=6: .* 4 ranks .* use batch=4 or 8"):
         distributed.Shard.of(6, 0, 4)
     assert distributed.Shard.of(8, 3, 4)[3:] == (6, 8)
 
@@ -253,7 +253,7 @@ class _ThreeRanks(distributed.Local):
 def test_a_batch_the_ranks_cannot_split_on_a_resume_names_rank_counts_not_batch(tmp_path):
     """--batch cannot change on a resume: the fix offered is a number of ranks."""
     cfg = small_config(batch=4)
-    with pytest.raises(ValueError, match=r"use --batch 3 or 6"):
+    with pytest.raises(ValueError, match=r"use batch=3 or 6"):
         train.Trainer.create(small_corpus(), cfg, backend="numpy", comm=_ThreeRanks())
     trainer = train.Trainer.create(small_corpus(), cfg, backend="numpy", checkpoint_dir=tmp_path)
     trainer.run(steps=2)
@@ -339,7 +339,7 @@ def test_two_ranks_train_as_one_and_checkpoints_move_between_them(tmp_path) -> N
     for rank in seen:  # every rank refused, with one message naming the option
         assert "run.config.lr: rank 0 has 0.01, rank 1 0.02" in rank["refusals"]["options"]
         assert rank["refusals"]["options"].startswith("StartupError")
-        assert "--batch 3: data-parallel training on 2 ranks" in rank["refusals"]["batch"]
+        assert "batch=3: data-parallel training on 2 ranks" in rank["refusals"]["batch"]
         assert "the ranks' parameters differ at step 1" in rank["divergence"]
         assert [any(v) for v in rank["votes"]] == [False, False, False, True, False]
 
@@ -441,7 +441,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_a_killed_rank_ends_the_job(tmp_
 
 
 def small_corpus_of(path: Path):
-    from bptt.data import load_corpus
+    from bptt.text.data import load_corpus
 
     return load_corpus(text=str(path))
 
@@ -547,7 +547,10 @@ def test_the_last_checkpoint_failing_and_a_nan_end_every_rank_with_one_line(tmp_
     out = _launch(_mpiexec(sys.executable, "-m", "bptt", *nan), tmp_path, timeout=PHASE_BOUND)
     ours = [line for line in out.stderr.splitlines() if line.startswith("bptt")]
     assert out.returncode == 1 and len(ours) == 1, out
-    assert "no checkpoint was written. Start the run again with a lower --lr" in ours[0]
+    assert (
+        "no checkpoint was written. Start the run again with a lower learning rate (--lr)"
+        in (ours[0])
+    )
     assert "Resume" not in ours[0] and "resume" not in ours[0]
 
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from train_helpers import SMALL_TEXT
 
-from bptt import checkpoint, cli, rundir
-from bptt.checkpoint import BEST, LATEST, load_checkpoint, peek_meta
+from bptt import cli
+from bptt.train import checkpoint, directory, rundir
+from bptt.train.checkpoint import BEST, LATEST, load_checkpoint, peek_meta
 
 TINY = ["--hidden", "8", "--batch", "4", "--seq-len", "16", "--eval-every", "5",
         "--log-every", "5", "--sample-length", "4", "--no-progress", "--backend", "numpy",
@@ -60,7 +61,7 @@ def _new_dirs(root: Path) -> list[Path]:
 CASES = [
     ("new run on a run's directory", ["--checkpoint-dir", "RUN", "--steps", "5"], 2,
      ["already holds a run (latest.npz at step 10, best.npz at step 10)",
-      "bptt train --resume RUN", "--overwrite replaces it"], "same"),
+      "(--resume RUN)", "--overwrite replaces it"], "same"),
     ("new run with --overwrite", ["--checkpoint-dir", "RUN", "--steps", "5", "--seed", "3",
                                   "--overwrite"], 0, ["replaced the run in RUN"], "new"),
     ("resume the run's latest", ["--resume", "RUN", "--steps", "15"], 0,
@@ -118,23 +119,57 @@ def test_a_run_is_never_replaced_by_accident(
         (new,) = _new_dirs(tmp_path)
         assert load_checkpoint(new).step == 15
         _agree(new)
-    for directory in (run, *([] if status else _new_dirs(tmp_path))):
-        _agree(directory)
+    for folder in (run, *([] if status else _new_dirs(tmp_path))):
+        _agree(folder)
     assert not list(run.glob(".*.tmp"))
 
 
 def test_the_default_directory_is_unique_within_a_second(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(time, "strftime", lambda fmt, *a: "20260101-000000")
-    made = [rundir.new_run_directory(tmp_path / "checkpoints") for _ in range(3)]
+    made = [directory.new_run_directory(tmp_path / "checkpoints") for _ in range(3)]
     assert [p.name for p in made] == ["20260101-000000", "20260101-000000-2", "20260101-000000-3"]
     assert all(p.is_dir() and not any(p.iterdir()) for p in made)
+
+
+# ---- the same policy for a script that trains through the library ------------------
+
+
+def test_a_library_run_gets_the_command_lines_guarantees(tmp_path) -> None:
+    """Trainer.run claims its directory as bptt train does: another run's directory is
+    refused (naming the library's arguments) unless overwrite=True; a resume of a run's
+    latest.npz continues in place; a best.npz goes to a new directory with its best."""
+    from train_helpers import small_trainer
+
+    from bptt import backends, train
+
+    be, run = backends.get_backend("numpy"), tmp_path / "run"
+    small_trainer(be, run).run(steps=5)
+    before = _snapshot(run)
+    other = small_trainer(be, run, seed=1)
+    with pytest.raises(ValueError, match=r"checkpoint_dir=.*already holds a run.*overwrite=True"):
+        other.run(steps=5)
+    assert _snapshot(run) == before
+    rundir.RunLock(run).acquire().release()  # the refused run let go of the lock
+    assert other.claim_directory(run, overwrite=True) == [
+        f"replaced the run in {run} (latest.npz at step 5, best.npz at step 5): overwrite=True"
+    ]
+    other.run(steps=5)
+    other.unlock_directory()  # claimed by the caller: held until the caller lets go
+    assert _snapshot(run) != before  # replaced, as asked
+    resumed = train.Trainer.resume(load_checkpoint(run), small_trainer(be).corpus, backend=be,
+                                   checkpoint_dir=run)  # fmt: skip
+    assert resumed.run(steps=10).latest == run / LATEST  # in place: no refusal
+    from_best = train.Trainer.resume(load_checkpoint(run / BEST), resumed.corpus, backend=be)
+    notes = from_best.claim_directory(tmp_path / "copy")
+    assert notes[0].startswith(f"continuing {run / BEST} (step 10) in {tmp_path / 'copy'}")
+    from_best.unlock_directory()
 
 
 # ---- the lock ----------------------------------------------------------------------
 
 HOLD = """
 import sys, time
-from bptt.rundir import RunLock
+from bptt.train.rundir import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)
@@ -213,7 +248,7 @@ def _fail_writing(monkeypatch, name: str) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, ckpt)
 
-    monkeypatch.setattr("bptt.train.loop.save_checkpoint", save)
+    monkeypatch.setattr("bptt.train.trainer.save_checkpoint", save)
 
 
 FAILURES = {

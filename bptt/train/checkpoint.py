@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import limits, optim
-from ..data import Streams
-from ..flat import Layout
-from ..layers import arch_of
-from ..rnn import RNN
-from ..rundir import BEST, LATEST, CheckpointError, check_writable, remove_stale_temporaries
+from .. import optim
+from ..api.rnn import RNN
+from ..host import limits
+from ..math.flat import Layout
+from ..math.layers import arch_of
+from ..text.data import Streams
 from .config import TrainConfig
+from .rundir import BEST, LATEST, CheckpointError, check_writable, remove_stale_temporaries
 from .state import HISTORY_KEYS, RunState
 from .step import TrainCarry
 
@@ -89,6 +90,7 @@ class Checkpoint:
     history: dict[str, np.ndarray] = field(default_factory=dict)
     best: dict[str, Any] = field(default_factory=dict)  # best_val, best_step, evals_since
     format_version: int = FORMAT_VERSION
+    source: Path | None = None  # the file it was loaded from (None: made in memory)
 
     @property
     def model(self) -> RNN:
@@ -457,7 +459,7 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"checkpoint: cannot read {name}: {e.strerror or e}") from None
     params, opt, history = _parts(arrays, "param/", "opt/", "history/")
     return Checkpoint(params, opt, vocab, meta["step"], config, arrays["hidden"], meta["position"],
-                      meta["rng_state"], history, meta["best"], version)  # fmt: skip
+                      meta["rng_state"], history, meta["best"], version, p)  # fmt: skip
 
 
 def peek_meta(path: str | os.PathLike) -> dict[str, Any] | None:
@@ -572,7 +574,7 @@ def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype
     except KeyError as e:
         raise CheckpointError(f"checkpoint: no optimizer array {e.args[0]!r}: it was written "
                               "for another optimizer; resume with the original "
-                              "--optimizer") from None  # fmt: skip
+                              "optimizer=...") from None  # fmt: skip
     rng = np.random.default_rng()
     rng.bit_generator.state = ckpt.rng_state
     counter = backend.xp.full((), ckpt.step, dtype=backend.integer, device=backend.device)

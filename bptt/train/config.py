@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import Field, dataclass, field, fields
 from typing import Any
 
-from .. import optim, remat
-from ..cells import CELLS
-from ..params import INITS, dtype_name
-from ..rnn import RNN
+from .. import optim
+from ..api.params import INITS, dtype_name
+from ..api.rnn import RNN
+from ..math import remat
+from ..math.cells import CELLS
 
-__all__ = ["RESUMABLE", "TrainConfig"]
+__all__ = ["GROUPS", "KINDS", "RESUMABLE", "Kind", "TrainConfig", "check_option", "option"]
 
 # Options that may change when a run resumes (the rest fix the model and the data order).
 RESUMABLE = (
@@ -30,80 +32,128 @@ RESUMABLE = (
 )  # val_streams and val_warmup are fixed: they define the validation "best" is judged on
 
 
+@dataclass(frozen=True)
+class Kind:
+    """A kind of option value: what it must be, checked the same way wherever it is
+    given (a :class:`TrainConfig` field, a command-line flag)."""
+
+    cast: type  # int or float
+    ok: Callable[[Any], bool]
+    expected: str
+
+    def valid(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return False
+        if self.cast is int and not isinstance(value, int):
+            return False
+        return math.isfinite(value) and self.ok(value)
+
+    def parse(self, text: str) -> Any:
+        """A command-line string as this kind's value; ValueError naming what it expects."""
+        try:
+            value = self.cast(text)
+        except ValueError:
+            value = None
+        if value is None or not self.valid(value):
+            raise ValueError(f"expected {self.expected}; got {text!r}")
+        return value
+
+
+KINDS = {  # the value checks, one table
+    "positive int": Kind(int, lambda v: v >= 1, "a positive integer"),
+    "int >= 0": Kind(int, lambda v: v >= 0, "an integer >= 0"),  # seeds: NumPy refuses < 0
+    "positive": Kind(float, lambda v: v > 0, "a positive number"),
+    ">= 0": Kind(float, lambda v: v >= 0, "a number >= 0"),
+    "probability": Kind(float, lambda v: 0 <= v < 1, "a probability in [0, 1)"),
+    "factor": Kind(float, lambda v: 0 < v <= 1, "a factor in (0, 1]"),  # lr decay
+    "fraction": Kind(float, lambda v: 0 < v < 1, "a number in (0, 1)"),  # held out
+}
+GROUPS = ("model", "optimisation", "run")  # how the command line groups the options
+
+
+def option(default: Any, kind: str | tuple[str, ...] | Callable[[Any], Any], group: str,
+           help: str, **cli: Any) -> Any:  # fmt: skip
+    """A :class:`TrainConfig` field, declared once: its default, its kind (a key of
+    ``KINDS``, a tuple of choices or a parser), its group and help; ``cli``: extra
+    command-line settings (``aliases``, ``metavar``)."""
+    return field(default=default, metadata={"kind": kind, "group": group, "help": help, **cli})
+
+
 @dataclass
 class TrainConfig:
-    """Model and training options. ``clip <= 0`` disables clipping.
+    """Model and training options, each declared once (:func:`option`): the command
+    line's ``bptt train`` flags are made from these fields, and every value is checked
+    here, by its kind (``KINDS``), whichever way it came.
 
     ``weight_decay`` is decoupled (AdamW-style: p <- p - lr lambda p, for every
     optimizer); ``l2`` adds lambda p to the gradient (an L2 penalty on the loss).
     """
 
-    hidden: int = 256  # D
-    layers: int = 1  # L stacked layers (one direction: a next-character model reads the past)
-    cell: str = "tanh"  # the recurrent cell (bptt.cells.CELLS)
-    seq_len: int = 100  # T
-    batch: int = 64  # B
-    optimizer: str = "adam"
-    lr: float = 2e-3
-    momentum: float = 0.0  # sgd only
-    clip: float = 5.0
-    l2: float = 0.0
-    weight_decay: float = 0.0
-    dropout: float = 0.0  # on the states before V
-    lr_decay: float = 1.0  # the learning rate is multiplied by this ...
-    lr_decay_every: int = 1000  # ... every this many steps (smoothly)
-    dtype: str = "float32"
-    init: str = "uniform"  # bptt.params.INITS
-    init_scale: float = 1.0  # W's factor under init "identity" (IRNN) and "orthogonal"
-    seed: int = 0
-    log_every: int = 20
-    eval_every: int = 200
-    patience: int | None = None  # stop after this many evaluations without a new best
-    sample_length: int = 200
-    val_streams: int = 16
-    val_warmup: int = 100
-    remat: int | str | None = None  # memory-bounded BPTT: k, "sqrt", "budget:m" (bptt.remat)
+    hidden: int = option(256, "positive int", "model", "hidden units D")
+    layers: int = option(1, "positive int", "model", "L stacked recurrent layers (one "
+                         "direction: a next-character model reads the past); dropout also "
+                         "acts between them")  # fmt: skip
+    cell: str = option("tanh", tuple(CELLS), "model", "the recurrent cell of every layer",
+                       aliases=("--nonlinearity",))  # fmt: skip
+    seq_len: int = option(100, "positive int", "model", "T, characters per chunk")
+    batch: int = option(64, "positive int", "model", "B, parallel streams")
+    optimizer: str = option("adam", tuple(optim.OPTIMIZERS), "optimisation", "the optimizer")
+    lr: float = option(2e-3, "positive", "optimisation", "learning rate. On a resume it "
+                       "replaces the stored rate from the resumed step on (a decay schedule "
+                       "continues from the global step; the optimizer's moments are kept) "
+                       "and later checkpoints store it")  # fmt: skip
+    momentum: float = option(0.0, "probability", "optimisation", "for sgd")
+    clip: float = option(5.0, ">= 0", "optimisation", "global gradient norm; 0: off")
+    l2: float = option(
+        0.0,
+        ">= 0",
+        "optimisation",
+        "L2 penalty: lambda p added to the gradient before the optimizer",
+    )
+    weight_decay: float = option(
+        0.0, ">= 0", "optimisation", "decoupled weight decay, AdamW-style: p -= lr lambda p"
+    )
+    dropout: float = option(
+        0.0, "probability", "optimisation", "on the states before V (and between stacked layers)"
+    )
+    lr_decay: float = option(
+        1.0, "factor", "optimisation", "the learning rate is multiplied by this ..."
+    )
+    lr_decay_every: int = option(
+        1000, "positive int", "optimisation", "... every this many steps (smoothly)"
+    )
+    dtype: str = option("float32", ("float32", "float64"), "model", "the parameters' dtype")
+    init: str = option(
+        "uniform", tuple(INITS), "model", "the initializer; identity: IRNN (W = init_scale I)"
+    )
+    init_scale: float = option(
+        1.0, "positive", "model", "W's factor under init identity (IRNN) and orthogonal"
+    )
+    seed: int = option(0, "int >= 0", "model", "fixes init, stream order, dropout and samples")
+    log_every: int = option(20, "positive int", "run", "read the loss every N steps")
+    eval_every: int = option(200, "positive int", "run", "validate every N steps")
+    patience: int | None = option(
+        None, "positive int", "run", "stop after this many evaluations without a new best"
+    )
+    sample_length: int = option(200, "positive int", "run", "sample shown per evaluation")
+    val_streams: int = option(16, "positive int", "run", "validation streams")
+    val_warmup: int = option(
+        100, "int >= 0", "run", "characters each validation stream reads before it is scored"
+    )
+    remat: int | str | None = option(
+        None, remat.parse, "optimisation", "memory-bounded BPTT: store every K-th state, "
+        "every ceil(sqrt T)-th (sqrt), or at most M states by Gruslys et al.'s dynamic "
+        "program (budget:M); the backward pass recomputes the rest",
+        metavar="K|sqrt|budget:M",
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
         self.dtype = dtype_name(self.dtype)
-        positive = ("hidden", "layers", "seq_len", "batch", "log_every", "eval_every",
-                    "lr_decay_every")  # fmt: skip
-        for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: expected a positive integer; got {value!r}")
-        _real("lr", self.lr, lambda v: v > 0, "a positive learning rate")
-        _real("dropout", self.dropout, lambda v: 0 <= v < 1, "a probability in [0, 1)")
-        for name in ("l2", "weight_decay"):
-            _real(name, getattr(self, name), lambda v: v >= 0, "a number >= 0")
-        _real("lr_decay", self.lr_decay, lambda v: 0 < v <= 1, "a factor in (0, 1]")
-        _real("momentum", self.momentum, lambda v: 0 <= v < 1, "a number in [0, 1)")
-        _real("clip", self.clip, lambda v: v >= 0, "a number >= 0 (0: no clipping)")
-        _real("init_scale", self.init_scale, lambda v: v > 0, "a positive number")
-        for name in ("sample_length", "val_streams"):
-            if not _whole(getattr(self, name), 1):
-                raise ValueError(
-                    f"{name}: expected a positive integer; got {getattr(self, name)!r}"
-                )
-        for name in ("val_warmup", "seed"):
-            if not _whole(getattr(self, name), 0):
-                raise ValueError(f"{name}: expected an integer >= 0; got {getattr(self, name)!r}")
+        for f in fields(self):
+            check_option(f, getattr(self, f.name))
         self.remat = remat.parse(self.remat)  # an int, "sqrt" or "budget:m" (JSON-ready)
         if isinstance(self.remat, remat.Budget):
             self.remat = f"budget:{self.remat.states}"
-        if self.init not in INITS:
-            raise ValueError(f"init: expected one of {list(INITS)}; got {self.init!r}")
-        if self.cell not in CELLS:
-            raise ValueError(f"cell: expected one of {list(CELLS)}; got {self.cell!r}")
-        if self.optimizer not in optim.OPTIMIZERS:
-            raise ValueError(
-                f"optimizer: expected one of {list(optim.OPTIMIZERS)}; got {self.optimizer!r}"
-            )
-        if self.patience is not None and (
-            isinstance(self.patience, bool) or not isinstance(self.patience, int)
-            or self.patience < 1
-        ):  # fmt: skip
-            raise ValueError(f"patience: expected a positive integer; got {self.patience!r}")
 
     def memory_bytes(self, M: int, C: int) -> int:
         """A lower bound of the memory one training step holds at once, in bytes: the
@@ -149,12 +199,17 @@ class TrainConfig:
         return cls(**{**stored, **overrides})
 
 
-def _whole(value: Any, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-def _real(name: str, value: Any, ok: Any, expected: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name}: expected {expected}; got {value!r}")
-    if not (math.isfinite(value) and ok(value)):
-        raise ValueError(f"{name}: expected {expected}; got {value!r}")
+def check_option(f: Field, value: Any) -> None:
+    """ValueError naming the field unless ``value`` is of its kind (None: only where
+    the default is None)."""
+    kind = f.metadata["kind"]
+    if value is None and f.default is None:
+        return
+    if isinstance(kind, tuple):
+        if value not in kind:
+            raise ValueError(f"{f.name}: expected one of {list(kind)}; got {value!r}")
+    elif isinstance(kind, str):
+        if not KINDS[kind].valid(value):
+            raise ValueError(f"{f.name}: expected {KINDS[kind].expected}; got {value!r}")
+    else:
+        kind(value)  # a parser (remat.parse): it raises, naming the field

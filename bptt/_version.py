@@ -1,0 +1,10 @@
+"""The installed distribution's version, read once."""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("bptt")
+except PackageNotFoundError:  # running from a source tree that was never installed
+    __version__ = "0+unknown"
