@@ -136,7 +136,7 @@ def fail_last_save(argv: list[str]) -> int:
     import os
 
     from bptt import cli
-    from bptt.train import trainer as loop
+    from bptt.train import directory as loop
 
     final, real = int(argv[argv.index("--steps") + 1]), loop.save_checkpoint
 

@@ -248,7 +248,7 @@ def _fail_writing(monkeypatch, name: str) -> None:
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
         return real(path, ckpt)
 
-    monkeypatch.setattr("bptt.train.trainer.save_checkpoint", save)
+    monkeypatch.setattr("bptt.train.directory.save_checkpoint", save)
 
 
 FAILURES = {

@@ -41,7 +41,7 @@ def test_a_stack_resumes_exactly(tmp_path) -> None:
     first = small_trainer(NUMPY, tmp_path, **options)
     first.run(steps=N)
     ckpt = load_checkpoint(tmp_path / LATEST)
-    assert ckpt.architecture == {"layers": 2, "bidirectional": False, "nonlinearity": "relu"}
+    assert (ckpt.model.layers, ckpt.model.bidirectional, ckpt.model.cell) == (2, False, "relu")
     M = len(small_corpus().vocab)
     assert ckpt.model == bptt.RNN(M, 12, M, cell="relu", layers=2)
     assert ckpt.config["model"]["layers"] == 2 and ckpt.hidden.shape == (2, 16, 12)
@@ -102,7 +102,7 @@ DATA = Path(__file__).parent / "data"
 @pytest.mark.parametrize("name", ["format1_adam_step5.npz", "format1_sgd_step5.npz"])
 def test_older_checkpoints_load_as_one_tanh_layer(name) -> None:
     ckpt = load_checkpoint(DATA / name)
-    assert ckpt.architecture == {"layers": 1, "bidirectional": False, "nonlinearity": "tanh"}
+    assert (ckpt.model.layers, ckpt.model.bidirectional, ckpt.model.cell) == (1, False, "tanh")
     assert ckpt.train.layers == 1 and ckpt.train.cell == "tanh"
 
 
@@ -130,7 +130,7 @@ def test_the_command_line(text, tmp_path, capsys) -> None:
     assert cli.main(["train", *args, "--checkpoint-dir", run]) == 0
     out = capsys.readouterr().out
     assert "L=2, relu," in out
-    assert load_checkpoint(run).architecture["layers"] == 2
+    assert load_checkpoint(run).model.layers == 2
     assert cli.main(["train", "--resume", run, "--steps", "8", "--no-progress"]) == 0
     with pytest.raises(SystemExit) as e:
         cli.main(["train", "--resume", run, "--steps", "9", "--layers", "3"])

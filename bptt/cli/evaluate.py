@@ -120,12 +120,11 @@ def _run(args: argparse.Namespace, best: str) -> int:
     text = held_out(ckpt.vocab, ckpt.config, text=args.text, corpus=args.corpus,
                     split=args.split, unknown=args.unknown,
                     max_bytes=args.max_text_size)  # fmt: skip
-    sizes = ckpt.sizes
-    arch = ckpt.architecture
-    shape = (f", L={arch['layers']}" if arch["layers"] > 1 else "") + (
-        f", {arch['nonlinearity']}" if arch["nonlinearity"] != "tanh" else ""
+    model = ckpt.model
+    shape = (f", L={model.layers}" if model.layers > 1 else "") + (
+        f", {model.cell}" if model.cell != "tanh" else ""
     )
-    print(f"bptt evaluate: {path} (step {ckpt.step}, D={sizes['D']}{shape}, "
+    print(f"bptt evaluate: {path} (step {ckpt.step}, D={model.hidden_size}{shape}, "
           f"{len(ckpt.vocab)} symbols) on {be.name} {be.device}, {dtype}")  # fmt: skip
     print(f"  text: {text.description}, {len(text.ids):,} characters")
     if text.removed:

@@ -38,18 +38,15 @@ import numpy as np
 from .. import optim
 from ..api.rnn import RNN
 from ..host import limits
-from ..math.flat import Layout
 from ..math.layers import arch_of
 from ..text.data import Streams
 from .config import TrainConfig
 from .rundir import BEST, LATEST, CheckpointError, check_writable, remove_stale_temporaries
-from .state import HISTORY_KEYS, RunState
-from .step import TrainCarry
+from .state import HISTORY_KEYS
 
 __all__ = ["BEST", "FORMAT_VERSION", "LATEST", "MODEL_OPTIONS", "Checkpoint", "CheckpointError",
            "check_writable", "load_checkpoint", "peek_meta", "remove_stale_temporaries",
-           "resolve_path", "run_from_checkpoint", "run_to_checkpoint", "save_checkpoint",
-           "template"]  # fmt: skip
+           "resolve_path", "save_checkpoint", "template"]  # fmt: skip
 
 FORMAT_VERSION = 3  # 2: optimizer arrays by path; 3: the configuration stored once
 # The TrainConfig options that are the model's fields (stored once, in config.model).
@@ -102,25 +99,16 @@ class Checkpoint:
         model = {k: self.config["model"][v] for k, v in MODEL_OPTIONS.items()}
         return TrainConfig(**self.config["train"], **model)
 
-    @property
-    def architecture(self) -> dict[str, Any]:
-        m = self.model
-        return {"layers": m.layers, "bidirectional": m.bidirectional, "nonlinearity": m.cell}
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        """M, D and C of the stored parameters, and their number of layers."""
-        (C, _), (_, M), (_, D) = (self.params[k].shape for k in ("V", "U", "W"))  # W: (G D, D)
-        return {"M": int(M), "D": int(D), "C": int(C), "layers": arch_of(self.params).layers}
-
     def check_sizes(self, **expected: int | None) -> None:
-        """CheckpointError unless the stored M/D/C/layers match ``expected`` (None: anything)."""
-        names = {"M": "vocabulary (M)", "D": "hidden size (D)", "C": "output size (C)",
-                 "layers": "number of layers"}  # fmt: skip
+        """CheckpointError unless the stored parameters' vocabulary (M), hidden size (D)
+        and number of layers match ``expected`` (None: anything)."""
+        (_, M), (_, D) = self.params["U"].shape, self.params["W"].shape  # W: (G D, D)
+        have = {"M": M, "D": D, "layers": arch_of(self.params).layers}
+        names = {"M": "vocabulary (M)", "D": "hidden size (D)", "layers": "number of layers"}
         for key, value in expected.items():
-            if value is not None and self.sizes[key] != value:
+            if value is not None and have[key] != value:
                 raise CheckpointError(
-                    f"checkpoint: the model has {names[key]} {self.sizes[key]}, but {value} was "
+                    f"checkpoint: the model has {names[key]} {have[key]}, but {value} was "
                     "asked for; a checkpoint can only resume a model of the same size"
                 )
 
@@ -527,58 +515,3 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> Path:
         finally:
             os.close(dir_fd)
     return target
-
-
-# ---- a run's state and back ---------------------------------------------------------------
-
-
-def run_to_checkpoint(run: RunState, *, config: dict, vocab: str, backend: Any) -> Checkpoint:
-    """Host copy of a :class:`RunState` (device arrays in one transfer per dtype);
-    optimizer leaves laid out like the flat parameters are stored per parameter."""
-    xp, layout, carry = backend.xp, run.layout, run.carry
-    device = {f"param/{k}": v for k, v in layout.unflatten(carry.params, xp).items()}
-    for path, leaf in optim.state_arrays(carry.opt_state).items():
-        if tuple(leaf.shape) == (layout.size,):
-            device.update({f"opt/{path}/{k}": v for k, v in layout.unflatten(leaf, xp).items()})
-        else:
-            device[f"opt/{path}"] = leaf
-    host = backend.to_numpy_many({**device, "hidden": carry.hidden})
-    history = {k: np.asarray(v, dtype=np.float64) for k, v in run.history.items()}
-    position = {"epoch": run.epoch, "chunk": run.chunk, "offset": run.offset}
-    return Checkpoint(*_parts(host, "param/", "opt/"), vocab, run.step, config, host["hidden"],
-                      position, run.rng.bit_generator.state, history, dict(run.best))  # fmt: skip
-
-
-def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype: str) -> RunState:
-    """The :class:`RunState` saved in ``ckpt``, on ``backend``: ``optimizer.init``'s state
-    filled from the stored arrays (a CheckpointError names one missing or misshapen)."""
-    layout = Layout.of(ckpt.params)
-
-    def flat(get: Any) -> np.ndarray:  # (N,)
-        return np.concatenate([np.asarray(get(k)).reshape(-1) for k in layout.keys])
-
-    def load(path: str, _: Any, like: Any) -> Any:
-        if tuple(like.shape) == (layout.size,):
-            stored = flat(lambda k: ckpt.opt_state[f"{path}/{k}"])
-        else:
-            stored = np.asarray(ckpt.opt_state[path])
-        if stored.shape != tuple(like.shape):
-            raise CheckpointError(f"checkpoint: optimizer array {path!r} has shape "
-                                  f"{stored.shape}, expected {tuple(like.shape)}")  # fmt: skip
-        return backend.asarray(stored, dtype=like.dtype)
-
-    params = backend.asarray(flat(ckpt.params.__getitem__), dtype=dtype)
-    state = optimizer.init(params)
-    try:
-        opt_state = optim.state_from_arrays(state, dict.fromkeys(optim.state_arrays(state)), load)
-    except KeyError as e:
-        raise CheckpointError(f"checkpoint: no optimizer array {e.args[0]!r}: it was written "
-                              "for another optimizer; resume with the original "
-                              "optimizer=...") from None  # fmt: skip
-    rng = np.random.default_rng()
-    rng.bit_generator.state = ckpt.rng_state
-    counter = backend.xp.full((), ckpt.step, dtype=backend.integer, device=backend.device)
-    carry = TrainCarry(params, opt_state, backend.asarray(ckpt.hidden, dtype=dtype), counter)
-    history = {k: [float(x) for x in ckpt.history.get(k, ())] for k in HISTORY_KEYS}
-    epoch, chunk, offset = (int(ckpt.position[k]) for k in ("epoch", "chunk", "offset"))
-    return RunState(carry, layout, rng, ckpt.step, epoch, chunk, offset, history, dict(ckpt.best))

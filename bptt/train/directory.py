@@ -18,22 +18,29 @@ On failure the lock goes, and so does a directory this run made and left empty.
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import tempfile
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .checkpoint import peek_meta
+from .checkpoint import peek_meta, save_checkpoint
+from .loop import NonFiniteError
 from .rundir import BEST, LATEST, LOCK_NAME, CheckpointError, check_writable, directory_error
 
 __all__ = [
     "carry_best",
+    "checkpoint_bytes",
     "choose_directory",
     "claim",
+    "held",
     "held_run",
     "new_run_directory",
     "reconcile_best",
+    "write",
 ]
 
 
@@ -116,6 +123,66 @@ def _settle(trainer: Any, directory: Path, in_place: bool, *, overwrite: bool) -
                          f"{resumed.parent} is left as it is")  # fmt: skip
         notes += [note] if note else []
     return notes
+
+
+def checkpoint_bytes(carry: Any, dtype: str) -> int:
+    """About the size of one checkpoint file of a run's ``carry``: parameters, optimizer
+    state, hidden state, and room for the history and metadata."""
+    from ..optim import state_arrays
+
+    itemsize = 8 if dtype == "float64" else 4
+    arrays = [carry.params, carry.hidden, *state_arrays(carry.opt_state).values()]
+    return itemsize * sum(math.prod(a.shape) for a in arrays) + 65536
+
+
+def write(trainer: Any, name: str) -> Path | None:
+    """Write ``trainer``'s checkpoint ``name`` into its directory (None without one); on
+    several ranks a gather, rank 0 alone writing; a CheckpointError names a failed write
+    and leaves the previous file as it was."""
+    if trainer.checkpoint_dir is None:
+        return None
+    if trainer.failed_step is not None:
+        raise NonFiniteError(f"step {trainer.step}: training diverged at step "
+                             f"{trainer.failed_step}; no checkpoint written",
+                             trainer.failed_step)  # fmt: skip
+    target = trainer.checkpoint_dir / name
+    ckpt = trainer.checkpoint()  # on several ranks, a gather; rank 0 alone writes
+    with trainer.comm.startup("write a checkpoint", CheckpointError, save=(name, trainer.step)):
+        try:
+            saved = None if ckpt is None else save_checkpoint(target, ckpt)
+            if saved is not None and name == LATEST:  # rank 0 knows at once (watchdog)
+                trainer.comm.saved = f"{target} (step {trainer.step})"
+        except OSError as e:  # e.g. the disk filled up during the run
+            kept = "is unchanged" if target.exists() else "was never written"
+            raise CheckpointError(
+                f"checkpoint: cannot write {str(target)!r} at step {trainer.step}: "
+                f"{e.strerror or e}; the previous {name} {kept}"
+            ) from None
+    trainer.written[name] = trainer.step
+    if name == LATEST:  # named in the ranks' messages (watchdog, divergence)
+        trainer.comm.saved = f"{target} (step {trainer.step})"
+    return target if saved is None else saved
+
+
+@contextlib.contextmanager
+def held(trainer: Any, note: Callable[[str], None], **agreed: Any) -> Iterator[None]:
+    """The run directory held for one :meth:`Trainer.run`: claimed (:func:`claim`) the
+    first time, locked and checked for room after; released at the end, unless the
+    caller took it (``lock_directory``, ``claim_directory``) and so releases it."""
+    root = trainer.comm.is_root  # on several ranks, rank 0 alone locks and writes
+    locked = trainer.lock is None and trainer.checkpoint_dir is not None and root
+    try:
+        with trainer.comm.startup(step=trainer.step, **agreed):
+            if locked and not trainer.claimed:  # the run-directory policy, as bptt train's
+                for text in trainer.claim_directory(trainer.checkpoint_dir):
+                    note(text)
+            elif locked:  # claimed before: this run's own directory
+                trainer.lock_directory()
+                check_writable(trainer.checkpoint_dir, nbytes=2 * trainer.checkpoint_bytes())
+        yield
+    finally:
+        if locked:
+            trainer.unlock_directory()
 
 
 def held_run(directory: str | os.PathLike) -> str | None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ..api.checks import check_call, check_values
 from .rundir import BEST, LATEST
+from .step import Tally
 
 __all__ = ["NonFiniteError", "Reporter", "TrainResult", "run_loop"]
 
@@ -69,7 +70,7 @@ def run_loop(trainer: Any, steps: int | None, minutes: float | None, reporter: A
              should_stop: Callable[[], bool] | None) -> Any:  # fmt: skip
     """Train until a stop condition; returns the TrainResult."""
     c, xp = trainer.config, trainer.backend.xp
-    tally, logged_step, t_log = trainer.new_tally(), trainer.step, time.perf_counter()
+    tally, logged_step, t_log = _new_tally(trainer), trainer.step, time.perf_counter()
     deadline = None if minutes is None else time.monotonic() + 60.0 * minutes
     reason, last_val = "steps", None
     _check_first_chunk(trainer)
@@ -91,7 +92,7 @@ def run_loop(trainer: Any, steps: int | None, minutes: float | None, reporter: A
         at_eval = trainer.step % c.eval_every == 0
         if trainer.step % c.log_every == 0 or at_eval:
             _log(trainer, tally, logged_step, t_log, reporter, NonFiniteError)
-            tally, logged_step, t_log = trainer.new_tally(), trainer.step, time.perf_counter()
+            tally, logged_step, t_log = _new_tally(trainer), trainer.step, time.perf_counter()
         if at_eval:
             last_val = trainer.validate()
             stop = _after_eval(trainer, last_val, reporter, NonFiniteError)
@@ -184,3 +185,8 @@ def _result(trainer: Any, reason: str, last_val: float | None) -> TrainResult:
         None if d is None else d / LATEST,
         None if d is None or best["best_step"] is None else d / BEST,
     )  # fmt: skip
+
+
+def _new_tally(trainer: Any) -> Tally:
+    be = trainer.backend
+    return Tally.zero(be.xp, getattr(be.xp, trainer.config.dtype), be.device)

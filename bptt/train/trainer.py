@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import backends
+from .. import backends, optim
 from ..execution.compiled import compile_step
 from ..host.limits import require_memory
 from ..math.flat import Layout
@@ -28,20 +28,16 @@ from .checkpoint import (
     MODEL_OPTIONS,
     Checkpoint,
     CheckpointError,
-    check_writable,
-    run_from_checkpoint,
-    run_to_checkpoint,
-    save_checkpoint,
 )
 from .config import RESUMABLE, TrainConfig
-from .directory import claim
+from .directory import checkpoint_bytes, claim, held, write
 from .distributed import Local, as_communicator
 from .feed import EpochFeed
 from .loop import NonFiniteError, Reporter, TrainResult, run_loop
 from .parallel import make_parallel_step
 from .rundir import RunLock
-from .state import RunState
-from .step import Tally, TrainCarry, make_train_step
+from .state import HISTORY_KEYS, RunState
+from .step import TrainCarry, make_train_step
 
 __all__ = ["NonFiniteError", "Reporter", "TrainResult", "Trainer"]
 
@@ -74,18 +70,9 @@ class Trainer:
     (:func:`bptt.train.allreduce.gradient_allreduce`).
     """
 
-    def __init__(
-        self,
-        corpus: Corpus,
-        config: TrainConfig,
-        backend: Any,
-        state: RunState,
-        checkpoint_dir: str | Path | None = None,
-        *,
-        compile: str = "auto",
-        comm: Any = None,
-        allreduce: str = "auto",
-    ) -> None:
+    def __init__(self, corpus: Corpus, config: TrainConfig, backend: Any, state: RunState,
+                 checkpoint_dir: str | Path | None = None, *, compile: str = "auto",
+                 comm: Any = None, allreduce: str = "auto") -> None:  # fmt: skip
         be = _backend(backend)
         self.comm = as_communicator(comm)  # bptt.train.distributed.Local for one process
         with self.comm.startup(run=_fingerprint(corpus, config, be, state, compile, allreduce)):
@@ -102,25 +89,9 @@ class Trainer:
         self.claimed = False  # claim_directory ran: the directory is this run's
         self.optimizer = config.make_optimizer()
         self.model = config.model(len(corpus.vocab))  # what the parameters are
-        if isinstance(self.comm, Local):
-            step = make_train_step(self.optimizer, state.layout, dropout=config.dropout,
-                                   seed=config.seed, model=self.model,
-                                   remat=config.remat)  # fmt: skip
-            self.train_step = compile_step(step, be, compile)  # .mode, .compile_seconds
-        else:  # the gradient part, the all-reduce, the update part
-            self.train_step = make_parallel_step(
-                self.optimizer, state.layout, self.comm, be, self.shard, dropout=config.dropout,
-                seed=config.seed, compile=compile, allreduce=allreduce,
-                model=self.model, remat=config.remat,
-            )  # fmt: skip
+        self.train_step = _train_step(self, compile, allreduce)  # .mode, .compile_seconds
         with be.activate():  # CuPy: allocate on this run's GPU, not the current one
-            self.feed = EpochFeed(corpus.train, Streams(len(corpus.train), config.batch,
-                                                        config.seq_len), be,
-                                  columns=slice(self.shard.start, self.shard.stop))  # fmt: skip
-            self.val = layout_validation(corpus.val, streams=config.val_streams,
-                                         warmup=config.val_warmup, backend=be,
-                                         dtype=config.dtype,
-                                         part=(self.comm.rank, self.comm.size))  # fmt: skip
+            self.feed, self.val = _feeds(self)
             if state.carry.hidden is not None and self.shard.size > 1:  # resumed: this rank's
                 hidden = state.carry.hidden[..., self.shard.start : self.shard.stop, :]
                 state.carry = state.carry._replace(hidden=hidden)  # (..., B/N, D)
@@ -129,20 +100,10 @@ class Trainer:
             else:
                 self.feed.begin_epoch(state.offset)
 
-    # ---- construction -------------------------------------------------------------------
-
     @classmethod
-    def create(
-        cls,
-        corpus: Corpus,
-        config: TrainConfig,
-        *,
-        backend: Any = None,
-        checkpoint_dir: str | Path | None = None,
-        compile: str = "auto",
-        comm: Any = None,
-        allreduce: str = "auto",
-    ) -> Trainer:
+    def create(cls, corpus: Corpus, config: TrainConfig, *, backend: Any = None,
+               checkpoint_dir: str | Path | None = None, compile: str = "auto",
+               comm: Any = None, allreduce: str = "auto") -> Trainer:  # fmt: skip
         """A new run: parameters from ``config.seed`` (see :func:`bptt.init_params`).
 
         ``compile``: ``"auto"`` (``jax.jit`` on JAX, none elsewhere), ``"jit"``,
@@ -150,19 +111,9 @@ class Trainer:
         :func:`bptt.execution.compiled.compile_step`. ``comm``, ``allreduce``: data-parallel
         training (see :class:`Trainer`).
         """
-        be, M = _backend(backend), len(corpus.vocab)
-        _require_memory(config, M, be)
-        xp = be.xp
-        with be.activate():
-            params = config.model(M).init(seed=config.seed, dtype=config.dtype,
-                                          backend=be.name, device=be.device)  # fmt: skip
-            layout = Layout.of(params)
-            flat = layout.flatten(params, xp)  # (N,)
-            counter = xp.zeros((), dtype=be.integer, device=be.device)
-            opt_state = config.make_optimizer().init(flat)
-        rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
-        carry = TrainCarry(flat, opt_state, None, counter)  # hidden: set by the first epoch
-        return cls(corpus, config, be, RunState(carry, layout, rng), checkpoint_dir,
+        be = _backend(backend)
+        state = _new_state(config, len(corpus.vocab), be)
+        return cls(corpus, config, be, state, checkpoint_dir,
                    compile=compile, comm=comm, allreduce=allreduce)  # fmt: skip
 
     @classmethod
@@ -176,34 +127,8 @@ class Trainer:
         from the global step, and later checkpoints store the new rate. This is how a
         run that diverged (:class:`NonFiniteError`) continues from its last checkpoint.
         """
-        if ckpt.vocab != corpus.vocab.chars:
-            raise CheckpointError(
-                f"checkpoint: its vocabulary ({len(ckpt.vocab)} characters) differs from "
-                f"that of {corpus.source} ({len(corpus.vocab)}); resume on the same text"
-            )
-        data = ckpt.config.get("data", {})
-        if data.get("sha256") not in (None, corpus.sha256):
-            raise CheckpointError(
-                f"checkpoint: it was trained on {data.get('source')!r}, whose contents differ "
-                f"from {corpus.source}; resume on the same text"
-            )
-        fraction = data.get("val_fraction", corpus.val_fraction)
-        if fraction != corpus.val_fraction:
-            raise ValueError(
-                f"val_fraction={corpus.val_fraction:g}: the run validates on its last "
-                f"{fraction:g}; another split would change the training text and compare the "
-                "best across two validation sets: resume with the stored fraction"
-            )
-        stored = dataclasses.asdict(ckpt.train)
-        bad = [k for k, v in overrides.items() if k not in RESUMABLE and stored.get(k) != v]
-        if bad:
-            raise ValueError(f"resume: {bad} cannot change when resuming; only {list(RESUMABLE)}")
-        config = dataclasses.replace(ckpt.train, **overrides)
-        ckpt.check_sizes(M=len(corpus.vocab), D=config.hidden, layers=config.layers)
         be = _backend(backend)
-        _require_memory(config, len(corpus.vocab), be)
-        if not be.supports(config.dtype):
-            raise ValueError(f"dtype: the checkpoint is {config.dtype}, which {be.name} lacks here")
+        config = _resumed_config(ckpt, corpus, overrides, be)
         with be.activate():
             state = run_from_checkpoint(ckpt, optimizer=config.make_optimizer(), backend=be,
                                         dtype=config.dtype)  # fmt: skip
@@ -211,8 +136,6 @@ class Trainer:
                       allreduce=allreduce)  # fmt: skip
         trainer.resumed_at, trainer.resumed_from = ckpt.step, ckpt.source
         return trainer
-
-    # ---- the run state, by name ---------------------------------------------------------
 
     @property
     def params(self) -> dict[str, Any]:
@@ -224,8 +147,6 @@ class Trainer:
     step = property(lambda self: self.state.step)
     history = property(lambda self: self.state.history)
     best = property(lambda self: self.state.best)
-
-    # ---- one step -----------------------------------------------------------------------
 
     def _begin_epoch(self) -> None:
         """A new epoch: streams from a random offset in [0, T), the state reset to zero."""
@@ -247,17 +168,9 @@ class Trainer:
             self._begin_epoch()  # reset the state at the end of the data
         return loss, norm
 
-    # ---- checkpoints --------------------------------------------------------------------
-
     def checkpoint_bytes(self) -> int:
         """About the size of one checkpoint file: parameters, optimizer state, hidden."""
-        from ..optim import state_arrays
-
-        itemsize = 8 if self.config.dtype == "float64" else 4
-        carry = self.state.carry
-        arrays = [carry.params, carry.hidden, *state_arrays(carry.opt_state).values()]
-        n = sum(math.prod(a.shape) for a in arrays)
-        return itemsize * n + 65536  # + history and metadata
+        return checkpoint_bytes(self.state.carry, self.config.dtype)
 
     def checkpoint(self) -> Checkpoint | None:
         """Host copy of the whole run state (on several ranks: every rank's hidden state
@@ -265,47 +178,14 @@ class Trainer:
         hidden = self.comm.gather_batch(self.state.carry.hidden, self.backend)  # ranks: (B, D)
         if not self.comm.is_root:
             return None
-        be, corpus = self.backend, self.corpus
-        c = self.config
-        config = {
-            "model": self.model.config(),  # the configuration once: the model, the rest
-            "train": {k: v for k, v in dataclasses.asdict(c).items() if k not in MODEL_OPTIONS},
-            "data": {"source": corpus.source, "sha256": corpus.sha256,
-                     "val_fraction": corpus.val_fraction, "n_train": len(corpus.train),
-                     "n_val": len(corpus.val)},
-            "backend": {"name": be.name, "device": str(be.device)},
-        }  # fmt: skip
-        ckpt = run_to_checkpoint(self.state, config=config, vocab=corpus.vocab.chars, backend=be)
+        ckpt = run_to_checkpoint(self.state, config=_stored_config(self),
+                                 vocab=self.corpus.vocab.chars, backend=self.backend)  # fmt: skip
         return ckpt if hidden is None else dataclasses.replace(ckpt, hidden=hidden)
 
     def save(self, name: str = LATEST) -> Path | None:
-        """Write a checkpoint into the checkpoint directory (the caller checked the
-        parameters are finite)."""
-        if self.checkpoint_dir is None:
-            return None
-        if self.failed_step is not None:
-            raise NonFiniteError(f"step {self.step}: training diverged at step "
-                                 f"{self.failed_step}; no checkpoint written",
-                                 self.failed_step)  # fmt: skip
-        target = self.checkpoint_dir / name
-        ckpt = self.checkpoint()  # on several ranks, a gather; rank 0 alone writes
-        with self.comm.startup("write a checkpoint", CheckpointError, save=(name, self.step)):
-            try:
-                saved = None if ckpt is None else save_checkpoint(target, ckpt)
-                if saved is not None and name == LATEST:  # rank 0 knows at once (watchdog)
-                    self.comm.saved = f"{target} (step {self.step})"
-            except OSError as e:  # e.g. the disk filled up during the run
-                kept = "is unchanged" if target.exists() else "was never written"
-                raise CheckpointError(
-                    f"checkpoint: cannot write {str(target)!r} at step {self.step}: "
-                    f"{e.strerror or e}; the previous {name} {kept}"
-                ) from None
-        self.written[name] = self.step
-        if name == LATEST:  # named in the ranks' messages (watchdog, divergence)
-            self.comm.saved = f"{target} (step {self.step})"
-        return target if saved is None else saved
-
-    # ---- validation ---------------------------------------------------------------------
+        """Write a checkpoint into the checkpoint directory (:func:`bptt.train.directory.write`;
+        the caller checked that the parameters are finite)."""
+        return write(self, name)
 
     def validate(self) -> float:
         """Validation bits per character (no dropout), carrying state through the text
@@ -326,8 +206,6 @@ class Trainer:
         return prime + sample(self.model, self.params, self.corpus.vocab, length=n, prime=prime,
                               seed=seed)  # fmt: skip
 
-    # ---- the loop -----------------------------------------------------------------------
-
     def run(self, *, steps: int | None = None, minutes: float | None = None,
             reporter: Reporter | None = None,
             should_stop: Callable[[], bool] | None = None) -> TrainResult:  # fmt: skip
@@ -344,22 +222,12 @@ class Trainer:
         train = self.corpus.train
         if train.min() < 0 or train.max() >= len(self.corpus.vocab):
             raise ValueError("data: token ids out of range")  # once, on the host
-        root = self.comm.is_root  # on several ranks, rank 0 alone locks and writes
-        locked = self.lock is None and self.checkpoint_dir is not None and root
-        try:
-            with self.comm.startup(steps=steps, minutes=minutes, step=self.step):
-                if locked and not self.claimed:  # the run-directory policy, as bptt train's
-                    for note in self.claim_directory(self.checkpoint_dir):
-                        (reporter or Reporter()).on_note(note)
-                elif locked:  # claimed before: this run's own directory
-                    self.lock_directory()
-                    check_writable(self.checkpoint_dir, nbytes=2 * self.checkpoint_bytes())
+        reporter = reporter or Reporter()
+        note = getattr(reporter, "on_note", print)  # a reporter of before on_note: printed
+        with held(self, note, steps=steps, minutes=minutes):  # the directory
             errstate = np.errstate(over="ignore", invalid="ignore", divide="ignore")
             with errstate, self.backend.activate():  # CuPy: kernels run on this run's GPU
-                return run_loop(self, steps, minutes, reporter or Reporter(), should_stop)
-        finally:
-            if locked:
-                self.unlock_directory()
+                return run_loop(self, steps, minutes, reporter, should_stop)
 
     def claim_directory(self, checkpoint_dir: str | Path | None = None, *,
                         overwrite: bool = False) -> list[str]:  # fmt: skip
@@ -373,10 +241,8 @@ class Trainer:
         return notes
 
     def lock_directory(self) -> None:
-        """Take the checkpoint directory's exclusive lock (:class:`bptt.train.rundir.RunLock`)
-        until :meth:`unlock_directory`; :meth:`run` holds it for its duration if the
-        caller does not. CheckpointError when another run holds it. On several ranks only
-        rank 0 locks (the others never write the directory)."""
+        """Take the directory's exclusive lock (:class:`bptt.train.rundir.RunLock`) until
+        :meth:`unlock_directory`; rank 0 alone locks. CheckpointError if another run has it."""
         if self.lock is None and self.checkpoint_dir is not None and self.comm.is_root:
             self.lock = RunLock(self.checkpoint_dir).acquire()
 
@@ -384,10 +250,6 @@ class Trainer:
         if self.lock is not None:
             lock, self.lock = self.lock, None
             lock.release()
-
-    def new_tally(self) -> Tally:
-        be = self.backend
-        return Tally.zero(be.xp, getattr(be.xp, self.config.dtype), be.device)
 
 
 def _shard(comm: Any, batch: int, *, resumed: bool) -> Any:
@@ -419,3 +281,145 @@ def _fingerprint(corpus: Corpus, config: TrainConfig, be: backends.Backend, stat
                      "offset": state.offset},
         "backend": be.name, "compile": compile, "allreduce": allreduce, "bptt": __version__,
     }  # fmt: skip
+
+
+def _new_state(config: TrainConfig, M: int, be: backends.Backend) -> RunState:
+    """A new run's state: the model's parameters from ``config.seed`` as one flat vector,
+    the optimizer's state, the step counter; the hidden state is set by the first epoch."""
+    _require_memory(config, M, be)
+    xp = be.xp
+    with be.activate():
+        params = config.model(M).init(seed=config.seed, dtype=config.dtype,
+                                      backend=be.name, device=be.device)  # fmt: skip
+        layout = Layout.of(params)
+        flat = layout.flatten(params, xp)  # (N,)
+        counter = xp.zeros((), dtype=be.integer, device=be.device)
+        opt_state = config.make_optimizer().init(flat)
+    rng = np.random.default_rng([config.seed, 1])  # apart from init's stream
+    carry = TrainCarry(flat, opt_state, None, counter)  # hidden: set by the first epoch
+    return RunState(carry, layout, rng)
+
+
+def _train_step(trainer: Trainer, compile: str, allreduce: str) -> Any:
+    """The compiled training step of this rank: the whole step, or on several ranks the
+    gradient part, the all-reduce and the update part."""
+    c, be, state = trainer.config, trainer.backend, trainer.state
+    options = {"dropout": c.dropout, "seed": c.seed, "model": trainer.model, "remat": c.remat}
+    if isinstance(trainer.comm, Local):
+        step = make_train_step(trainer.optimizer, state.layout, **options)
+        return compile_step(step, be, compile)
+    return make_parallel_step(trainer.optimizer, state.layout, trainer.comm, be, trainer.shard,
+                              compile=compile, allreduce=allreduce, **options)  # fmt: skip
+
+
+def _feeds(trainer: Trainer) -> tuple[EpochFeed, Any]:
+    """This rank's training feed and its part of the validation streams."""
+    c, be, shard, comm = trainer.config, trainer.backend, trainer.shard, trainer.comm
+    train, val = trainer.corpus.train, trainer.corpus.val
+    feed = EpochFeed(train, Streams(len(train), c.batch, c.seq_len), be,
+                     columns=slice(shard.start, shard.stop))  # fmt: skip
+    return feed, layout_validation(val, streams=c.val_streams, warmup=c.val_warmup, backend=be,
+                                   dtype=c.dtype, part=(comm.rank, comm.size))  # fmt: skip
+
+
+def _resumed_config(ckpt: Checkpoint, corpus: Corpus, overrides: dict[str, Any],
+                    be: backends.Backend) -> TrainConfig:  # fmt: skip
+    """The options a resume of ``ckpt`` on ``corpus`` runs with: the stored ones, with
+    ``overrides`` from RESUMABLE; refused on another text, split or model size, or a
+    dtype or memory ``be`` lacks."""
+    if ckpt.vocab != corpus.vocab.chars:
+        raise CheckpointError(
+            f"checkpoint: its vocabulary ({len(ckpt.vocab)} characters) differs from "
+            f"that of {corpus.source} ({len(corpus.vocab)}); resume on the same text"
+        )
+    data = ckpt.config.get("data", {})
+    if data.get("sha256") not in (None, corpus.sha256):
+        raise CheckpointError(
+            f"checkpoint: it was trained on {data.get('source')!r}, whose contents differ "
+            f"from {corpus.source}; resume on the same text"
+        )
+    fraction = data.get("val_fraction", corpus.val_fraction)
+    if fraction != corpus.val_fraction:
+        raise ValueError(
+            f"val_fraction={corpus.val_fraction:g}: the run validates on its last "
+            f"{fraction:g}; another split would change the training text and compare the "
+            "best across two validation sets: resume with the stored fraction"
+        )
+    stored = dataclasses.asdict(ckpt.train)
+    bad = [k for k, v in overrides.items() if k not in RESUMABLE and stored.get(k) != v]
+    if bad:
+        raise ValueError(f"resume: {bad} cannot change when resuming; only {list(RESUMABLE)}")
+    config = dataclasses.replace(ckpt.train, **overrides)
+    ckpt.check_sizes(M=len(corpus.vocab), D=config.hidden, layers=config.layers)
+    _require_memory(config, len(corpus.vocab), be)
+    if not be.supports(config.dtype):
+        raise ValueError(f"dtype: the checkpoint is {config.dtype}, which {be.name} lacks here")
+    return config
+
+
+def _stored_config(trainer: Trainer) -> dict[str, Any]:
+    """The configuration a checkpoint stores once: the model, the other options, the text
+    and where the run ran."""
+    be, corpus, c = trainer.backend, trainer.corpus, trainer.config
+    return {
+        "model": trainer.model.config(),
+        "train": {k: v for k, v in dataclasses.asdict(c).items() if k not in MODEL_OPTIONS},
+        "data": {"source": corpus.source, "sha256": corpus.sha256,
+                 "val_fraction": corpus.val_fraction, "n_train": len(corpus.train),
+                 "n_val": len(corpus.val)},
+        "backend": {"name": be.name, "device": str(be.device)},
+    }  # fmt: skip
+
+
+def run_to_checkpoint(run: RunState, *, config: dict, vocab: str, backend: Any) -> Checkpoint:
+    """Host copy of a :class:`RunState` (device arrays in one transfer per dtype);
+    optimizer leaves laid out like the flat parameters are stored per parameter."""
+    xp, layout, carry = backend.xp, run.layout, run.carry
+    device = {f"param/{k}": v for k, v in layout.unflatten(carry.params, xp).items()}
+    for path, leaf in optim.state_arrays(carry.opt_state).items():
+        if tuple(leaf.shape) == (layout.size,):
+            device.update({f"opt/{path}/{k}": v for k, v in layout.unflatten(leaf, xp).items()})
+        else:
+            device[f"opt/{path}"] = leaf
+    host = backend.to_numpy_many({**device, "hidden": carry.hidden})
+    history = {k: np.asarray(v, dtype=np.float64) for k, v in run.history.items()}
+    position = {"epoch": run.epoch, "chunk": run.chunk, "offset": run.offset}
+    params, opt = ({k[len(p) :]: v for k, v in host.items() if k.startswith(p)}
+                   for p in ("param/", "opt/"))  # fmt: skip
+    return Checkpoint(params, opt, vocab, run.step, config, host["hidden"],
+                      position, run.rng.bit_generator.state, history, dict(run.best))  # fmt: skip
+
+
+def run_from_checkpoint(ckpt: Checkpoint, *, optimizer: Any, backend: Any, dtype: str) -> RunState:
+    """The :class:`RunState` saved in ``ckpt``, on ``backend``: ``optimizer.init``'s state
+    filled from the stored arrays (a CheckpointError names one missing or misshapen)."""
+    layout = Layout.of(ckpt.params)
+
+    def flat(get: Any) -> np.ndarray:  # (N,)
+        return np.concatenate([np.asarray(get(k)).reshape(-1) for k in layout.keys])
+
+    def load(path: str, _: Any, like: Any) -> Any:
+        if tuple(like.shape) == (layout.size,):
+            stored = flat(lambda k: ckpt.opt_state[f"{path}/{k}"])
+        else:
+            stored = np.asarray(ckpt.opt_state[path])
+        if stored.shape != tuple(like.shape):
+            raise CheckpointError(f"checkpoint: optimizer array {path!r} has shape "
+                                  f"{stored.shape}, expected {tuple(like.shape)}")  # fmt: skip
+        return backend.asarray(stored, dtype=like.dtype)
+
+    params = backend.asarray(flat(ckpt.params.__getitem__), dtype=dtype)
+    state = optimizer.init(params)
+    try:
+        opt_state = optim.state_from_arrays(state, dict.fromkeys(optim.state_arrays(state)), load)
+    except KeyError as e:
+        raise CheckpointError(f"checkpoint: no optimizer array {e.args[0]!r}: it was written "
+                              "for another optimizer; resume with the original "
+                              "optimizer=...") from None  # fmt: skip
+    rng = np.random.default_rng()
+    rng.bit_generator.state = ckpt.rng_state
+    counter = backend.xp.full((), ckpt.step, dtype=backend.integer, device=backend.device)
+    carry = TrainCarry(params, opt_state, backend.asarray(ckpt.hidden, dtype=dtype), counter)
+    history = {k: [float(x) for x in ckpt.history.get(k, ())] for k in HISTORY_KEYS}
+    epoch, chunk, offset = (int(ckpt.position[k]) for k in ("epoch", "chunk", "offset"))
+    return RunState(carry, layout, rng, ckpt.step, epoch, chunk, offset, history, dict(ckpt.best))
