@@ -192,3 +192,24 @@ def test_the_checkpoint_code_lives_with_the_training_job() -> None:
     train = {m.split(".")[2] for m, _ in _imports(PACKAGE / "train" / "checkpoint.py",
              top_level_only=False) if m.startswith("bptt.train.")}  # fmt: skip
     assert train <= {"config", "state", "step", "rundir"}, train
+
+
+def _body_lines(node: ast.AST) -> int:
+    """Lines of a function's or class's body, its docstring left out."""
+    body = node.body
+    first = body[0]
+    docstring = isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant)
+    start = body[1].lineno if docstring and len(body) > 1 else first.lineno
+    return node.end_lineno - start + 1
+
+
+def test_classes_and_functions_stay_small() -> None:
+    """Every class under 200 lines and every function under 60 lines of body."""
+    large = []
+    for path in [*PACKAGE.rglob("*.py"), *(ROOT / "backends").rglob("*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef) and node.end_lineno - node.lineno + 1 > 200:
+                large.append((str(path.relative_to(ROOT)), node.name))
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and _body_lines(node) > 60:
+                large.append((str(path.relative_to(ROOT)), node.name))
+    assert not large, large

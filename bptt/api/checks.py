@@ -152,6 +152,18 @@ def check_call(
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction: expected one of {list(REDUCTIONS)}; got {reduction!r}")
 
+    T, B = _check_inputs(inputs, dims, xp)
+    _check_states_and_masks(h0_parts, mask, dropout_mask, layer_masks, T, B, dims, xp)
+    if targets is None:
+        if need_targets:
+            raise TypeError("targets: required")
+        return xp, dims
+    _check_targets(head, targets, T, B, dims, xp)
+    return xp, dims
+
+
+def _check_inputs(inputs: Any, dims: Dims, xp: Any) -> tuple[int, int]:
+    """Token ids (T, B) of an integer dtype, or dense (T, B, M) of the parameters' dtype."""
     if inputs.ndim == 2:
         if not xp.isdtype(inputs.dtype, "integral"):
             raise TypeError(
@@ -173,7 +185,13 @@ def check_call(
     T, B = inputs.shape[:2]
     if T == 0 or B == 0:
         raise ValueError(f"inputs: T and B must be at least 1; got shape {tuple(inputs.shape)}")
+    return T, B
 
+
+def _check_states_and_masks(h0_parts: dict[str, Any], mask: Any, dropout_mask: Any,
+                            layer_masks: Any, T: int, B: int, dims: Dims,
+                            xp: Any) -> None:  # fmt: skip
+    """h0 (each part), the dropout masks and the loss mask against (T, B) and the model."""
     for name, part in h0_parts.items():
         if tuple(part.shape) != _h0_shape(dims, B):
             raise _shape_error(name, f"{dims.h0_shape} = {_h0_shape(dims, B)}", part)
@@ -200,10 +218,9 @@ def check_call(
     ):
         raise TypeError(f"mask: expected a boolean or 0/1 array; got dtype {mask.dtype}")
 
-    if targets is None:
-        if need_targets:
-            raise TypeError("targets: required")
-        return xp, dims
+
+def _check_targets(head: str, targets: Any, T: int, B: int, dims: Dims, xp: Any) -> None:
+    """Class ids (T, B) for softmax; (T, B, C) labels or values for sigmoid and mse."""
     if head == "softmax":
         if tuple(targets.shape) != (T, B):
             raise _shape_error(
@@ -234,7 +251,6 @@ def check_call(
                 "targets: sigmoid targets need a bool, integer or floating dtype; "
                 f"got {targets.dtype}"
             )
-    return xp, dims
 
 
 MAX_KEEP_SCALE = 2.0**53  # 1 / (1 - p) for the largest float64 p below 1

@@ -35,6 +35,26 @@ DEFAULT_STEPS = 4000
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_backend_arguments(parser)
+    _add_data_arguments(parser)
+    from ..train import TrainConfig
+
+    groups = add_option_arguments(parser, TrainConfig, {
+        "model": "model (fixed once a run starts)", "optimisation": "optimisation", "run": "run"
+    })  # fmt: skip
+    groups["model"].add_argument(
+        "--bidirectional", action="store_true",
+        help="refused: a next-character model cannot read the text ahead (see the error)",
+    )  # fmt: skip
+    run = groups["run"]
+    run.add_argument(
+        "--steps", type=positive_int, help=f"stop at this global step (default {DEFAULT_STEPS})"
+    )
+    run.add_argument("--minutes", type=positive_float, help="stop after this much wall time")
+    _add_run_arguments(run)
+    _add_rank_arguments(parser)
+
+
+def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("data")
     data.add_argument("--text", metavar="FILE", help="a UTF-8 text file to train on")
     data.add_argument(
@@ -52,20 +72,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="refuse a --text larger than this (default 1G; e.g. 4G): only regular files "
         "are read, and their size is checked before reading",
     )  # fmt: skip
-    from ..train import TrainConfig
 
-    groups = add_option_arguments(parser, TrainConfig, {
-        "model": "model (fixed once a run starts)", "optimisation": "optimisation", "run": "run"
-    })  # fmt: skip
-    groups["model"].add_argument(
-        "--bidirectional", action="store_true",
-        help="refused: a next-character model cannot read the text ahead (see the error)",
-    )  # fmt: skip
-    run = groups["run"]
-    run.add_argument(
-        "--steps", type=positive_int, help=f"stop at this global step (default {DEFAULT_STEPS})"
-    )
-    run.add_argument("--minutes", type=positive_float, help="stop after this much wall time")
+
+def _add_run_arguments(run: Any) -> None:
+    """The run's own flags (not options of the model or the optimizer)."""
     run.add_argument(
         "--checkpoint-dir", metavar="DIR",
         help="default: a new checkpoints/<date-time>. A directory that holds a run is refused "
@@ -98,6 +108,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="raise glibc's malloc thresholds for this process, so that a NumPy step reuses "
         "the memory the last one freed (bptt.host.malloc; see the README for its measured effect)",
     )  # fmt: skip
+
+
+def _add_rank_arguments(parser: argparse.ArgumentParser) -> None:
     ranks = parser.add_argument_group("data-parallel (mpiexec -n N bptt train ...; bptt[mpi])")
     ranks.add_argument(
         "--distributed", choices=("auto", "mpi", "none"), default="auto",
@@ -378,7 +391,7 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
         from ..host.malloc import tune_malloc
 
         tune_malloc()
-    c, be = trainer.config, trainer.backend
+    be = trainer.backend
     steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
     if comm.size > 1:
         from ..train.distributed import share_cpus
@@ -386,18 +399,7 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
         shared = share_cpus(comm) if be.name == "numpy" else None  # threads per rank
         notes = [*notes, _ranks_note(trainer), *([shared] if shared else [])]
     say = print if comm.is_root else (lambda *a, **k: None)  # rank 0 alone logs
-    say(
-        f"bptt train: {trainer.corpus.source} ({len(trainer.corpus.train):,} train / "
-        f"{len(trainer.corpus.val):,} validation chars, {len(trainer.corpus.vocab)} symbols)\n"
-        f"  backend {be.name} on {be.device}, {c.dtype}, D={c.hidden} B={c.batch} T={c.seq_len},"
-        f"{_architecture(c)} {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
-        f"weight decay {c.weight_decay:g}, l2 {c.l2:g}, seed {c.seed}\n"
-        f"  step: {trainer.train_step.description}\n"
-        f"  checkpoints: {trainer.checkpoint_dir}"
-        + (f" (resuming at step {trainer.step}{note})" if trainer.step else "")
-        + "".join(f"\n  note: {n}" for n in notes),
-        flush=True,
-    )
+    say(_banner(trainer, note, notes), flush=True)
     stop: list[int] = []
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -437,7 +439,31 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
         for s, handler in previous.items():
             signal.signal(s, handler)
         _close(progress)
-    elapsed = time.perf_counter() - t0
+    return _finish(args, trainer, result, time.perf_counter() - t0, stop)
+
+
+def _banner(trainer: Any, note: str, notes: list[str]) -> str:
+    """The lines a run starts with: the text, the backend, the model and the options."""
+    c, be, corpus = trainer.config, trainer.backend, trainer.corpus
+    return (
+        f"bptt train: {corpus.source} ({len(corpus.train):,} train / "
+        f"{len(corpus.val):,} validation chars, {len(corpus.vocab)} symbols)\n"
+        f"  backend {be.name} on {be.device}, {c.dtype}, D={c.hidden} B={c.batch} T={c.seq_len},"
+        f"{_architecture(c)} {c.optimizer} lr {c.lr:g}, clip {c.clip:g}, dropout {c.dropout:g}, "
+        f"weight decay {c.weight_decay:g}, l2 {c.l2:g}, seed {c.seed}\n"
+        f"  step: {trainer.train_step.description}\n"
+        f"  checkpoints: {trainer.checkpoint_dir}"
+        + (f" (resuming at step {trainer.step}{note})" if trainer.step else "")
+        + "".join(f"\n  note: {n}" for n in notes)
+    )
+
+
+def _finish(args: argparse.Namespace, trainer: Any, result: Any, elapsed: float,
+            stop: list[int]) -> int:  # fmt: skip
+    """The last lines of a run that ended by itself, and its exit status."""
+    say = print if trainer.comm.is_root else (lambda *a, **k: None)  # rank 0 alone logs
+    resume_hint = f"resume with  bptt train --resume {trainer.checkpoint_dir}"
+    comm = trainer.comm
     say(
         f"stopped at step {result.step} after {elapsed:.0f} s: {stop_reason(result, trainer)}\n"
         f"  last validation {result.last_val:.4f} bits/char, best {result.best_val:.4f} "
