@@ -35,9 +35,7 @@ def mapped_packages() -> dict[str, Path]:
 class PackageDirs(griffe.Extension):
     """Graft each mapped folder onto its parent package, under its installed name."""
 
-    def on_package(
-        self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any
-    ) -> None:
+    def on_package(self, *, pkg: griffe.Module, loader: griffe.GriffeLoader, **kwargs: Any) -> None:
         for name, folder in mapped_packages().items():
             parent_name, _, child = name.rpartition(".")
             if parent_name != pkg.path:
