@@ -107,6 +107,7 @@ def test_wheel_ships_types_and_release_metadata(wheel: Path) -> None:
     import bptt
 
     names = zipfile.ZipFile(wheel).namelist()
+    assert (ROOT / "bptt" / "py.typed").is_file()  # (a stale build/ may hold an old copy)
     assert "bptt/py.typed" in names
     assert "bptt/backends/_backend.py" in names
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
