@@ -24,6 +24,7 @@ from .rnn import RNN
 
 try:
     __version__ = version("bptt")
+    """The installed version of bptt."""
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0+unknown"
 
