@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NAMES = ("numpy", "cupy", "torch", "array_api_strict", "jax")
+"""The backends bptt knows, whether or not they are usable here."""
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ from ._loaders import LOADERS
 from ._probe import NAMES, cupy_status
 
 ENV_VAR = "BPTT_BACKEND"
+"""The environment variable naming the backend when no ``backend=`` is given."""
 
 
 def resolve_name(name: str | None = None) -> str:

@@ -11,6 +11,8 @@ follow the derivation in ``docs/derivation.md``.
 
 from __future__ import annotations
 
+import sys as _sys
+
 # isort: off
 # _startup first (before any other import): Ctrl-C while the bptt command starts, exit 130
 from ._startup import INSTALLED as _STARTUP_GUARD  # noqa: F401
@@ -22,6 +24,8 @@ from . import backends, optim
 from .api import interop
 from .api.functional import forward, gradcheck, init_params, loss_and_grad, vjp
 from .api.rnn import RNN
+
+_sys.modules[f"{__name__}.interop"] = interop  # its public path: import bptt.interop
 
 __all__ = [
     "RNN",

@@ -98,3 +98,24 @@ def test_editable_install_imports_bptt_backends(deps: Path, tmp_path: Path) -> N
     found = _isolated_import(target, deps)
     assert found["bptt"] == str(ROOT / "bptt" / "__init__.py")
     assert found["backends"] == str(ROOT / "backends" / "__init__.py")
+
+
+def test_wheel_ships_types_and_release_metadata(wheel: Path) -> None:
+    """py.typed (PEP 561), the version of pyproject.toml, classifiers, project URLs."""
+    import re
+
+    import bptt
+
+    names = zipfile.ZipFile(wheel).namelist()
+    assert (ROOT / "bptt" / "py.typed").is_file()  # (a stale build/ may hold an old copy)
+    assert "bptt/py.typed" in names
+    assert "bptt/backends/_backend.py" in names
+    meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
+    pyproject = (ROOT / "pyproject.toml").read_text(encoding="utf-8")
+    version = re.search(r'^version = "([^"]+)"', pyproject, flags=re.M)[1]
+    assert f"\nVersion: {version}\n" in meta and bptt.__version__ == version
+    assert "Classifier: Typing :: Typed" in meta
+    url_lines = [line for line in meta.splitlines() if line.startswith("Project-URL:")]
+    urls = dict(line.split(": ", 1)[1].split(", ", 1) for line in url_lines)
+    assert {"Documentation", "Source", "Changelog"} <= set(urls)
+    assert "Description-Content-Type: text/markdown" in meta and "Requires-Python: >=3.10" in meta

@@ -79,6 +79,7 @@ def adam(
 
 
 OPTIMIZERS = {"sgd": sgd, "adagrad": adagrad, "rmsprop": rmsprop, "adam": adam}
+"""The optimizers by the name ``bptt train --optimizer`` takes (:func:`make` builds one)."""
 
 
 def make(name: str, lr: float | Schedule, **options: Any) -> GradientTransformation:

@@ -38,33 +38,46 @@ Schedule = Callable[[Any], Any]  # a device count -> a device learning rate
 
 
 class ClipState(NamedTuple):
+    """The state of :func:`clip_by_global_norm`: the last global norm."""
+
     norm: Any  # 0-d: the global norm of the last updates clipped, before clipping
 
 
 # Each transform has its own state, its fields named as optax names them: a field's name
 # says what holds of its values (a checkpoint checks nu and sum_of_squares >= 0, counts whole).
 class TraceState(NamedTuple):
+    """The state of :func:`trace` (momentum): the velocity."""
+
     trace: Any  # tree: the velocity
 
 
 class ScaleByRssState(NamedTuple):
+    """The state of :func:`scale_by_sum_of_squares` (Adagrad)."""
+
     sum_of_squares: Any  # tree: the running sum of squared updates (>= 0)
 
 
 class ScaleByRmsState(NamedTuple):
+    """The state of :func:`scale_by_rms` (RMSProp)."""
+
     nu: Any  # tree: the running mean of squared updates (>= 0)
 
 
 class ScaleByAdamState(NamedTuple):
+    """The state of :func:`scale_by_adam`: the count and both moments."""
+
     count: Any  # 0-d device counter
     mu: Any  # tree: first moment
     nu: Any  # tree: second moment (>= 0)
 
 
 MomentsState = ScaleByAdamState  # its earlier name
+"""The earlier name of :class:`ScaleByAdamState`."""
 
 
 class ScheduleState(NamedTuple):
+    """The state of :func:`scale_by_learning_rate` with a schedule: the count."""
+
     count: Any  # 0-d device counter
 
 

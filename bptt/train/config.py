@@ -30,6 +30,7 @@ RESUMABLE = (
     "sample_length",
     "remat",  # the same gradients (to rounding), less memory: free to change
 )  # val_streams and val_warmup are fixed: they define the validation "best" is judged on
+"""The options of :class:`TrainConfig` a resumed run may change; the rest are fixed."""
 
 
 @dataclass(frozen=True)

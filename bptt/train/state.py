@@ -13,6 +13,7 @@ from .step import TrainCarry
 __all__ = ["HISTORY_KEYS", "RunState"]
 
 HISTORY_KEYS = ("train_step", "train_bpc", "val_step", "val_bpc")
+"""The curves a run records (steps and bits per character) and its checkpoints keep."""
 
 
 def _history() -> dict[str, list[float]]:
