@@ -149,7 +149,7 @@ CRAFTED = {
                                        "expected float64 (config.train.dtype); the file "
                                        "declares dtype float32"),
     "a learning rate of another type": (_set("config.train.lr", "fast"), "config.train.lr",
-                                        "expected a positive learning rate; got 'fast'"),
+                                        "expected a positive number; got 'fast'"),
     "a data position out of range": (_set("position.chunk", 10**6), "meta.position.chunk",
                                      "1000000 is out of range"),
     "an offset beyond the chunk": (_set("position.offset", 16), "meta.position.offset",

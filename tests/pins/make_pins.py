@@ -275,7 +275,8 @@ def _takes_schedule(bptt: Any) -> bool:
     if "schedule" in inspect.signature(bptt.loss_and_grad).parameters:
         return True
     api = getattr(bptt, "api", None)
-    return api is not None and "schedule" in inspect.signature(api.loss_and_grad).parameters
+    call = getattr(getattr(api, "calls", api), "loss_and_grad", None)  # bptt.api.calls since 0.2
+    return call is not None and "schedule" in inspect.signature(call).parameters
 
 
 @contextmanager
