@@ -22,11 +22,13 @@ import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["tune_malloc"]
+__all__ = ["keep_large_blocks", "tune_malloc"]
 
 # glibc's <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit systems
 TRIM_THRESHOLD = 256 << 20
@@ -43,3 +45,26 @@ def tune_malloc() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+@functools.cache
+def keep_large_blocks() -> bool:
+    """:func:`tune_malloc`, and blocks of any size from one heap: True if it all took effect.
+
+    glibc caps the mmap threshold at 32 MiB, so a block above it is mapped at each
+    allocation and its pages faulted in afresh, one fault per 4 KiB; and a block that
+    does not fit a thread's arena gets a heap of its own, unmapped when freed. XLA on
+    the CPU allocates a jitted step's temporaries as one block per call: 34-41 MB at S2
+    (``jax.jit(...).lower(...).compile().memory_analysis()``), 8,800-10,400 faults per
+    step, up to a third of its time on a loaded machine (benchmarks/NOTES.md, round 7c).
+    Here ``mallopt`` turns mapping off (``M_MMAP_MAX`` 0) and keeps one arena
+    (``M_ARENA_MAX`` 1, for the threads that have none yet: call it before JAX starts),
+    so freed blocks stay in the heap for the next step (above 256 MiB free at its top
+    it is still trimmed). The cost is memory the process keeps: what a step freed, and
+    what fragments. ``bptt train --tune-malloc`` calls it on JAX.
+    """
+    if not tune_malloc():
+        return False
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_ARENA_MAX, 1))

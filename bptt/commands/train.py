@@ -142,7 +142,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--tune-malloc", action="store_true",
         help="raise glibc's malloc thresholds for this process, so that a NumPy step reuses "
-        "the memory the last one freed (bptt.malloc; see the README for its measured effect)",
+        "the memory the last one freed (on JAX blocks of any size: a jitted step's one "
+        "block of temporaries; bptt.malloc; see the README for its measured effect)",
     )  # fmt: skip
     ranks = parser.add_argument_group("data-parallel (mpiexec -n N bptt train ...; bptt[mpi])")
     ranks.add_argument(
@@ -511,11 +512,11 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
     from ..train import NonFiniteError, Reporter
 
     comm = trainer.comm
-    if args.tune_malloc:  # reuse what a step frees (bptt.malloc); before the first step
-        from ..malloc import tune_malloc
-
-        tune_malloc()
     c, be = trainer.config, trainer.backend
+    if args.tune_malloc:  # reuse what a step frees (bptt.malloc); before the first step
+        from ..malloc import keep_large_blocks, tune_malloc
+
+        keep_large_blocks() if be.name == "jax" else tune_malloc()  # XLA: one block a step
     steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
     if comm.size > 1:
         from ..distributed import share_cpus
