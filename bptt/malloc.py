@@ -32,6 +32,7 @@ _M_ARENA_MAX = -8
 
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit systems
 TRIM_THRESHOLD = 256 << 20
+KEEP_TRIM_THRESHOLD = 1 << 30  # keep_large_blocks: a few steps' blocks of temporaries
 
 
 @functools.cache
@@ -59,12 +60,15 @@ def keep_large_blocks() -> bool:
     step, up to a third of its time on a loaded machine (benchmarks/NOTES.md, round 7c).
     Here ``mallopt`` turns mapping off (``M_MMAP_MAX`` 0) and keeps one arena
     (``M_ARENA_MAX`` 1, for the threads that have none yet: call it before JAX starts),
-    so freed blocks stay in the heap for the next step (above 256 MiB free at its top
-    it is still trimmed). The cost is memory the process keeps: what a step freed, and
-    what fragments. ``bptt train --tune-malloc`` calls it on JAX.
+    so freed blocks stay in the heap for the next step (above 1 GiB free at its top it
+    is still trimmed: room for the blocks of a few programs, 225 MB each at S3). The
+    cost is memory the process keeps: what a step freed, and what fragments.
+    ``bptt train --tune-malloc`` calls it on JAX.
     """
     if not tune_malloc():
         return False
     mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_ARENA_MAX, 1))
+    kept = [mallopt(_M_MMAP_MAX, 0), mallopt(_M_ARENA_MAX, 1),
+            mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)]  # fmt: skip
+    return all(kept)
