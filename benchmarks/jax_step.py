@@ -10,9 +10,10 @@ with T). Blocks of at least ``--min-block`` seconds alternate between the conten
 within each round; the table shows medians over the rounds of the wall-clock ms per
 call and of the process's CPU ms per call (user + system, all threads: steadier than
 the wall clock on a machine other work shares), their ratios to the hand-written
-scan, and the minor page faults per call. By default the process first calls :func:`bptt.malloc.keep_large_blocks`
-(every contender runs under it); ``--malloc tune`` calls :func:`bptt.malloc.tune_malloc`
-alone, as ``bench_step.py`` does, and ``--malloc default`` neither.
+scan, and the minor page faults per call. By default the process first calls
+:func:`bptt.malloc.keep_large_blocks` (every contender runs under it); ``--malloc tune``
+calls :func:`bptt.malloc.tune_malloc` alone, as ``bench_step.py`` does, and
+``--malloc default`` neither.
 """
 
 from __future__ import annotations

@@ -57,7 +57,8 @@ def keep_large_blocks() -> bool:
     does not fit a thread's arena gets a heap of its own, unmapped when freed. XLA on
     the CPU allocates a jitted step's temporaries as one block per call: 34-41 MB at S2
     (``jax.jit(...).lower(...).compile().memory_analysis()``), 8,800-10,400 faults per
-    step, up to a third of its time on a loaded machine (benchmarks/NOTES.md, round 7c).
+    step: the scanned step's CPU time 75.5 ms against 62 kept (benchmarks/NOTES.md,
+    round 7, continued).
     Here ``mallopt`` turns mapping off (``M_MMAP_MAX`` 0) and keeps one arena
     (``M_ARENA_MAX`` 1, for the threads that have none yet: call it before JAX starts),
     so freed blocks stay in the heap for the next step (above 1 GiB free at its top it

@@ -92,8 +92,8 @@ def evaluate(model: Any, params: dict[str, Any], val: ValData, *, chunk: int = 2
     One host read at the end. ``chunk`` bounds memory: (chunk, S, D) states at a time.
     On JAX the whole evaluation is one jitted program (:func:`_jax_nats`: chunks of one
     length, at most ``chunk``, the last padded, at most one step per chunk more work):
-    its first call at D = 256 took 3.2 s before (a program per chunk length and one
-    for h0 = None, and the eager slices), 1.5 s now (benchmarks/NOTES.md, round 7c).
+    its first call at D = 256 took 3.2 s before (a program per chunk length, one for
+    h0 = None, and the eager slices), 1.5 s now (benchmarks/NOTES.md, round 7, cont.).
     """
     xp, _ = backends.namespace_of({"params['U']": params["U"]})
     L, on_jax = val.inputs.shape[0], backends.namespace_library(xp) == "jax"
