@@ -11,8 +11,8 @@ within each round; the table shows medians over the rounds of the wall-clock ms 
 call and of the process's CPU ms per call (user + system, all threads: steadier than
 the wall clock on a machine other work shares), their ratios to the hand-written
 scan, and the minor page faults per call. By default the process first calls
-:func:`bptt.malloc.keep_large_blocks` (every contender runs under it); ``--malloc tune``
-calls :func:`bptt.malloc.tune_malloc` alone, as ``bench_step.py`` does, and
+:func:`bptt.host.malloc.keep_large_blocks` (every contender runs under it); ``--malloc tune``
+calls :func:`bptt.host.malloc.tune_malloc` alone, as ``bench_step.py`` does, and
 ``--malloc default`` neither.
 """
 
@@ -28,7 +28,7 @@ from typing import Any
 
 from bench_cases import SIZES, jax_bptt_case, jax_case, parse_size
 
-from bptt import malloc
+from bptt.host import malloc
 
 __all__ = ["main"]
 

@@ -12,7 +12,7 @@ from conftest import jax_x64
 from train_helpers import SMALL_TEXT
 
 from bptt import cli
-from bptt.checkpoint import load_checkpoint
+from bptt.train.checkpoint import load_checkpoint
 
 TINY = ["--hidden", "12", "--batch", "4", "--seq-len", "16", "--eval-every", "5",
         "--log-every", "5", "--sample-length", "10", "--no-progress"]  # fmt: skip
@@ -197,7 +197,7 @@ def test_ctrl_c_saves_and_exits_130(text, tmp_path) -> None:
 
 
 def test_info_says_how_a_numpy_step_is_scheduled(capsys, monkeypatch) -> None:
-    from bptt.numpy_exec import threads
+    from bptt.execution.numpy_exec import threads
 
     def line() -> str:
         assert cli.main(["info"]) == 0
@@ -220,10 +220,10 @@ def test_info_says_how_a_numpy_step_is_scheduled(capsys, monkeypatch) -> None:
 @pytest.mark.parametrize("backend", ["numpy", "jax"])
 def test_tune_malloc_keeps_large_blocks_on_jax(text, tmp_path, monkeypatch, backend) -> None:
     """``--tune-malloc``: glibc's thresholds raised on every backend, and on JAX blocks of
-    any size kept (XLA's one block of a jitted step's temporaries, bptt.malloc)."""
+    any size kept (XLA's one block of a jitted step's temporaries, bptt.host.malloc)."""
     if backend == "jax":
         pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
-    from bptt import malloc
+    from bptt.host import malloc
 
     calls = []
     monkeypatch.setattr(malloc, "tune_malloc", lambda: calls.append("tune") or True)

@@ -1,4 +1,4 @@
-"""Memory-bounded BPTT (bptt/remat.py): the plans, the dynamic program against brute
+"""Memory-bounded BPTT (bptt/math/remat.py): the plans, the dynamic program against brute
 force, and gradients equal to full BPTT for every setting, cell, stack, mask,
 dropout, head and backend, under ``jax.jit`` too.
 
@@ -20,9 +20,9 @@ import pytest
 from helpers import rel_err
 
 import bptt
-from bptt import remat
-from bptt.cells import CELLS
-from bptt.remat import Budget, hsm_table, plan
+from bptt.math import remat
+from bptt.math.cells import CELLS
+from bptt.math.remat import Budget, hsm_table, plan
 
 TOL = 1e-12
 SETTINGS = [1, 3, "sqrt", "budget:5", "budget:13", 100]
@@ -258,7 +258,7 @@ def test_jit_compiles_remat_and_equals_eager() -> None:
 
 
 def test_training_step_takes_remat() -> None:
-    from bptt.flat import Layout
+    from bptt.math.flat import Layout
     from bptt.train import TrainCarry, make_train_step
 
     rng = np.random.default_rng(4)
