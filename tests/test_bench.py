@@ -329,3 +329,25 @@ def test_two_process_comparison_script() -> None:
     out, rows = _script_rows("two_process.py", "--size", "5,4,8,6", "--steps", "2", "--rounds", "2")
     assert [r[0] for r in rows] == ["threads", "processes"], out
     assert float(rows[0][3]) == 1.0 and all(float(r[1]) > 0 for r in rows), out
+
+
+def test_jax_compile_and_jax_step_scripts_print_their_tables() -> None:
+    """benchmarks/jax_compile.py (train, grads and the hand-written scan per T and cell)
+    and benchmarks/jax_step.py (the JAX contenders, interleaved) at a tiny size: the rows
+    they promise, with numbers (the compile script once broke when make_train_step's
+    arguments changed)."""
+    pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    out, rows = _script_rows("jax_compile.py", "--size", TINY, "--T", "3,6", "--reps", "1",
+                             "--cells", "tanh,gru", "--unrolled-max", "3")  # fmt: skip
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in out.splitlines()
+             if line.startswith("| ") and line.split("|")[1].strip().isdigit()]  # fmt: skip
+    want = [(T, cell, what) for T in ("3", "6") for cell in ("tanh", "gru")
+            for what in ("train scan", "train unrolled", "grads scan", "hand-written")
+            if (what != "train unrolled" or T == "3") and (what != "hand-written" or
+                                                          cell == "tanh")]  # fmt: skip
+    assert [tuple(c[:3]) for c in cells] == want, out
+    assert all(float(c[6]) > 0 and int(c[7]) > 0 for c in cells), out  # CPU s, equations
+    out, rows = _script_rows("jax_step.py", "--sizes", TINY, "--unrolled", TINY, "--reps", "1",
+                             "--min-block", "0.01")  # fmt: skip
+    names = [r[3] for r in rows if r and r[0] == "|" and r[1] == TINY]
+    assert names == ["jax", "bptt[jax.jit]", "bptt[jax.jit,unrolled]"], out

@@ -215,3 +215,20 @@ def test_info_says_how_a_numpy_step_is_scheduled(capsys, monkeypatch) -> None:
     if threads.blas_controller() is not None:
         assert "split when B*D^2 >= 16,777,216 (float64: 4 x B*D^2) into parts of >= 32" in line()
         assert "overlapped when 1,048,576 <= B*D^2 < 67,108,864 and T >= 4" in line()
+
+
+@pytest.mark.parametrize("backend", ["numpy", "jax"])
+def test_tune_malloc_keeps_large_blocks_on_jax(text, tmp_path, monkeypatch, backend) -> None:
+    """``--tune-malloc``: glibc's thresholds raised on every backend, and on JAX blocks of
+    any size kept (XLA's one block of a jitted step's temporaries, bptt.host.malloc)."""
+    if backend == "jax":
+        pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    from bptt.host import malloc
+
+    calls = []
+    monkeypatch.setattr(malloc, "tune_malloc", lambda: calls.append("tune") or True)
+    monkeypatch.setattr(malloc, "keep_large_blocks", lambda: calls.append("keep") or True)
+    args = ["train", "--text", text, *TINY, "--backend", backend, "--steps", "1",
+            "--tune-malloc", "--checkpoint-dir", str(tmp_path / "run")]  # fmt: skip
+    assert cli.main(args) == 0
+    assert calls == (["keep"] if backend == "jax" else ["tune"])

@@ -237,3 +237,26 @@ def test_validation_on_jax_is_jitted_and_equals_numpy(jx) -> None:
     runs = [Trainer.create(small_corpus(), config, backend=be) for be in (NUMPY, jx)]
     numpy_bpc, jax_bpc = (t.validate() for t in runs)
     assert abs(numpy_bpc - jax_bpc) < 1e-12 * numpy_bpc
+
+
+@pytest.mark.parametrize("cell", ["relu", "lstm"])
+def test_validation_on_jax_is_one_program_over_padded_chunks(jx, cell: str) -> None:
+    """Chunks of 10 steps that do not divide the streams' length (the last one padded
+    with weight 0), two layers, every cell's state shape: NumPy's loss to 1e-12, and
+    one compiled program for the whole evaluation."""
+    from bptt.text import validation
+
+    ids = np.random.default_rng(4).integers(0, 6, 230)
+    model = bptt.RNN(6, 4, 6, cell=cell, layers=2)
+    params = model.init(dtype="float64", backend="numpy", seed=3)
+    vals = [validation.layout_validation(ids, streams=5, warmup=3, backend=be,
+                                         dtype="float64") for be in (NUMPY, jx)]  # fmt: skip
+    L = vals[1].inputs.shape[0]
+    assert L % -(-L // -(-L // 10)) != 0  # one length of chunk that does not divide L: padded
+    program = jax_exec.jit(validation._jax_nats, ("model", "step", "index"))
+    before = program._cache_size()
+    want = validation.evaluate(model, params, vals[0], chunk=10)
+    on_jax = {k: jx.asarray(v) for k, v in params.items()}
+    got = validation.evaluate(model, on_jax, vals[1], chunk=10)
+    assert abs(got - want) < 1e-12 * want
+    assert program._cache_size() == before + 1

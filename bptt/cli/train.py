@@ -106,7 +106,8 @@ def _add_run_arguments(run: Any) -> None:
     run.add_argument(
         "--tune-malloc", action="store_true",
         help="raise glibc's malloc thresholds for this process, so that a NumPy step reuses "
-        "the memory the last one freed (bptt.host.malloc; see the README for its measured effect)",
+        "the memory the last one freed (on JAX blocks of any size: a jitted step's one "
+        "block of temporaries; bptt.host.malloc; see docs/performance.md)",
     )  # fmt: skip
 
 
@@ -387,11 +388,11 @@ def _train_ranks(args: argparse.Namespace, trainer: Any, note: str, notes: list[
     from ..train.distributed import RanksDivergedError
 
     comm = trainer.comm
-    if args.tune_malloc:  # reuse what a step frees (bptt.host.malloc); before the first step
-        from ..host.malloc import tune_malloc
-
-        tune_malloc()
     be = trainer.backend
+    if args.tune_malloc:  # reuse what a step frees (bptt.host.malloc); before the first step
+        from ..host.malloc import keep_large_blocks, tune_malloc
+
+        keep_large_blocks() if be.name == "jax" else tune_malloc()  # XLA: one block a step
     steps = args.steps if args.steps is not None or args.minutes is not None else DEFAULT_STEPS
     if comm.size > 1:
         from ..train.distributed import share_cpus

@@ -22,14 +22,17 @@ import ctypes
 import ctypes.util
 import functools
 
-__all__ = ["tune_malloc"]
+__all__ = ["keep_large_blocks", "tune_malloc"]
 
 # glibc's <malloc.h> parameter numbers.
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
+_M_MMAP_MAX = -4
+_M_ARENA_MAX = -8
 
 MMAP_THRESHOLD = 32 << 20  # glibc's largest allowed value on 64-bit systems
 TRIM_THRESHOLD = 256 << 20
+KEEP_TRIM_THRESHOLD = 1 << 30  # keep_large_blocks: a few steps' blocks of temporaries
 
 
 @functools.cache
@@ -43,3 +46,30 @@ def tune_malloc() -> bool:
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
         mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
     )
+
+
+@functools.cache
+def keep_large_blocks() -> bool:
+    """:func:`tune_malloc`, and blocks of any size from one heap: True if it all took effect.
+
+    glibc caps the mmap threshold at 32 MiB, so a block above it is mapped at each
+    allocation and its pages faulted in afresh, one fault per 4 KiB; and a block that
+    does not fit a thread's arena gets a heap of its own, unmapped when freed. XLA on
+    the CPU allocates a jitted step's temporaries as one block per call: 34-41 MB at S2
+    (``jax.jit(...).lower(...).compile().memory_analysis()``), 8,800-10,400 faults per
+    step: the scanned step's CPU time 75.5 ms against 62 kept (benchmarks/NOTES.md,
+    round 7, continued).
+    Here ``mallopt`` turns mapping off (``M_MMAP_MAX`` 0) and keeps one arena
+    (``M_ARENA_MAX`` 1, for the threads that have none yet: call it before JAX starts),
+    so freed blocks stay in the heap for the next step (above 1 GiB free at its top it
+    is still trimmed: room for the blocks of a few programs, 225 MB each at S3). The
+    cost is memory the process keeps: what a step freed, and what fragments.
+    ``bptt train --tune-malloc`` calls it on JAX.
+    """
+    if not tune_malloc():
+        return False
+    mallopt = ctypes.CDLL(ctypes.util.find_library("c") or None).mallopt
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    kept = [mallopt(_M_MMAP_MAX, 0), mallopt(_M_ARENA_MAX, 1),
+            mallopt(_M_TRIM_THRESHOLD, KEEP_TRIM_THRESHOLD)]  # fmt: skip
+    return all(kept)

@@ -213,7 +213,7 @@ def state_grads(params: Any, dlogits: Any, dropout_mask: Any, xp: Any) -> Any:
 
 def reverse_recurrence(
     W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str = "tanh", *,
-    scan: Scan = python_scan,
+    scan: Scan = python_scan, fused: bool = False,
 ) -> Any:  # fmt: skip
     """The backward recurrence (eqs. 62, B12) over n steps, last step first: dz (n, B, D).
 
@@ -222,7 +222,14 @@ def reverse_recurrence(
     after these (None after step T: the last step, peeled, has no product). tanh' =
     1 - s^2 (relu': s > 0, eq. B17) for all n steps is one pass first; then each step
     is one product, one sum and one product by f', run by ``scan`` in reverse.
+
+    ``fused`` (for a compiled loop, :mod:`bptt.execution.jax_exec`): f' made inside the step
+    from s_t and step n run from dz = 0 instead of peeled (0 W + dS_n is dS_n), so
+    the loop reads dS and the states as given: no (n, B, D) f' array, no sliced
+    copies of dS and f', no concatenation of the result. Same values to rounding.
     """
+    if fused:
+        return _fused_reverse(W, states, dS, dz, xp, nonlinearity, scan)
     f_prime = derivative(states[1:, ...], nonlinearity, xp)  # (n, B, D), eq. (62) or (B17)
 
     def step(dz: Any, x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
@@ -242,6 +249,23 @@ def reverse_recurrence(
         return xp.concat(tail, axis=0)  # (n, B, D)
     _, (dZ,) = scan(step, dz, (dS, f_prime), xp, reverse=True)  # (n or n-1, B, D)
     return xp.concat([dZ, *tail], axis=0) if tail else dZ  # (n, B, D)
+
+
+def _fused_reverse(
+    W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str, scan: Scan
+) -> Any:
+    """:func:`reverse_recurrence` with f' inside the step and no peel: dz (n, B, D)."""
+
+    def step(dz: Any, x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        g = dz @ W  # (B, D): W^T dz_{t+1}, eq. (62)
+        g += x[0]  # + dS_t
+        dz = g * derivative(x[1], nonlinearity, xp)  # * f'(z_t) from s_t, (62) or (B17)
+        return dz, (dz,)
+
+    if dz is None:  # dz_{n+1} = 0: step n is dS_n * f'(z_n), as the peel computes it
+        dz = xp.zeros_like(dS[-1, ...])  # (B, D)
+    _, (dZ,) = scan(step, dz, (dS, states[1:, ...]), xp, reverse=True)  # (n, B, D)
+    return dZ
 
 
 def weight_grads(params: Any, dZ: Any, states: Any, inputs: Any, xp: Any) -> dict[str, Any]:

@@ -78,8 +78,8 @@ def layout_validation(
 
 def _chunk_nats(model: Any, params: dict[str, Any], inputs: Any, targets: Any, weight: Any,
                 h: Any) -> tuple[Any, Any]:  # fmt: skip
-    """The weighted nats of one chunk (0-d) and the state after it: on JAX one jitted
-    program per chunk length (its recurrence one ``lax.scan``)."""
+    """The weighted nats of one chunk (0-d) and the state after it (on JAX the body of
+    :func:`_jax_nats`' scan over chunks, its recurrence one ``lax.scan``)."""
     xp, _ = backends.namespace_of({"params['U']": params["U"]})
     _, logits, h = model.forward(params, inputs, h0=h, check_values=False, return_state=True)
     terms, _ = softmax_cross_entropy(logits, targets, xp)  # (t, S, C) -> (t, S)
@@ -91,17 +91,55 @@ def evaluate(model: Any, params: dict[str, Any], val: ValData, *, chunk: int = 2
     (every layer's, for a stack).
 
     One host read at the end. ``chunk`` bounds memory: (chunk, S, D) states at a time.
+    On JAX the whole evaluation is one jitted program (:func:`_jax_nats`: chunks of one
+    length, at most ``chunk``, the last padded, at most one step per chunk more work):
+    its first call at D = 256 took 3.2 s before (a program per chunk length, one for
+    h0 = None, and the eager slices), 1.5 s now (benchmarks/NOTES.md, round 7, cont.).
     """
     xp, _ = backends.namespace_of({"params['U']": params["U"]})
     L, on_jax = val.inputs.shape[0], backends.namespace_library(xp) == "jax"
-    total = xp.zeros((), dtype=params["U"].dtype, device=params["U"].device)
-    h = None
     cast = (lambda ids: ids) if val.index is None else (lambda ids: xp.astype(ids, val.index))
-    run = jax_exec.jit(_chunk_nats, ("model",)) if on_jax else _chunk_nats
-    for t0 in range(0, L, chunk):
-        t1 = min(t0 + chunk, L)
-        nats, h = run(model, params, cast(val.inputs[t0:t1, ...]),
-                      cast(val.targets[t0:t1, ...]), val.weight[t0:t1, ...], h)  # fmt: skip
-        total = total + nats
+    if on_jax:  # one jitted program for the whole evaluation
+        step = -(-L // -(-L // chunk))  # chunks of one length, at most ``chunk``
+        run = jax_exec.jit(_jax_nats, ("model", "step", "index"))
+        total = run(model, params, val.inputs, val.targets, val.weight, step=step,
+                    index=val.index)  # fmt: skip
+    else:
+        total = xp.zeros((), dtype=params["U"].dtype, device=params["U"].device)
+        h = None
+        for t0 in range(0, L, chunk):
+            t1 = min(t0 + chunk, L)
+            nats, h = _chunk_nats(model, params, cast(val.inputs[t0:t1, ...]),
+                                  cast(val.targets[t0:t1, ...]), val.weight[t0:t1, ...],
+                                  h)  # fmt: skip
+            total = total + nats
     nats = float(backends.backend_of(total).to_numpy(total))
     return nats / (val.count * LN2)
+
+
+def _jax_nats(model: Any, params: dict[str, Any], inputs: Any, targets: Any, weight: Any, *,
+              step: int, index: Any) -> Any:  # fmt: skip
+    """The weighted nats of the whole text (0-d), traced once: the (L, S) arrays cut into
+    chunks of ``step`` steps (the last padded with weight 0; its state is not read), the
+    chunks one ``lax.scan`` (:mod:`bptt.execution.jax_exec`) whose body is :func:`_chunk_nats`,
+    from a zero state (no program of its own for h0 = None)."""
+    xp, _ = backends.namespace_of({"params['U']": params["U"]})
+    L, S = inputs.shape
+    n = -(-L // step)
+
+    def chunks(a: Any) -> Any:  # (L, S) -> (n, step, S), zero rows appended
+        tail = xp.zeros((n * step - L, S), dtype=a.dtype)
+        return xp.reshape(xp.concat([a, tail], axis=0), (n, step, S))
+
+    if index is not None:  # the ids as each block takes them
+        inputs, targets = xp.astype(inputs, index), xp.astype(targets, index)
+
+    def body(carry: Any, x: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        nats, h = _chunk_nats(model, params, x[0], x[1], x[2], carry[1])
+        return (carry[0] + nats, h), ()
+
+    h = model.unpack_state(xp.zeros(model.carry_shape(S), dtype=params["U"].dtype))
+    zero = xp.zeros((), dtype=params["U"].dtype)
+    xs = tuple(chunks(a) for a in (inputs, targets, weight))  # (n, step, S) each
+    (total, _), _ = jax_exec.scan(body, (zero, h), xs, xp)
+    return total

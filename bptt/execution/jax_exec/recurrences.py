@@ -26,7 +26,8 @@ def reverse_recurrence(
     W: Any, states: Any, dS: Any, dz: Any, xp: Any, nonlinearity: str = "tanh"
 ) -> Any:
     """As :func:`bptt.math.model.reverse_recurrence`: dz_n .. dz_1, (n, B, D), eq. (62)."""
-    return model.reverse_recurrence(W, states, dS, dz, xp, nonlinearity, scan=scan)
+    fused = is_traced((states, dS))  # a compiled loop: f' inside the step, no peel
+    return model.reverse_recurrence(W, states, dS, dz, xp, nonlinearity, scan=scan, fused=fused)
 
 
 def barrier(tree: Any) -> Any:
