@@ -219,11 +219,10 @@ def _state_grads(
     params: Mapping[str, Any], dlogits: Any, dstates: Any, cache: Cache, xp: Any
 ) -> tuple[dict[str, Any], Any]:
     """dV, dc (eq. B10) and dL/dS of the last layer's states (eq. B11, plus ``dstates``)."""
-    if dlogits is None:  # V and c were not used by the loss: zero cotangents
-        grads = {"V": xp.zeros_like(params["V"])}
-        if params.get("c") is not None:
-            grads["c"] = xp.zeros_like(params["c"])
-        return grads, dstates
+    if dlogits is None:  # V and c were not used by the loss (or absent: one cell, remat)
+        return {k: xp.zeros_like(params[k]) for k in ("V", "c") if params.get(k) is not None}, (
+            dstates
+        )
     grads = model.output_grads(params, dlogits, cache.out_states, xp)  # dV, dc
     dS = model.state_grads(params, dlogits, cache.dropout_mask, xp)  # (T, B, K D)
     if dstates is not None:

@@ -27,8 +27,9 @@ those of full BPTT; a parameter's gradient is a sum of one product per segment
 instead of one product over all T steps, equal to rounding (float64: ~1e-15
 relative). The plan depends on T and the setting only: no host read, no
 value-dependent control flow, so it compiles under ``jax.jit`` (each recurrence a
-``lax.scan`` of the scan seam). One direction only: a reverse cell's replay
-would run its segments in the opposite order (refused, naming the argument).
+``lax.scan`` of the scan seam). A bidirectional stack runs the plan per layer and
+direction (:mod:`bptt.remat_layerwise`): a reverse cell's state depends on the whole
+sequence, so the segments cannot cut across the stack.
 
 Pure math: ``xp`` and :mod:`bptt.layers`, :mod:`bptt.heads`.
 """
@@ -106,13 +107,8 @@ def parse(remat: Any) -> Any:
 
 def check(remat: Any, directions: int) -> Any:
     """``remat`` parsed (:func:`parse`) for a model of ``directions`` (two are refused)."""
-    remat = parse(remat)
-    if remat is not None and directions != 1:
-        raise ValueError(
-            "remat: a bidirectional model's reverse cells would replay their segments in the "
-            "opposite order; only one direction runs remat (use remat=None)"
-        )
-    return remat
+    del directions  # a bidirectional stack runs layer by layer (bptt.remat_layerwise)
+    return parse(remat)
 
 
 def _whole(value: Any, low: int) -> bool:
@@ -245,7 +241,15 @@ def run(
     steps a+1..b from their :class:`bptt.layers.Forward` ``out``; ``loss`` is the
     sum of the heads' losses (None if they give none).
     """
-    check(remat, layers.arch_of(params).directions)
+    if layers.arch_of(params).directions == 2:  # a reverse cell needs the whole sequence
+        from . import remat_layerwise
+
+        return remat_layerwise.run(
+            params, inputs, h0, xp, remat=check(remat, 2), head=head, cell=cell,
+            dropout_mask=dropout_mask, layer_masks=layer_masks, recurrences=recurrences,
+            want_inputs=want_inputs, want_h0=want_h0,
+        )  # fmt: skip
+    check(remat, 1)
     T = inputs.shape[0]
     barrier = getattr(recurrences, "barrier", lambda tree: tree)  # JAX: no CSE, no hoisting
     held: dict[int, Any] = {0: h0}
@@ -265,6 +269,7 @@ def run(
             out, cache = layers.forward(
                 params, inputs[a:b, ...], start, xp, cell=cell, recurrences=recurrences,
                 dropout_mask=_rows(dropout_mask, a, b), layer_masks=_mask_rows(layer_masks, a, b),
+                with_output="V" in params,  # no V: one cell of a stack (bptt.remat_layerwise)
             )  # fmt: skip  # the replay: the first pass's operations on steps a+1..b
             if b == T:
                 h_last = _own(out.h_last, xp)
