@@ -232,24 +232,33 @@ def _own(state: Any, xp: Any) -> Any:
 
 def run(
     params: Any, inputs: Any, h0: Any, xp: Any, *, remat: Any, head: Callable[..., Any],
-    cell: Any = "tanh", dropout_mask: Any = None, layer_masks: Any = None,
-    recurrences: Any = model, want_inputs: bool = False, want_h0: bool = False,
+    head_rows: tuple[Any, ...] = (), cell: Any = "tanh", dropout_mask: Any = None,
+    layer_masks: Any = None, recurrences: Any = model, want_inputs: bool = False,
+    want_h0: bool = False,
 ) -> tuple[Any, dict[str, Any], Any, Any, Any]:  # fmt: skip
     """Execute :func:`plan` (T, remat): ``(loss, grads, h_last, d_inputs, d_h0)``.
 
-    ``head(a, b, out) -> (loss or None, dlogits, dstates)`` gives the cotangents of
-    steps a+1..b from their :class:`bptt.layers.Forward` ``out``; ``loss`` is the
-    sum of the heads' losses (None if they give none).
+    ``head(out, rows) -> (loss or None, dlogits, dstates)`` gives the cotangents of
+    a segment's steps from their :class:`bptt.layers.Forward` ``out`` and ``rows``,
+    the segment's rows of each array of ``head_rows`` ((T, ...) arrays or None);
+    ``loss`` is the sum of the heads' losses (None if they give none).
+
+    A bidirectional stack runs layer by layer (:mod:`bptt.remat_layerwise`); where
+    the recurrences have a ``segment_scan`` (JAX) a uniform k runs as two scans over
+    segments (:mod:`bptt.remat_scan`): one loop for XLA, whose liveness it keeps.
     """
+    kw = dict(head=head, head_rows=head_rows, cell=cell, dropout_mask=dropout_mask,
+              layer_masks=layer_masks, recurrences=recurrences, want_inputs=want_inputs,
+              want_h0=want_h0)  # fmt: skip
     if layers.arch_of(params).directions == 2:  # a reverse cell needs the whole sequence
         from . import remat_layerwise
 
-        return remat_layerwise.run(
-            params, inputs, h0, xp, remat=check(remat, 2), head=head, cell=cell,
-            dropout_mask=dropout_mask, layer_masks=layer_masks, recurrences=recurrences,
-            want_inputs=want_inputs, want_h0=want_h0,
-        )  # fmt: skip
-    check(remat, 1)
+        return remat_layerwise.run(params, inputs, h0, xp, remat=check(remat, 2), **kw)
+    remat = check(remat, 1)
+    if hasattr(recurrences, "segment_scan") and not isinstance(remat, Budget):
+        from . import remat_scan
+
+        return remat_scan.run(params, inputs, h0, xp, k=_k_of(remat, inputs.shape[0]), **kw)
     T = inputs.shape[0]
     barrier = getattr(recurrences, "barrier", lambda tree: tree)  # JAX: no CSE, no hoisting
     held: dict[int, Any] = {0: h0}
@@ -273,7 +282,7 @@ def run(
             )  # fmt: skip  # the replay: the first pass's operations on steps a+1..b
             if b == T:
                 h_last = _own(out.h_last, xp)
-            part, dlogits, dstates = head(a, b, out)
+            part, dlogits, dstates = head(out, tuple(_rows(r, a, b) for r in head_rows))
             del out
             loss = part if loss is None else loss + part
             g, dx, d = layers.backward(
@@ -295,14 +304,16 @@ def loss_and_grad(
     """:func:`bptt.step.loss_and_grad` under ``remat``: the head and its reduction run
     on each replayed segment (eq. B8: L = sum_t L_t, the weights the rows')."""
 
-    def segment_head(a: int, b: int, out: Any) -> tuple[Any, Any, Any]:
-        terms, dlogits = HEADS[head](out.logits, targets[a:b, ...], xp)  # (n, B), (n, B, C)
-        w = weights if isinstance(weights, float) else weights[a:b, ...]
-        part, dlogits = reduce(terms, dlogits, w, xp)  # eq. (B8)
+    scalar = isinstance(weights, float)
+
+    def segment_head(out: Any, rows: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+        terms, dlogits = HEADS[head](out.logits, rows[0], xp)  # (n, B), (n, B, C)
+        part, dlogits = reduce(terms, dlogits, weights if scalar else rows[1], xp)  # eq. (B8)
         return part, dlogits, None
 
     loss, grads, h_last, _, _ = run(
-        params, inputs, h0, xp, remat=remat, head=segment_head, cell=cell,
+        params, inputs, h0, xp, remat=remat, head=segment_head,
+        head_rows=(targets, None if scalar else weights), cell=cell,
         dropout_mask=dropout_mask, layer_masks=layer_masks, recurrences=recurrences,
     )  # fmt: skip
     return loss, {key: grads[key] for key in params}, h_last
@@ -316,11 +327,12 @@ def pullback(
     """:func:`bptt.layers.backward` under ``remat``, replaying from h0:
     ``(grads, d_inputs, d_h0)``."""
 
-    def segment_head(a: int, b: int, out: Any) -> tuple[Any, Any, Any]:
-        return None, _rows(dlogits, a, b), _rows(dstates, a, b)
+    def segment_head(out: Any, rows: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+        return None, rows[0], rows[1]
 
     _, grads, _, d_inputs, d_h0 = run(
-        params, inputs, h0, xp, remat=remat, head=segment_head, cell=cell,
+        params, inputs, h0, xp, remat=remat, head=segment_head, head_rows=(dlogits, dstates),
+        cell=cell,
         dropout_mask=dropout_mask, layer_masks=layer_masks, recurrences=recurrences,
         want_inputs=want_inputs, want_h0=want_h0,
     )  # fmt: skip

@@ -87,15 +87,16 @@ def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
     return x, xs, layers._stack_last(last, arch, xp)
 
 
-def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], dropout_mask: Any,
-          segs: list[tuple[int, int]]) -> tuple[Any, dict[str, Any], Any]:  # fmt: skip
+def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], head_rows: Any,
+          dropout_mask: Any, segs: list[tuple[int, int]]) -> tuple[Any, Any, Any]:  # fmt: skip
     """The head segment by segment: ``(loss, {V, c}, dS)``, dS (T, B, K D) dL/dS of the
     top layer (eqs. B10, B11, plus a user's dstates, eq. B24)."""
     loss, grads, pieces = None, None, []
     for a, b in segs:
         rows = None if dropout_mask is None else dropout_mask[a:b, ...]
         logits, out_states = model.output(params, top[a:b, ...], rows, xp)  # (n, B, C)
-        part, dlogits, dstates = head(a, b, layers.Forward(top[a:b, ...], logits, None))
+        rows_of = tuple(None if r is None else r[a:b, ...] for r in head_rows)
+        part, dlogits, dstates = head(layers.Forward(top[a:b, ...], logits, None), rows_of)
         del logits
         loss = part if loss is None else loss + part
         if dlogits is None:
@@ -114,8 +115,9 @@ def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], dropout_mask
 
 def run(
     params: Any, inputs: Any, h0: Any, xp: Any, *, remat: Any, head: Callable[..., Any],
-    cell: Any = "tanh", dropout_mask: Any = None, layer_masks: Any = None,
-    recurrences: Any = model, want_inputs: bool = False, want_h0: bool = False,
+    head_rows: tuple[Any, ...] = (), cell: Any = "tanh", dropout_mask: Any = None,
+    layer_masks: Any = None, recurrences: Any = model, want_inputs: bool = False,
+    want_h0: bool = False,
 ) -> tuple[Any, dict[str, Any], Any, Any, Any]:  # fmt: skip
     """:func:`bptt.remat.run` for any stack, layer by layer (the module doc):
     ``(loss, grads, h_last, d_inputs, d_h0)``, ``head`` as there."""
@@ -124,7 +126,7 @@ def run(
     segs = segments(inputs.shape[0], remat)
     top, xs, h_last = _forward(params, inputs, h0, xp, kind, arch, layer_masks, recurrences,
                                segs)  # fmt: skip
-    loss, grads, dS = _head(params, top, xp, head, dropout_mask, segs)
+    loss, grads, dS = _head(params, top, xp, head, head_rows, dropout_mask, segs)
     del top
     D = params["W"].shape[1]
     d_inputs, d_h0 = None, [None] * (arch.layers * arch.directions)
