@@ -133,9 +133,8 @@ def run(
             parts, rest = flat[: len(_parts(h_last))], flat[len(_parts(h_last)) :]
             start, d = barrier((_whole(parts, two), _whole(d, two)))
             part, g, dx, d, _ = leaf(start, rest, d, True)
-            return (_parts(d), _add(total, g), _add(part_sum, part)), (
-                (dx,) if want_inputs else ()
-            )
+            ys = (dx,) if want_inputs else ()
+            return (_parts(d), _add(total, g), _add(part_sum, part)), ys
 
         xs = (*checkpoints, *fields.segments(k, n - 1, k, xp))
         (d, grads, loss), ys = scan(backward_body, (_parts(d), grads, loss), xs, xp,
