@@ -27,7 +27,9 @@ those of full BPTT; a parameter's gradient is a sum of one product per segment
 instead of one product over all T steps, equal to rounding (float64: ~1e-15
 relative). The plan depends on T and the setting only: no host read, no
 value-dependent control flow, so it compiles under ``jax.jit`` (each recurrence a
-``lax.scan`` of the scan seam). A bidirectional stack runs the plan per layer and
+``lax.scan`` of the scan seam); there a uniform k runs as two loops over segments
+(:mod:`bptt.remat_scan`), whose liveness XLA keeps (an unrolled plan's it did not:
+``"budget:m"`` saves no memory under jit). A bidirectional stack runs the plan per layer and
 direction (:mod:`bptt.remat_layerwise`): a reverse cell's state depends on the whole
 sequence, so the segments cannot cut across the stack.
 
@@ -53,6 +55,7 @@ __all__ = [
     "check",
     "hsm_table",
     "loss_and_grad",
+    "own_state",
     "parse",
     "plan",
     "pullback",
@@ -218,11 +221,11 @@ def _advance(params: Any, inputs: Any, state: Any, a: int, b: int, chunk: int, x
             params, inputs[c:e, ...], state, xp, cell=cell, recurrences=recurrences,
             layer_masks=_mask_rows(layer_masks, c, e), with_output=False,
         )  # fmt: skip
-        state = _own(out.h_last, xp)  # shaped as h0
+        state = own_state(out.h_last, xp)  # shaped as h0
     return state
 
 
-def _own(state: Any, xp: Any) -> Any:
+def own_state(state: Any, xp: Any) -> Any:
     """A copy of a last state: for one cell it is a view of the whole segment's states,
     which holding it would keep alive."""
     if isinstance(state, tuple):  # a state of two parts (LSTM's (h, c))
@@ -281,7 +284,7 @@ def run(
                 with_output="V" in params,  # no V: one cell of a stack (bptt.remat_layerwise)
             )  # fmt: skip  # the replay: the first pass's operations on steps a+1..b
             if b == T:
-                h_last = _own(out.h_last, xp)
+                h_last = own_state(out.h_last, xp)
             part, dlogits, dstates = head(out, tuple(_rows(r, a, b) for r in head_rows))
             del out
             loss = part if loss is None else loss + part

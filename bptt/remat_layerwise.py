@@ -42,6 +42,10 @@ def segments(T: int, remat: Any) -> list[tuple[int, int]]:
     return sorted((op[1], op[2]) for op in _remat.plan(T, remat).ops if op[0] == "leaf")
 
 
+def _add(total: Any, part: Any) -> Any:
+    return part if total is None else {k: total[k] + part[k] for k in total}
+
+
 def _cell(params: Any, layer: int, direction: int, kind: Any) -> dict[str, Any]:
     """Cell (layer, direction) as a one-layer model without an output (no V)."""
     p = layers.cell_params(params, layer, direction, kind.extra_biases)
@@ -61,7 +65,7 @@ def _run_cell(p: Any, x: Any, s0: Any, xp: Any, kind: Any, recurrences: Any,
         out, _ = layers.forward(p, x[a:b, ...], state, xp, cell=kind, recurrences=recurrences,
                                 with_output=False)  # fmt: skip
         outs.append(out.states)  # (b - a, B, D)
-        state = _remat._own(out.h_last, xp)
+        state = _remat.own_state(out.h_last, xp)
         del out
     return xp.concat(outs, axis=0), state  # (T, B, D)
 
@@ -78,13 +82,13 @@ def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
         outs = []
         for d in range(arch.directions):
             x_d = _flip(x, xp) if d else x
-            s0 = layers._h0_of(h0, arch, layer, d)
+            s0 = layers.cell_state(h0, arch, layer, d)
             states, s_last = _run_cell(_cell(params, layer, d, kind), x_d, s0, xp, kind,
                                        recurrences, segs)  # fmt: skip
             outs.append(_flip(states, xp) if d else states)
             last.append(s_last)
         x = outs[0] if arch.directions == 1 else xp.concat(outs, axis=-1)  # (T, B, K D)
-    return x, xs, layers._stack_last(last, arch, xp)
+    return x, xs, layers.stack_states(last, arch, xp)
 
 
 def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], head_rows: Any,
@@ -108,7 +112,7 @@ def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], head_rows: A
             dS = dS if dstates is None else dS + dstates
         if dS is None:
             dS = xp.zeros_like(top[a:b, ...])
-        grads = _remat._add(grads, g)
+        grads = _add(grads, g)
         pieces.append(dS)
     return loss, grads, xp.concat(pieces, axis=0)
 
@@ -137,7 +141,7 @@ def run(
             dS_d = dS if arch.directions == 1 else dS[..., d * D : (d + 1) * D]  # (T, B, D)
             x_d, dS_d = (_flip(x, xp), _flip(dS_d, xp)) if d else (x, dS_d)
             g, dx, d_h0[layer * arch.directions + d] = _remat.pullback(
-                _cell(params, layer, d, kind), x_d, layers._h0_of(h0, arch, layer, d), xp,
+                _cell(params, layer, d, kind), x_d, layers.cell_state(h0, arch, layer, d), xp,
                 None, dS_d, remat=remat, cell=kind, dropout_mask=None, layer_masks=None,
                 recurrences=recurrences, want_inputs=down, want_h0=want_h0,
             )  # fmt: skip  # the cell under the plan, its loss dL/dS only
@@ -148,5 +152,5 @@ def run(
         mask = None if layer == 0 or layer_masks is None else layer_masks[layer - 1]
         dS = dX if mask is None else dX * mask  # through the dropout between layers
     d_inputs = dS if want_inputs else None
-    dh0 = layers._stack_last(d_h0, arch, xp) if want_h0 else None  # shaped as h0
+    dh0 = layers.stack_states(d_h0, arch, xp) if want_h0 else None  # shaped as h0
     return loss, grads, h_last, d_inputs, dh0

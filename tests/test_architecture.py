@@ -32,6 +32,8 @@ MATH = (
     "flat",
     "scan",
     "remat",
+    "remat_layerwise",
+    "remat_scan",
 )  # pure math
 NUMERICS = ("random", "finite_diff")  # may ask backends which library they run on
 POLICY_AND_ABOVE = ("numpy_exec", "jax_exec", "schedules", "train", "commands", "cli", "api",
