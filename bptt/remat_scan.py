@@ -77,6 +77,37 @@ class _Rows:
         return f[0], f[1], masks, tuple(f[2 + self.n_masks :])
 
 
+class _Segment:
+    """The two bodies on one segment's rows (``flat``, :class:`_Rows`): ``advance`` and
+    ``leaf`` (replay, head, pullback)."""
+
+    def __init__(self, params: Any, xp: Any, kind: Any, recurrences: Any, fields: _Rows,
+                 head: Callable[..., Any], want_inputs: bool) -> None:  # fmt: skip
+        self.params, self.xp, self.kind, self.recurrences = params, xp, kind, recurrences
+        self.fields, self.head, self.want_inputs = fields, head, want_inputs
+
+    def advance(self, start: Any, flat: tuple[Any, ...]) -> Any:
+        x, _, masks, _ = self.fields.unpack(flat)
+        out, _ = layers.forward(self.params, x, start, self.xp, cell=self.kind,
+                                recurrences=self.recurrences, layer_masks=masks,
+                                with_output=False)  # fmt: skip
+        return out.h_last  # s_b from s_a, eqs. (19)-(20)
+
+    def leaf(self, start: Any, flat: tuple[Any, ...], d: Any, want_s0: bool) -> tuple[Any, ...]:
+        """``(loss part, grads, dx, d_a, s_b)`` of the segment, ``d`` reaching s_b."""
+        x, drop, masks, rows = self.fields.unpack(flat)
+        out, cache = layers.forward(
+            self.params, x, start, self.xp, cell=self.kind, recurrences=self.recurrences,
+            dropout_mask=drop, layer_masks=masks, with_output="V" in self.params,
+        )  # fmt: skip  # the replay: the first pass's operations on the segment
+        part, dlogits, dstates = self.head(out, rows)
+        g, dx, d = layers.backward(
+            self.params, cache, dlogits, dstates, self.xp, want_inputs=self.want_inputs,
+            want_h0=want_s0, recurrences=self.recurrences, d_last=d,
+        )  # fmt: skip  # eq. (B25)
+        return part, g, dx, d, out.h_last
+
+
 def run(
     params: Any, inputs: Any, h0: Any, xp: Any, *, k: int, head: Callable[..., Any],
     head_rows: tuple[Any, ...] = (), cell: Any = "tanh", dropout_mask: Any = None,
@@ -90,49 +121,31 @@ def run(
     kind = layers.get_cell(cell) if isinstance(cell, str) else cell
     two, witness = kind.state_parts == 2, tuple(params.values())
     fields = _Rows(inputs, dropout_mask, layer_masks, head_rows)
+    seg = _Segment(params, xp, kind, recurrences, fields, head, want_inputs)
     n = (T - 1) // k  # full segments before the tail (the tail: 1..k steps)
-
-    def advance(start: Any, flat: tuple[Any, ...]) -> Any:
-        x, _, masks, _ = fields.unpack(flat)
-        out, _ = layers.forward(params, x, start, xp, cell=kind, recurrences=recurrences,
-                                layer_masks=masks, with_output=False)  # fmt: skip
-        return out.h_last  # s_b from s_a, eqs. (19)-(20)
-
-    def leaf(start: Any, flat: tuple[Any, ...], d: Any, want_s0: bool) -> tuple[Any, ...]:
-        x, drop, masks, rows = fields.unpack(flat)
-        out, cache = layers.forward(
-            params, x, start, xp, cell=kind, recurrences=recurrences, dropout_mask=drop,
-            layer_masks=masks, with_output="V" in params,
-        )  # fmt: skip  # the replay: the first pass's operations on the segment
-        part, dlogits, dstates = head(out, rows)
-        g, dx, d = layers.backward(params, cache, dlogits, dstates, xp, want_inputs=want_inputs,
-                                   want_h0=want_s0, recurrences=recurrences,
-                                   d_last=d)  # fmt: skip  # eq. (B25)
-        return part, g, dx, d, out.h_last
-
     if n == 0:  # k >= T: one segment, full BPTT
-        loss, grads, dx, d, h_last = leaf(h0, fields.rows(0, T), None, want_h0)
+        loss, grads, dx, d, h_last = seg.leaf(h0, fields.rows(0, T), None, want_h0)
         return loss, grads, h_last, dx, d
-    s = advance(h0, fields.rows(0, k))  # s_k
+    s = seg.advance(h0, fields.rows(0, k))  # s_k
     checkpoints: tuple[Any, ...] = ()
     if n > 1:  # s_k .. s_{(n-1)k} as the starts of segments 1..n-1, and s_{nk}
 
         def forward_body(carry: Any, flat: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
             start = _whole(carry, two)
-            return _parts(advance(start, flat)), _parts(start)
+            return _parts(seg.advance(start, flat)), _parts(start)
 
         s, checkpoints = scan(forward_body, _parts(s), fields.segments(k, n - 1, k, xp), xp,
                               witness=witness)  # fmt: skip
         s = _whole(s, two)
-    loss, grads, dx_tail, d, h_last = leaf(s, fields.rows(n * k, T), None, True)
+    loss, grads, dx_tail, d, h_last = seg.leaf(s, fields.rows(n * k, T), None, True)
     pieces = [dx_tail]
     if n > 1:
 
         def backward_body(carry: Any, flat: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
             d, total, part_sum = carry
-            parts, rest = flat[: len(_parts(h_last))], flat[len(_parts(h_last)) :]
+            parts, rest = flat[: len(checkpoints)], flat[len(checkpoints) :]
             start, d = barrier((_whole(parts, two), _whole(d, two)))
-            part, g, dx, d, _ = leaf(start, rest, d, True)
+            part, g, dx, d, _ = seg.leaf(start, rest, d, True)
             ys = (dx,) if want_inputs else ()
             return (_parts(d), _add(total, g), _add(part_sum, part)), ys
 
@@ -143,6 +156,6 @@ def run(
         if want_inputs:
             pieces.append(xp.reshape(ys[0], ((n - 1) * k, *ys[0].shape[2:])))  # (.., B, M)
     start, d = barrier((h0, d))  # segment 0 last, from h0 itself
-    part, g, dx, d, _ = leaf(start, fields.rows(0, k), d, want_h0)
+    part, g, dx, d, _ = seg.leaf(start, fields.rows(0, k), d, want_h0)
     d_inputs = xp.concat([dx, *pieces[::-1]], axis=0) if want_inputs else None  # (T, B, M)
     return _add(loss, part), _add(grads, g), h_last, d_inputs, d
