@@ -93,8 +93,9 @@ def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
 
 def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], head_rows: Any,
           dropout_mask: Any, segs: list[tuple[int, int]]) -> tuple[Any, Any, Any]:  # fmt: skip
-    """The head segment by segment: ``(loss, {V, c}, dS)``, dS (T, B, K D) dL/dS of the
-    top layer (eqs. B10, B11, plus a user's dstates, eq. B24)."""
+    """The head segment by segment: ``(loss, {V, c}, pieces)``, the pieces of dL/dS
+    (T, B, K D) of the top layer in time order (eqs. B10, B11, plus a user's dstates,
+    eq. B24), joined by the caller once the top layer's output is let go."""
     loss, grads, pieces = None, None, []
     for a, b in segs:
         rows = None if dropout_mask is None else dropout_mask[a:b, ...]
@@ -114,7 +115,7 @@ def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], head_rows: A
             dS = xp.zeros_like(top[a:b, ...])
         grads = _add(grads, g)
         pieces.append(dS)
-    return loss, grads, xp.concat(pieces, axis=0)
+    return loss, grads, pieces
 
 
 def run(
@@ -130,8 +131,10 @@ def run(
     segs = segments(inputs.shape[0], remat)
     top, xs, h_last = _forward(params, inputs, h0, xp, kind, arch, layer_masks, recurrences,
                                segs)  # fmt: skip
-    loss, grads, dS = _head(params, top, xp, head, head_rows, dropout_mask, segs)
-    del top
+    loss, grads, pieces = _head(params, top, xp, head, head_rows, dropout_mask, segs)
+    del top  # before the pieces are joined: a lower peak
+    dS = xp.concat(pieces, axis=0)  # (T, B, K D)
+    del pieces
     D = params["W"].shape[1]
     d_inputs, d_h0 = None, [None] * (arch.layers * arch.directions)
     for layer in reversed(range(arch.layers)):
