@@ -35,7 +35,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from bptt.data import load_corpus
+from bptt.text.data import load_corpus
 
 __all__ = ["AdaptiveKneserNey", "KneserNey", "unigram_bpc"]
 

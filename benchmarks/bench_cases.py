@@ -27,7 +27,8 @@ import numpy as np
 from bench_timing import Case, time_one_call, traced_peak
 
 import bptt
-from bptt import backends, optim, schedules
+from bptt import backends, optim
+from bptt.execution import schedules
 
 __all__ = [
     "SIZES",

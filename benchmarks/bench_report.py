@@ -1,8 +1,8 @@
 """What ``bench_step.py`` prints and writes: the environment header, the table, Markdown.
 
 The environment comes from public names only: the BLAS libraries and their
-threads (threadpoolctl), bptt's NumPy schedule (:func:`bptt.schedules.resolve_name`,
-``$BPTT_SCHEDULE``) and thread cap (:func:`bptt.numpy_exec.threads.max_threads`,
+threads (threadpoolctl), bptt's NumPy schedule (:func:`bptt.execution.schedules.resolve_name`,
+``$BPTT_SCHEDULE``) and thread cap (:func:`bptt.execution.numpy_exec.threads.max_threads`,
 ``$BPTT_THREADS``), and the versions and devices of torch and JAX when they run.
 """
 
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 import bptt
-from bptt import schedules
-from bptt.numpy_exec import policy, threads
+from bptt.execution import schedules
+from bptt.execution.numpy_exec import policy, threads
 
 __all__ = ["HEADER", "environment", "format_markdown", "format_row", "format_table", "header"]
 
@@ -71,7 +71,7 @@ def environment() -> dict[str, Any]:
 
 
 def _malloc(meta: dict[str, Any]) -> str:
-    return "thresholds raised (bptt.malloc)" if meta.get("malloc_tuned") else "defaults"
+    return "thresholds raised (bptt.host.malloc)" if meta.get("malloc_tuned") else "defaults"
 
 
 def _threads(meta: dict[str, Any]) -> str:

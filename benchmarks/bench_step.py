@@ -51,8 +51,10 @@ from bench_cases import (
 from bench_report import HEADER, environment, format_markdown, format_row, header
 from bench_timing import Case, stats, time_blocks
 
-from bptt import backends, malloc, schedules
-from bptt.commands._args import check_output_path, nonneg_float, positive_int
+from bptt import backends
+from bptt.cli._args import check_output_path, nonneg_float, positive_int
+from bptt.execution import schedules
+from bptt.host import malloc
 
 __all__ = ["main", "run_benchmark"]
 
@@ -232,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
         "--default-malloc",
         action="store_true",
         help="keep glibc's malloc thresholds (by default raised for every contender: "
-        "bptt.malloc.tune_malloc)",
+        "bptt.host.malloc.tune_malloc)",
     )
     add("--json", metavar="FILE", help="write every row and sample as JSON")
     add("--markdown", metavar="FILE", help="write the Markdown table for the README")

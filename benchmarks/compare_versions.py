@@ -111,7 +111,7 @@ def _flat_train_step(bptt: Any, params: Any, x: Any, y: Any) -> Any:
     ``bptt train`` runs it: :func:`bptt.train.make_train_step`."""
     import numpy as np
 
-    from bptt.flat import Layout
+    from bptt.math.flat import Layout
     from bptt.train import TrainCarry, TrainConfig, make_train_step
 
     B, D = x.shape[1], params["W"].shape[0]

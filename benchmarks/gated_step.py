@@ -3,11 +3,11 @@
 A step is forward + backward for the softmax head (mean cross-entropy), token-id
 inputs, biases on, float32, at the sizes of ``bench_cases.py`` (S1-S3):
 
-- ``bptt generic``: :mod:`bptt.gru` / :mod:`bptt.lstm` composed with ``bptt.model`` (the
-  input projection as a gather, the output layer) and ``bptt.heads`` (as the
+- ``bptt generic``: :mod:`bptt.math.gru` / :mod:`bptt.math.lstm` composed with ``bptt.math.model`` (the
+  input projection as a gather, the output layer) and ``bptt.math.heads`` (as the
   integrator's generic stack will compose them), on NumPy arrays;
 - ``bptt NumPy fast path``: the same with the recurrences of
-  :mod:`bptt.numpy_exec.gated` (the same bits, written through ``out=``);
+  :mod:`bptt.execution.numpy_exec.gated` (the same bits, written through ``out=``);
 - ``torch``: ``torch.nn.GRU`` / ``torch.nn.LSTM`` + ``Linear`` + ``CrossEntropyLoss`` +
   ``backward()`` (autograd), one-hot inputs made once, outside the timing.
 
@@ -32,15 +32,16 @@ import numpy as np
 from bench_cases import SIZES, Size, data, parse_size
 from bench_timing import Case, stats, time_blocks
 
-from bptt import gru, heads, lstm, malloc, model
-from bptt.numpy_exec import gated
+from bptt.execution.numpy_exec import gated
+from bptt.host import malloc
+from bptt.math import gru, heads, lstm, model
 
 CELLS = {"gru": gru, "lstm": lstm}
 
 
 def bptt_step(cell: Any, size: Size, seed: int = 0, fast: bool = False) -> Callable[[], Any]:
     """Our one-layer step on NumPy float32: the loss and every gradient; ``fast``: the
-    recurrences of :mod:`bptt.numpy_exec.gated` (the same bits)."""
+    recurrences of :mod:`bptt.execution.numpy_exec.gated` (the same bits)."""
     name = cell.__name__.rsplit(".", 1)[-1]
     forward, reverse = cell.recurrence, cell.reverse_recurrence
     if fast:
@@ -124,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
                         "process CPU time per call (steadier on a shared machine)")  # fmt: skip
     parser.add_argument("--default-malloc", action="store_true",
                         help="keep glibc's malloc thresholds (by default raised for both "
-                        "contenders, as bench_step.py does: bptt.malloc.tune_malloc)")  # fmt: skip
+                        "contenders, as bench_step.py does: bptt.host.malloc.tune_malloc)")  # fmt: skip
     args = parser.parse_args(argv)
     tuned = False if args.default_malloc else malloc.tune_malloc()
     import torch

@@ -15,8 +15,9 @@ import time
 
 import numpy as np
 
-from bptt import backends, data, train
-from bptt.diagnostics import gradient_flow
+from bptt import backends, train
+from bptt.evaluation.diagnostics import gradient_flow
+from bptt.text import data
 
 LAGS = (0, 1, 2, 5, 10, 20, 50, 99)
 

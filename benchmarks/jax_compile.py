@@ -4,7 +4,7 @@
 
 The step is the one ``bptt train`` runs (:func:`bptt.train.make_train_step`: loss and
 gradients by BPTT, clip, Adam, the carried state), compiled as
-:mod:`bptt.train.compiled` compiles it: ``jax.jit(step).lower(...).compile()`` on the
+:mod:`bptt.execution.compiled` compiles it: ``jax.jit(step).lower(...).compile()`` on the
 first call's shapes (abstract arguments here: nothing is allocated, so T = 10,000
 costs no memory). Each cell is a fresh trace and compile (a new step function, so no
 cache is hit). Rounds are interleaved (every T and schedule once per round, the order
@@ -29,7 +29,7 @@ from bench_cases import SIZES, parse_size
 
 import bptt
 from bptt import optim
-from bptt.flat import Layout
+from bptt.math.flat import Layout
 from bptt.train import TrainCarry, make_train_step
 
 __all__ = ["compile_seconds", "main"]

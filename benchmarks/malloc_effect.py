@@ -19,7 +19,7 @@ import time
 import numpy as np
 
 import bptt
-from bptt.flat import Layout
+from bptt.math.flat import Layout
 from bptt.train import TrainCarry, TrainConfig, make_train_step
 
 
@@ -27,7 +27,7 @@ def main(setting: str) -> None:
     if setting not in ("default", "tuned"):
         raise SystemExit("usage: malloc_effect.py default|tuned")
     if setting == "tuned":
-        from bptt.malloc import tune_malloc
+        from bptt.host.malloc import tune_malloc
 
         tune_malloc()
     B, T, D, M = 64, 100, 256, 128

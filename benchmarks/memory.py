@@ -1,7 +1,7 @@
 """Memory held by chunked training does not grow with the length of the text.
 
 For each text length, a fresh process loads the text from a UTF-8 file (as
-``bptt train --text FILE`` does: :func:`bptt.data.load_corpus` reads it in blocks,
+``bptt train --text FILE`` does: :func:`bptt.text.data.load_corpus` reads it in blocks,
 twice) and trains ``--steps`` steps of a NumPy trainer (and the validation pass
 every run ends with). The files are prefixes of the built-in ``stdlib`` corpus,
 kept to ASCII and repeated as often as the length needs, so that the vocabulary,
@@ -39,7 +39,7 @@ MB = 1024 * 1024
 
 def write_text(path: str, n_chars: int) -> None:
     """The first ``n_chars`` of the ASCII stdlib text, repeated as needed, to ``path``."""
-    from bptt import data
+    from bptt.text import data
 
     base = data.builtin_text("stdlib").encode("ascii", "ignore")
     with open(path, "wb") as f:
@@ -51,7 +51,8 @@ def write_text(path: str, n_chars: int) -> None:
 
 def measure(path: str, steps: int, hidden: int, batch: int, seq_len: int) -> dict:
     """Load ``path`` as ``bptt train --text`` does and train in this process; bytes."""
-    from bptt import data, train
+    from bptt import train
+    from bptt.text import data
 
     tracemalloc.start()
     corpus = data.load_corpus(text=path)

@@ -6,7 +6,7 @@ For each size (B, T, D, M=C from ``bench_cases.SIZES``; float32, Adam, NumPy) an
 round, two jobs run one after the other, in alternating order: ``1 rank``, one process
 on the whole batch with the library's default threads (``bptt train``'s path today),
 and ``N ranks``, ``mpiexec -n N`` processes on B/N streams each, each given its share
-of the CPUs as ``bptt train`` gives it (:func:`bptt.distributed.share_cpus`). Each job
+of the CPUs as ``bptt train`` gives it (:func:`bptt.train.distributed.share_cpus`). Each job
 builds the :class:`bptt.train.Trainer` that ``bptt train`` builds, runs 3 untimed
 steps, then times ``--steps`` steps one by one (``Trainer.advance``, the loss read back
 after each). The table gives the median over rounds of each job's median step time,
@@ -46,8 +46,9 @@ def _text(symbols: int, chars: int, path: Path) -> None:
 
 def worker(size_text: str, steps: int, text: str, out: str) -> None:
     """One job (one rank of it): time ``steps`` training steps; rank 0 writes JSON."""
-    from bptt import distributed, train
-    from bptt.data import load_corpus
+    from bptt import train
+    from bptt.text.data import load_corpus
+    from bptt.train import distributed
 
     _, s = parse_size(size_text)
     comm = distributed.Local()

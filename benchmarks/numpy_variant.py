@@ -7,7 +7,7 @@ not: ``out=`` on every ufunc and matmul, buffers kept between steps,
 scatter-subtraction into the softmax gradient. It does the same arithmetic (eqs.
 19-21, 44, 54-56, 62, 67-73 of docs/derivation.md) as bptt's ``"single"`` schedule,
 on one thread, its BLAS calls on one BLAS thread below the same work threshold
-(``bptt.numpy_exec.policy.MIN_BLAS_WORK``), for the softmax head, token-id inputs,
+(``bptt.execution.numpy_exec.policy.MIN_BLAS_WORK``), for the softmax head, token-id inputs,
 mean reduction, biases, h0 = 0 only.
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bptt.numpy_exec import policy, threads
+from bptt.execution.numpy_exec import policy, threads
 
 __all__ = ["clear_buffers", "loss_and_grad"]
 

@@ -19,7 +19,7 @@ import numpy as np
 from proxy import Array, Namespace
 
 from bptt import backends
-from bptt.flat import Layout
+from bptt.math.flat import Layout
 from bptt.train import TrainCarry, TrainConfig, make_train_step
 
 

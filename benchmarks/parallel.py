@@ -3,9 +3,9 @@
     python benchmarks/parallel.py --sizes S1,S2,S3 --dtypes float32,float64 --reps 9
 
 For each size, ``loss_and_grad`` (softmax head, token ids) runs under each schedule
-in turn (``schedule=``, :mod:`bptt.schedules`), in rounds (a pause, one untimed call,
+in turn (``schedule=``, :mod:`bptt.execution.schedules`), in rounds (a pause, one untimed call,
 then the median of 3 timed calls per schedule): ``single`` (one block),
-``overlap`` and ``split`` (forced: :mod:`bptt.numpy_exec`), ``auto`` (the library's
+``overlap`` and ``split`` (forced: :mod:`bptt.execution.numpy_exec`), ``auto`` (the library's
 choice). The table gives each schedule's layout (parts of the batch x blocks of
 steps), its median over the rounds and the median over rounds of its time divided
 by the first schedule's time in the same round, which cancels most of a shared
@@ -23,8 +23,9 @@ import numpy as np
 from bench_cases import SIZES
 
 import bptt
-from bptt import malloc, schedules
-from bptt.numpy_exec import policy
+from bptt.execution import schedules
+from bptt.execution.numpy_exec import policy
+from bptt.host import malloc
 
 MODES = schedules.SCHEDULES  # ("auto", "single", "overlap", "split")
 

@@ -9,7 +9,7 @@ the parameters as its argument. ``temp MiB``: ``jax.jit(step).lower(params).comp
 beyond its arguments and outputs (the step's own peak, as XLA plans it, not RSS).
 ``compile s``: lower + compile, one run. ``s/step``: median of ``--reps`` calls of
 the compiled step (0: not timed). Settings: None (full BPTT), k = 10, ``"sqrt"`` (both
-two ``lax.scan`` loops over segments, :mod:`bptt.remat_scan`) and, at T <= ``--dp-max``,
+two ``lax.scan`` loops over segments, :mod:`bptt.math.remat_scan`) and, at T <= ``--dp-max``,
 ``budget:m`` at sqrt's slots (the dynamic program's plan, still a Python-unrolled
 program under jit: compile time grows with its length).
 """
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import bptt
-from bptt.remat import plan
+from bptt.math.remat import plan
 
 __all__ = ["main", "measure"]
 

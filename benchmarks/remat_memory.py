@@ -12,7 +12,7 @@ holds at its highest, not RSS. Time: median of ``--reps`` interleaved rounds (ev
 setting once per round, the order rotated), traced apart from the memory runs
 (tracemalloc slows allocation). ``ratio``: time / full BPTT's time in the same
 round. ``cost``: forward steps run by the plan (T without recomputation);
-``slots``: the plan's peak of states held (:func:`bptt.remat.plan`). Settings: None,
+``slots``: the plan's peak of states held (:func:`bptt.math.remat.plan`). Settings: None,
 k = 10 and 100, ``"sqrt"``, and the dynamic program at sqrt's slots and at half of
 them (``budget:m``). ``--budget-mib`` names the memory budget of the last column.
 """
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 import bptt
-from bptt.remat import REPLAY_SLOTS, plan
+from bptt.math.remat import REPLAY_SLOTS, plan
 
 __all__ = ["main", "measure"]
 

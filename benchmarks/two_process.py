@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 import bptt
-from bptt import malloc, optim
+from bptt import optim
+from bptt.host import malloc
 
 KEYS = ("U", "W", "b", "V", "c")
 

@@ -7,7 +7,7 @@ same problem, alternating in rounds: a pause, one untimed call, then ``--calls``
 calls of one and then of the other. Prints each one's median time per call and the
 median over rounds of their ratio (array-API over NumPy-only), which cancels most of a
 shared machine's drift. glibc's malloc thresholds are raised first, as ``bench_step.py``
-does (:mod:`bptt.malloc`).
+does (:mod:`bptt.host.malloc`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import numpy_variant
 from bench_cases import parse_size
 
 import bptt
-from bptt import malloc
+from bptt.host import malloc
 
 
 def _block(fn, calls: int) -> float:

@@ -18,9 +18,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 # isort: on
 
-from . import backends, interop, optim
-from .functional import forward, gradcheck, init_params, loss_and_grad, vjp
-from .rnn import RNN
+from . import backends, optim
+from .api import interop
+from .api.functional import forward, gradcheck, init_params, loss_and_grad, vjp
+from .api.rnn import RNN
 
 try:
     __version__ = version("bptt")

@@ -13,11 +13,11 @@ Models, each one layer of ``--hidden`` units with a linear output (head ``"mse"`
 - ``irnn``: relu, W = I, biases 0, every other matrix N(0, 0.001^2)
   (``bptt.RNN(..., cell="relu", initializer="identity")``), the paper's IRNN;
 - ``tanh``: tanh with the library's default (uniform) initialisation;
-- ``lstm``: when ``"lstm"`` is in ``bptt.cells.CELLS`` (skipped with a note
+- ``lstm``: when ``"lstm"`` is in ``bptt.math.cells.CELLS`` (skipped with a note
   otherwise).
 
 Training: Adam on fresh batches (an endless training stream), gradient clipping,
-``--remat`` optional (memory-bounded BPTT, :mod:`bptt.remat`); the score is the MSE on
+``--remat`` optional (memory-bounded BPTT, :mod:`bptt.math.remat`); the score is the MSE on
 a fixed test set of ``--test`` sequences. ``--minutes`` bounds each model's time::
 
     python examples/adding_problem.py --T 150 --models irnn,tanh --minutes 12
@@ -43,7 +43,7 @@ import numpy as np
 
 import bptt
 from bptt import optim
-from bptt.cells import CELLS
+from bptt.math.cells import CELLS
 
 BASELINE_EXACT = 1.0 / 6.0  # always predict 1
 BASELINE_PAPER = 0.1767  # Le et al. 2015's quoted baseline
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     parser.add_argument("--minutes", type=float, default=12.0, help="per model")
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--test", type=int, default=1000, help="test sequences")
-    parser.add_argument("--remat", default=None, help="memory-bounded BPTT (bptt.remat)")
+    parser.add_argument("--remat", default=None, help="memory-bounded BPTT (bptt.math.remat)")
     parser.add_argument("--float64", action="store_true")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, float]:
     for name in args.models.split(","):
         model = make_model(name, args.hidden)
         if model is None:
-            print(f"{name}: skipped (no 'lstm' cell in bptt.cells.CELLS on this version)")
+            print(f"{name}: skipped (no 'lstm' cell in bptt.math.cells.CELLS on this version)")
             continue
         print(f"{name} (T={args.T}, {args.hidden} units):")
         best, steps, seconds = train(model, args, test)

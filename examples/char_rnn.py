@@ -19,10 +19,10 @@ import numpy as np
 
 import bptt
 from bptt import backends, optim
-from bptt.data import Streams, load_corpus
-from bptt.random import dropout_mask
-from bptt.sample import sample
-from bptt.validation import evaluate, layout_validation
+from bptt.numerics.random import dropout_mask
+from bptt.text.data import Streams, load_corpus
+from bptt.text.sample import sample
+from bptt.text.validation import evaluate, layout_validation
 
 
 def main(argv: list[str] | None = None) -> float:

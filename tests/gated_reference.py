@@ -1,5 +1,5 @@
-"""A one-layer gated model two ways: our cells (bptt.gru, bptt.lstm) composed by hand with
-bptt.model.output and a bptt.heads head, and torch.nn.GRU / torch.nn.LSTM + Linear + the
+"""A one-layer gated model two ways: our cells (bptt.math.gru, bptt.math.lstm) composed by hand with
+bptt.math.model.output and a bptt.math.heads head, and torch.nn.GRU / torch.nn.LSTM + Linear + the
 matching loss under autograd. Host NumPy in, host NumPy out (float64 for the reference).
 """
 
@@ -12,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from bptt import gru, heads, lstm, model
-from bptt.scan import python_scan
+from bptt.math import gru, heads, lstm, model
+from bptt.math.scan import python_scan
 
 CELLS = {"gru": gru, "lstm": lstm}
 

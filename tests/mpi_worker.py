@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 from train_helpers import small_config, small_corpus
 
-from bptt import distributed, train
-from bptt.checkpoint import load_checkpoint
+from bptt import train
+from bptt.train import distributed
+from bptt.train.checkpoint import load_checkpoint
 
 # Every optimizer with what can go wrong between ranks: dropout masks, the clip (0.05 is
 # below every step's norm here), decoupled and coupled decay, a rate schedule.

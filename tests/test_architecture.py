@@ -6,7 +6,7 @@
   finite_diff) may also ask the device layer (backends) which library an array belongs to.
 - Nothing under bptt/ imports torch, jax or cupy at module level; only backends/
   (lazily) and the compiled-step module (inside the functions that need them).
-- JAX is imported (inside functions) by its execution layer only: bptt/jax_exec/ and
+- JAX is imported (inside functions) by its execution layer only: bptt/execution/jax_exec/ and
   the compiled-step module; no JAX branch in the math.
 - No module calls a private name of another bptt module.
 """
@@ -121,7 +121,7 @@ def test_the_check_can_fail(tmp_path: Path) -> None:
 
 def test_the_checkpoint_code_lives_with_the_training_job() -> None:
     """bptt/train/checkpoint.py imports from the job only what is below it (the options,
-    the run state, the step); bptt/checkpoint.py only re-exports it; the run directory
+    the run state, the step); bptt/train/checkpoint.py only re-exports it; the run directory
     (below the job) imports it only inside the functions that read a checkpoint."""
     train = {m.split(".")[2] for m, _ in _imports(PACKAGE / "train" / "checkpoint.py",
              top_level_only=False) if m.startswith("bptt.train.")}  # fmt: skip

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from bptt.data import Corpus
+from bptt.text.data import Corpus
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "baselines.py"
 

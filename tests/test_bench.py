@@ -29,8 +29,8 @@ import numpy_variant  # noqa: E402
 
 import bptt  # noqa: E402
 from bptt import cli  # noqa: E402
-from bptt.commands import bench as bench_command  # noqa: E402
-from bptt.numpy_exec import threads  # noqa: E402
+from bptt.cli import bench as bench_command  # noqa: E402
+from bptt.execution.numpy_exec import threads  # noqa: E402
 
 TINY = "4x3x8x5x5"
 FAST = ["--reps", "1", "--pause", "0", "--min-block", "0", "--gemm-n", "64", "--guard", "0"]
@@ -227,13 +227,13 @@ def test_script_writes_json_and_markdown(tmp_path, capsys) -> None:
     record = json.loads(out_json.read_text())
     assert [r["impl"] for r in record["rows"]] == ["bptt", "numpy-only", "torch"]
     meta = record["meta"]
-    assert meta["bptt_schedule"] in bptt.schedules.SCHEDULES
+    assert meta["bptt_schedule"] in bptt.execution.schedules.SCHEDULES
     assert meta["bptt_threads"] == threads.max_threads()
     out = capsys.readouterr().out
     assert f"bptt NumPy schedule: {meta['bptt_schedule']}" in out and "ms/step" in out
     markdown = out_md.read_text()
     assert "| float64 |" in markdown and "bptt's NumPy schedule" in markdown
-    from bptt.malloc import tune_malloc
+    from bptt.host.malloc import tune_malloc
 
     assert meta["malloc_tuned"] is tune_malloc()  # raised unless --default-malloc
     assert bench_step.main([*args, "--default-malloc"]) == 0

@@ -21,8 +21,11 @@ import numpy as np
 import pytest
 from train_helpers import SMALL_TEXT
 
-from bptt import checkpoint, cli, data, limits
-from bptt.checkpoint import LATEST, CheckpointError, load_checkpoint
+from bptt import cli
+from bptt.host import limits
+from bptt.text import data
+from bptt.train import checkpoint
+from bptt.train.checkpoint import LATEST, CheckpointError, load_checkpoint
 
 POSIX = pytest.mark.skipif(os.name != "posix", reason="FIFOs and /dev")
 TINY = ["--hidden", "8", "--batch", "4", "--seq-len", "16", "--eval-every", "2",

@@ -11,9 +11,9 @@ import pytest
 from train_helpers import small_corpus, small_trainer
 
 import bptt
-from bptt import backends, checkpoint, optim, train
-from bptt.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from bptt.train import Trainer
+from bptt import backends, optim, train
+from bptt.train import Trainer, checkpoint
+from bptt.train.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 NUMPY = backends.get_backend("numpy")
 

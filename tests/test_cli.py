@@ -12,7 +12,7 @@ from conftest import jax_x64
 from train_helpers import SMALL_TEXT
 
 from bptt import cli
-from bptt.checkpoint import load_checkpoint
+from bptt.train.checkpoint import load_checkpoint
 
 TINY = ["--hidden", "12", "--batch", "4", "--seq-len", "16", "--eval-every", "5",
         "--log-every", "5", "--sample-length", "10", "--no-progress"]  # fmt: skip
@@ -197,7 +197,7 @@ def test_ctrl_c_saves_and_exits_130(text, tmp_path) -> None:
 
 
 def test_info_says_how_a_numpy_step_is_scheduled(capsys, monkeypatch) -> None:
-    from bptt.numpy_exec import threads
+    from bptt.execution.numpy_exec import threads
 
     def line() -> str:
         assert cli.main(["info"]) == 0

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 from train_helpers import SMALL_TEXT
 
-from bptt import backends, checkpoint, cli
-from bptt.commands import _args
+from bptt import backends, cli
+from bptt.cli import _args
+from bptt.train import checkpoint
 
 COMMANDS = ("train", "sample", "gradcheck", "diagnose")
 POSITIONAL = {"sample": ["x.npz"]}  # a required argument, so that parsing reaches the option

@@ -17,8 +17,8 @@ from conftest import Backend, jax_x64, load
 from train_helpers import small_config, small_corpus
 
 from bptt import backends
+from bptt.execution.compiled import _GraphStep, _map_leaves, compile_step
 from bptt.train import Trainer, TrainResult, make_train_step
-from bptt.train.compiled import _GraphStep, _map_leaves, compile_step
 
 NUMPY = backends.get_backend("numpy")
 
@@ -90,7 +90,7 @@ def test_jax_run_equals_numpy_and_its_checkpoint_resumes_there(jax64, tmp_path) 
     _assert_same_run(numpy_run, jax_run, rtol=1e-12)
     jax_run.checkpoint_dir = tmp_path
     jax_run.save()
-    from bptt.checkpoint import load_checkpoint
+    from bptt.train.checkpoint import load_checkpoint
 
     on_numpy = Trainer.resume(load_checkpoint(tmp_path), small_corpus(), backend=NUMPY)
     on_jax = Trainer.resume(load_checkpoint(tmp_path), small_corpus(), backend=be)

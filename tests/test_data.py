@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bptt import data
+from bptt.text import data
 
 
 def _write(tmp_path, content: bytes, name: str = "t.txt"):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt.diagnostics import state_gradient_sweep
+from bptt.evaluation.diagnostics import state_gradient_sweep
 
 ROOT = Path(__file__).resolve().parent.parent
 DOC = (ROOT / "docs" / "derivation.md").read_text(encoding="utf-8")
@@ -177,7 +177,7 @@ def test_commute_counterexample_and_the_sweep_agree(be64) -> None:
 
 
 def _module_file(dotted: str) -> str:
-    """'bptt.layers.forward' -> 'bptt/layers.py' (the longest prefix that is a file)."""
+    """'bptt.math.layers.forward' -> 'bptt/math/layers.py' (the longest prefix that is a file)."""
     parts = dotted.split(".")
     for n in range(len(parts), 1, -1):
         path = ROOT.joinpath(*parts[:n]).with_suffix(".py")

@@ -15,8 +15,11 @@ from train_helpers import small_trainer
 
 import bptt
 import bptt.train
-from bptt import api, backends, layers, pullback
-from bptt import sample as sample_module
+from bptt import backends
+from bptt.api import calls as api
+from bptt.api import pullback
+from bptt.math import layers
+from bptt.text import sample as sample_module
 
 
 class RecordingDevice:

@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from helpers import NUMPY_BACKEND, assert_close, make_problem
 
 import bptt
-from bptt import cli, data
-from bptt.diagnostics import gradient_flow, spectral_stats, state_gradient_sweep
+from bptt import cli
+from bptt.evaluation.diagnostics import gradient_flow, spectral_stats, state_gradient_sweep
+from bptt.text import data
 from bptt.train import TrainConfig, Trainer
 
 

@@ -1,4 +1,4 @@
-"""Data-parallel training: ``bptt.distributed`` and ``bptt/train/parallel.py``.
+"""Data-parallel training: ``bptt.train.distributed`` and ``bptt/train/parallel.py``.
 
 In this process (no MPI): the step's two parts on simulated ranks give the one-process
 step (on every backend), validation split into parts adds up, the refusals say what
@@ -28,12 +28,12 @@ from conftest import Backend, jax_x64, load
 from mpi_worker import OPTIMIZERS, STEPS, config
 from train_helpers import SMALL_TEXT, small_config, small_corpus
 
-from bptt import allreduce, cli, distributed, train
-from bptt.checkpoint import load_checkpoint
-from bptt.train import make_train_step
-from bptt.train.compiled import compile_step
+from bptt import cli, train
+from bptt.execution.compiled import compile_step
+from bptt.text.validation import evaluate, layout_validation
+from bptt.train import allreduce, distributed, make_train_step
+from bptt.train.checkpoint import load_checkpoint
 from bptt.train.parallel import make_gradient_part, make_parallel_step, make_update_part
-from bptt.validation import evaluate, layout_validation
 
 HERE = Path(__file__).resolve().parent
 MPIEXEC = shutil.which(
@@ -441,7 +441,7 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_a_killed_rank_ends_the_job(tmp_
 
 
 def small_corpus_of(path: Path):
-    from bptt.data import load_corpus
+    from bptt.text.data import load_corpus
 
     return load_corpus(text=str(path))
 

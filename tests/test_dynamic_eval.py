@@ -1,4 +1,4 @@
-"""Dynamic evaluation (bptt.dynamic_eval): every segment is scored before its own update;
+"""Dynamic evaluation (bptt.evaluation.dynamic): every segment is scored before its own update;
 a zero step is static evaluation exactly; the steps are the library's own BPTT; the
 settings are tuned on a part that is then not scored; one host read per walk."""
 
@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt import backends, cli, dynamic_eval
-from bptt.data import Streams
-from bptt.dynamic_eval import (
+from bptt import backends, cli
+from bptt.evaluation import dynamic as dynamic_eval
+from bptt.evaluation.dynamic import (
     Update,
     evaluate_dynamic,
     gradient_rms,
@@ -20,6 +20,7 @@ from bptt.dynamic_eval import (
     score_dynamic,
     score_static,
 )
+from bptt.text.data import Streams
 
 NUMPY = backends.get_backend("numpy")
 M, D, T = 7, 12, 8
@@ -215,7 +216,8 @@ def test_update_errors() -> None:
 def test_the_command_tunes_then_scores_the_rest(tmp_path, capsys) -> None:
     from train_helpers import SMALL_TEXT, small_config
 
-    from bptt import data, train
+    from bptt import train
+    from bptt.text import data
 
     path = tmp_path / "text.txt"
     path.write_text(SMALL_TEXT, encoding="utf-8")

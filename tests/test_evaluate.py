@@ -1,4 +1,4 @@
-"""``bptt evaluate`` and bptt.evaluation: the held-out score equals the training loop's own
+"""``bptt evaluate`` and bptt.evaluation.heldout: the held-out score equals the training loop's own
 validation, on every backend; the text is the run's held-out split by default; characters
 outside the vocabulary are an error naming them, or left out on request."""
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 from train_helpers import SMALL_TEXT, small_config
 
-from bptt import backends, cli, data, train
-from bptt.checkpoint import BEST, load_checkpoint
-from bptt.evaluation import held_out, run_text, validation_score
+from bptt import backends, cli, train
+from bptt.evaluation.heldout import held_out, run_text, validation_score
+from bptt.text import data
+from bptt.train.checkpoint import BEST, load_checkpoint
 
 
 @pytest.fixture
@@ -81,7 +82,7 @@ def test_a_relu_stack_is_scored_as_it_was_trained(text_file, tmp_path, capsys, d
     if not dynamic:
         assert f"static: {result.last_val:.4f} bits/char" in out, out
     else:  # the walk's static line is relu's score of those characters, not tanh's
-        from bptt.dynamic_eval import layout_walk, score_static
+        from bptt.evaluation.dynamic import layout_walk, score_static
 
         static = out.split("static:")[1].split()[0]
         assert f"dynamic: {static} bits/char" in out, out

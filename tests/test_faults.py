@@ -21,9 +21,9 @@ import pytest
 from train_helpers import SMALL_TEXT
 
 from bptt import cli
-from bptt.checkpoint import BEST, LATEST, load_checkpoint
-from bptt.data import load_corpus
+from bptt.text.data import load_corpus
 from bptt.train import TrainConfig, Trainer
+from bptt.train.checkpoint import BEST, LATEST, load_checkpoint
 
 # A checkpoint every step (eval-every 1), little validation work: most time goes to saving.
 KILL_OPTIONS = dict(hidden=48, batch=4, seq_len=16, eval_every=1, log_every=1, sample_length=1)
@@ -403,7 +403,7 @@ def test_a_plot_whose_directory_went_away_is_one_line_after_the_run(
 
 
 @POSIX_SIGNALS
-@pytest.mark.parametrize("after", ["bptt._startup", "numpy", "bptt.api", "bptt.cli"])
+@pytest.mark.parametrize("after", ["bptt._startup", "numpy", "bptt.api.calls", "bptt.cli"])
 def test_ctrl_c_while_the_command_imports_is_130_and_one_line(tmp_path, after) -> None:
     """SIGINT sent the moment a given module has been imported (``-X importtime``
     reports each as it completes): NumPy and bptt importing, then the command line."""
@@ -426,7 +426,7 @@ def test_a_diagnose_plot_whose_directory_went_away_is_one_line(text, tmp_path, c
                                                               monkeypatch) -> None:  # fmt: skip
     import shutil
 
-    from bptt.commands import diagnose
+    from bptt.cli import diagnose
 
     pytest.importorskip("matplotlib")
     plots = tmp_path / "plots"

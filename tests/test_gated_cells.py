@@ -1,4 +1,4 @@
-"""The GRU and LSTM cells (bptt.gru, bptt.lstm) against torch, finite differences, every
+"""The GRU and LSTM cells (bptt.math.gru, bptt.math.lstm) against torch, finite differences, every
 backend, jax.jit with lax.scan, and the kernel budget per step they state."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from helpers import rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bptt import gru, heads, lstm
+from bptt.math import gru, heads, lstm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from proxy import Array, Namespace
@@ -238,8 +238,8 @@ def test_kernels_per_step_are_the_stated_budget(cell: Any, bias: bool) -> None:
 @pytest.mark.parametrize("variant", ["ids", "dense-no-bias-h0", "mse-mask-h0"])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_numpy_fast_path_has_the_same_bits(cell: str, variant: str, dtype: Any) -> None:
-    """bptt.numpy_exec.gated: the same results to the bit as the generic cell on NumPy."""
-    from bptt.numpy_exec import gated
+    """bptt.execution.numpy_exec.gated: the same results to the bit as the generic cell on NumPy."""
+    from bptt.execution.numpy_exec import gated
 
     mod = CELLS[cell]
     fast = {"gru": (gated.gru_recurrence, gated.gru_reverse_recurrence),

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import bptt
-from bptt import interop
-from bptt.cells import get_cell
-from bptt.diagnostics import cell_gradient_sweep, gradient_flow, state_gradient_sweep
+from bptt.api import interop
+from bptt.evaluation.diagnostics import cell_gradient_sweep, gradient_flow, state_gradient_sweep
+from bptt.math.cells import get_cell
 
 M, D, C, T, B = 4, 5, 3, 6, 2
 
@@ -77,9 +77,9 @@ def test_the_generic_sweep_is_the_vanilla_sweep() -> None:
     params = model.init(seed=2, dtype="float64")
     rng = np.random.default_rng(3)
     x = rng.integers(0, M, (T, B))
-    out, cache = bptt.layers.forward(params, x, None, np, cell="relu")
+    out, cache = bptt.math.layers.forward(params, x, None, np, cell="relu")
     dS = rng.standard_normal((T, B, D))
-    p = bptt.layers.cell_params(params, 0, 0)
+    p = bptt.math.layers.cell_params(params, 0, 0)
     want = dict(state_gradient_sweep(out.states, dS, params["W"], np, "relu"))
     for k, G, Gc in cell_gradient_sweep(get_cell("relu"), p, cache.states[0], cache.aux[0], dS,
                                         np):  # fmt: skip

@@ -14,7 +14,7 @@ import torch
 from helpers import rel_err
 
 import bptt
-from bptt import interop
+from bptt.api import interop
 
 CASES = [  # cell, layers, bidirectional, bias, dense
     ("gru", 1, False, True, False),
@@ -65,7 +65,7 @@ def _torch_grads(model, rnn, linear) -> dict:
         grads["c"] = linear.bias.grad
     D_ = model.hidden_size
     for layer, direction in model.arch.cells():
-        s = bptt.layers.suffix(layer, direction)
+        s = bptt.math.layers.suffix(layer, direction)
         t = f"_l{layer}" + ("_reverse" if direction else "")
         grads[f"U{s}"] = getattr(rnn, f"weight_ih{t}").grad
         grads[f"W{s}"] = getattr(rnn, f"weight_hh{t}").grad
@@ -175,19 +175,19 @@ def test_the_jitted_gated_step_equals_eager(cell) -> None:
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_numpy_runs_the_gated_fast_path_with_the_same_bits(cell, monkeypatch) -> None:
-    """On NumPy the step takes the gated cells' own loops (bptt.numpy_exec.gated, written
+    """On NumPy the step takes the gated cells' own loops (bptt.execution.numpy_exec.gated, written
     in place) from its executor, and gives the bits of the generic step bodies."""
-    from bptt import model as vanilla
-    from bptt import step
-    from bptt.heads import loss_weights
-    from bptt.numpy_exec import gated
+    from bptt.execution.numpy_exec import gated
+    from bptt.math import model as vanilla
+    from bptt.math import step
+    from bptt.math.heads import loss_weights
 
     net = bptt.RNN(M, D, C, cell=cell, layers=2, bidirectional=True)
     problem = _problem(net, dense=False)
     p, x, y, h0 = (problem[k] for k in ("params", "x", "y", "h0"))
     calls = []
     fast = getattr(gated, f"{cell}_recurrence")
-    monkeypatch.setattr(bptt.numpy_exec.recurrences, f"{cell}_recurrence",
+    monkeypatch.setattr(bptt.execution.numpy_exec.recurrences, f"{cell}_recurrence",
                         lambda *a, **k: calls.append(1) or fast(*a, **k))  # fmt: skip
     loss, grads, _ = net.loss_and_grad(p, x, y, h0=h0, schedule="single")
     assert len(calls) == 4  # every cell of the stack

@@ -54,7 +54,7 @@ def test_finite_differences_every_entry(be64, cfg: dict) -> None:
 
 def test_gradcheck_catches_a_wrong_gradient(monkeypatch: pytest.MonkeyPatch) -> None:
     """gradcheck is not a check that cannot fail: a 0.1% error in dW shows."""
-    from bptt import model
+    from bptt.math import model
 
     prob = make_problem(NUMPY, np.random.default_rng(3), T=6, B=2)
     assert bptt.gradcheck(prob.params, prob.inputs, prob.targets) < 1e-9

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt.params import INITS
+from bptt.api.params import INITS
 from bptt.train import TrainConfig
 
 

@@ -1,4 +1,4 @@
-"""bptt.interop: parameters to and from torch.nn.RNN + Linear, the same outputs either way."""
+"""bptt.api.interop: parameters to and from torch.nn.RNN + Linear, the same outputs either way."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ import torch
 from helpers import rel_err
 
 import bptt
-from bptt import backends, interop, optim
+from bptt import backends, optim
+from bptt.api import interop
 
 ARCHS = [(1, False), (2, False), (1, True), (3, True)]
 
@@ -116,5 +117,5 @@ def test_what_cannot_be_converted_is_refused() -> None:
 
 
 def test_torch_is_imported_only_when_called() -> None:
-    code = "import sys, bptt, bptt.interop; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, bptt, bptt.api.interop; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)

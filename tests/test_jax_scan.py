@@ -1,4 +1,4 @@
-"""The recurrences as ``jax.lax.scan`` (bptt.jax_exec): the same numbers, a program that
+"""The recurrences as ``jax.lax.scan`` (bptt.execution.jax_exec): the same numbers, a program that
 does not grow with T, and the choice between scan and unrolled kept explicit.
 
 Under ``jax.jit`` the step (``schedule="auto"``: the scan) equals the eager NumPy step to
@@ -19,8 +19,10 @@ from conftest import Backend, jax_x64, load
 from train_helpers import small_config, small_corpus
 
 import bptt
-from bptt import backends, jax_exec, model, schedules
-from bptt.scan import python_scan
+from bptt import backends
+from bptt.execution import jax_exec, schedules
+from bptt.math import model
+from bptt.math.scan import python_scan
 from bptt.train import Trainer, make_train_step
 
 jax = pytest.importorskip("jax", reason="JAX is not installed (it is optional)")

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from torch_reference import torch_stack_reference
 
 import bptt
-from bptt.layers import Arch, arch_of, param_names
+from bptt.math.layers import Arch, arch_of, param_names
 
 TOL = 1e-12
 FLAGS = list(itertools.product([True, False], repeat=4))  # bias, ids, mask, h0
@@ -158,11 +158,11 @@ def test_finite_differences_every_entry(case) -> None:
                                         h0=given["h0"], **rest)[0])  # fmt: skip
 
     _, grads, _ = bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, **kw)
-    weights = bptt.heads.loss_weights(kw["mask"], (3, 2, 2), head=case["head"],
+    weights = bptt.math.heads.loss_weights(kw["mask"], (3, 2, 2), head=case["head"],
                                       reduction="mean", dtype=np.float64, xp=np)  # fmt: skip
     outputs, pullback = bptt.vjp(prob.params, prob.inputs, h0=kw["h0"], nonlinearity=nl,
                                  layer_masks=masks)  # fmt: skip
-    _, dlogits = bptt.heads.HEADS[case["head"]](outputs.logits, prob.targets, np)
+    _, dlogits = bptt.math.heads.HEADS[case["head"]](outputs.logits, prob.targets, np)
     dlogits = dlogits * (weights[..., None] if not isinstance(weights, float) else weights)
     cot = pullback(dlogits, with_inputs=True, with_h0=True)
     for key in grads:
@@ -178,7 +178,7 @@ def test_dropout_between_layers_matches_a_hand_built_torch_stack() -> None:
     gradient to 1e-12."""
     import torch
 
-    from bptt.layers import suffix
+    from bptt.math.layers import suffix
 
     rng = np.random.default_rng(3)
     T, B, M, D, C = 6, 3, 4, 5, 3
@@ -262,8 +262,8 @@ def test_overlap_is_refused_for_a_stack_and_auto_avoids_it(monkeypatch) -> None:
     prob = make_problem(NUMPY_BACKEND, np.random.default_rng(2), T=8, B=4, layers=2)
     with pytest.raises(ValueError, match=r"'overlap' .* one layer of one direction"):
         bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, schedule="overlap")
-    from bptt import schedules
-    from bptt.numpy_exec import policy
+    from bptt.execution import schedules
+    from bptt.execution.numpy_exec import policy
 
     monkeypatch.setattr(policy, "choose", lambda *a: "overlap")
     name, _ = schedules.resolve("auto", np, 8, 4, 6, 8, single=False)
@@ -317,8 +317,8 @@ def test_finite_differences_on_every_backend(be64) -> None:
 def test_relu_is_the_default_path_with_another_f() -> None:
     """relu's forward is max(z, 0) and its derivative the indicator of s > 0, in the
     pure and in NumPy's recurrences alike (the same bits)."""
-    from bptt import model
-    from bptt.numpy_exec import recurrences
+    from bptt.execution.numpy_exec import recurrences
+    from bptt.math import model
 
     rng = np.random.default_rng(0)
     W, xu, s0 = rng.standard_normal((4, 4)), rng.standard_normal((6, 3, 4)), None

@@ -1,4 +1,4 @@
-"""bptt.malloc: the memory a step frees is kept for the next (glibc)."""
+"""bptt.host.malloc: the memory a step frees is kept for the next (glibc)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ FAULTS = """
 import json, resource, sys
 import numpy as np
 import bptt
-from bptt.malloc import tune_malloc
+from bptt.host.malloc import tune_malloc
 tuned = tune_malloc() if sys.argv[1] == "tuned" else None
 params = bptt.init_params(65, 100, 65, dtype="float32", seed=0)  # S1
 rng = np.random.default_rng(0)
@@ -49,7 +49,7 @@ def test_tuned_steps_stop_faulting_pages_in() -> None:
 
 
 def test_tune_malloc_is_idempotent() -> None:
-    from bptt.malloc import tune_malloc
+    from bptt.host.malloc import tune_malloc
 
     first = tune_malloc()
     assert tune_malloc() is first

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import tracemalloc
 
-from bptt import data, train
+from bptt import train
+from bptt.text import data
 
 CONFIG = dict(hidden=32, batch=8, seq_len=32, log_every=5, eval_every=1000, val_streams=4)
 

@@ -19,10 +19,11 @@ from helpers import rel_err
 from train_helpers import small_corpus, small_trainer
 
 import bptt
-from bptt import backends, interop, train
-from bptt.checkpoint import BEST, LATEST, load_checkpoint
-from bptt.evaluation import validation_score
-from bptt.sample import sample
+from bptt import backends, train
+from bptt.api import interop
+from bptt.evaluation.heldout import validation_score
+from bptt.text.sample import sample
+from bptt.train.checkpoint import BEST, LATEST, load_checkpoint
 
 NUMPY = backends.get_backend("numpy")
 

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 
 import bptt
-from bptt import backends, finite_diff, optim
-from bptt import random as brandom
-from bptt.sample import sample_ids
+from bptt import backends, optim
+from bptt.numerics import finite_diff
+from bptt.numerics import random as brandom
+from bptt.text.sample import sample_ids
 
 M, D, C, T, B = 5, 4, 3, 6, 2
 
@@ -280,7 +281,7 @@ def test_uniform_at_huge_temperatures_is_uniform() -> None:
 
 def test_long_samples_are_joined_in_blocks_with_the_same_ids(monkeypatch) -> None:
     """Ids are joined every BLOCK characters (no array object per character kept)."""
-    from bptt import sample as sample_module
+    from bptt.text import sample as sample_module
 
     be = backends.get_backend("numpy")
     model = bptt.RNN(M, 8, M)
@@ -307,7 +308,7 @@ def runs(tmp_path_factory):
     from train_helpers import SMALL_TEXT
 
     from bptt import cli
-    from bptt.checkpoint import load_checkpoint, save_checkpoint
+    from bptt.train.checkpoint import load_checkpoint, save_checkpoint
 
     root = tmp_path_factory.mktemp("garbage")
     (root / "text.txt").write_text(SMALL_TEXT, encoding="utf-8")

@@ -20,8 +20,8 @@ import pytest
 from train_helpers import SMALL_TEXT
 
 from bptt import cli
-from bptt.checkpoint import LATEST
 from bptt.train import Trainer
+from bptt.train.checkpoint import LATEST
 
 TINY = ["--hidden", "8", "--batch", "4", "--seq-len", "16", "--eval-every", "2",
         "--no-progress", "--backend", "numpy"]  # fmt: skip
@@ -294,7 +294,7 @@ def test_a_memory_error_anywhere_is_one_line(run, monkeypatch, capsys) -> None:
     err = capsys.readouterr().err
     assert err == ("bptt train: error: out of memory: Unable to allocate 7.28 TiB for an array "
                    "with shape (1000000, 1000000); use smaller sizes\n")  # fmt: skip
-    monkeypatch.setattr("bptt.sample.sample_ids", lambda *a, **k: (_ for _ in ()).throw(
+    monkeypatch.setattr("bptt.text.sample.sample_ids", lambda *a, **k: (_ for _ in ()).throw(
         MemoryError()))  # fmt: skip
     assert cli.main(["sample", str(run / "run")]) == 2
     assert "bptt sample: error: out of memory: an allocation failed" in capsys.readouterr().err
@@ -304,7 +304,7 @@ def test_ctrl_c_during_start_up_is_130_without_a_traceback(run, monkeypatch, cap
     def interrupted(**kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("bptt.data.load_corpus", interrupted)
+    monkeypatch.setattr("bptt.text.data.load_corpus", interrupted)
     ckpt = run / "startup"
     assert cli.main(["train", *TINY, "--checkpoint-dir", str(ckpt)]) == 130
     assert capsys.readouterr().err == "bptt train: interrupted\n"

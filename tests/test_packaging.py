@@ -69,7 +69,7 @@ def test_wheel_has_one_top_level_package(wheel: Path) -> None:
     top = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert top == {"bptt"}
     assert "bptt/backends/__init__.py" in names
-    assert "bptt/commands/__init__.py" in names
+    assert "bptt/cli/__init__.py" in names
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("METADATA"))).decode()
     requires = sorted(
         line.split()[1]

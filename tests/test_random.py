@@ -1,4 +1,4 @@
-"""bptt.random: the same bits on every library and device, sound statistics,
+"""bptt.numerics.random: the same bits on every library and device, sound statistics,
 no host synchronisation, and a small, known number of array operations."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from bptt import backends
-from bptt.random import dropout_mask, random_bits, uniform
+from bptt.numerics.random import dropout_mask, random_bits, uniform
 
 # (seed, step, shape): odd sizes, a 0-d shape, steps past 2^31 (negative as int32)
 CASES = [

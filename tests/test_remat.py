@@ -1,4 +1,4 @@
-"""Memory-bounded BPTT (bptt/remat.py): the plans, the dynamic program against brute
+"""Memory-bounded BPTT (bptt/math/remat.py): the plans, the dynamic program against brute
 force, and gradients equal to full BPTT for every setting, cell, stack, mask,
 dropout, head and backend, under ``jax.jit`` too.
 
@@ -20,9 +20,9 @@ import pytest
 from helpers import rel_err
 
 import bptt
-from bptt import remat
-from bptt.cells import CELLS
-from bptt.remat import Budget, hsm_table, plan
+from bptt.math import remat
+from bptt.math.cells import CELLS
+from bptt.math.remat import Budget, hsm_table, plan
 
 TOL = 1e-12
 SETTINGS = [1, 3, "sqrt", "budget:5", "budget:13", 100]
@@ -183,7 +183,7 @@ def test_every_setting_equals_full_bptt_numpy(cell: str, layers: int, head: str,
 @pytest.mark.parametrize("flags", [(True, True), (False, False)])
 def test_bidirectional_equals_full_bptt_numpy(cell: str, layers: int, head: str,
                                               flags: tuple[bool, bool]) -> None:  # fmt: skip
-    """A bidirectional stack runs the plan per layer and direction (bptt/remat_layerwise.py):
+    """A bidirectional stack runs the plan per layer and direction (bptt/math/remat_layerwise.py):
     the same loss and gradients to 1e-12, the last states bit for bit."""
     masks, h0 = flags
     rng = np.random.default_rng(layers + 5 * len(head))
@@ -273,7 +273,7 @@ def test_jit_compiles_remat_and_equals_eager(bidirectional: bool) -> None:
 
 
 def test_training_step_takes_remat() -> None:
-    from bptt.flat import Layout
+    from bptt.math.flat import Layout
     from bptt.train import TrainCarry, make_train_step
 
     rng = np.random.default_rng(4)
@@ -388,7 +388,7 @@ def test_peak_memory_follows_the_plan() -> None:
 def test_bidirectional_remat_never_syncs_and_its_kernels_grow_linearly(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The layerwise plan (bptt/remat_layerwise.py) on the proxy: no host read, no
+    """The layerwise plan (bptt/math/remat_layerwise.py) on the proxy: no host read, no
     transfer, and at a fixed k a fixed number of kernels per step and per segment:
     the extra kernels over full BPTT grow linearly with T (T a multiple of k), by
     BIDIRECTIONAL_KERNELS_PER_STEP at k = 3 (two cells, ids, softmax: each cell's

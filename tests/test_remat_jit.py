@@ -1,4 +1,4 @@
-"""remat=k and "sqrt" on JAX as two scans over segments (bptt/remat_scan.py): the
+"""remat=k and "sqrt" on JAX as two scans over segments (bptt/math/remat_scan.py): the
 gradients of full BPTT (float64, 1e-12) eagerly and under jax.jit, for every cell,
 stacks, both directions, masks, dropout and h0, and the memory saving XLA keeps."""
 
@@ -11,7 +11,7 @@ import pytest
 from helpers import rel_err
 
 import bptt
-from bptt.cells import CELLS
+from bptt.math.cells import CELLS
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy

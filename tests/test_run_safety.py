@@ -19,8 +19,9 @@ from pathlib import Path
 import pytest
 from train_helpers import SMALL_TEXT
 
-from bptt import checkpoint, cli, rundir
-from bptt.checkpoint import BEST, LATEST, load_checkpoint, peek_meta
+from bptt import cli
+from bptt.train import checkpoint, rundir
+from bptt.train.checkpoint import BEST, LATEST, load_checkpoint, peek_meta
 
 TINY = ["--hidden", "8", "--batch", "4", "--seq-len", "16", "--eval-every", "5",
         "--log-every", "5", "--sample-length", "4", "--no-progress", "--backend", "numpy",
@@ -134,7 +135,7 @@ def test_the_default_directory_is_unique_within_a_second(tmp_path, monkeypatch) 
 
 HOLD = """
 import sys, time
-from bptt.rundir import RunLock
+from bptt.train.rundir import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("locked", flush=True)
 time.sleep(60)

@@ -8,8 +8,8 @@ from train_helpers import small_corpus
 
 import bptt
 from bptt import backends
-from bptt.data import DataError
-from bptt.sample import sample, sample_ids
+from bptt.text.data import DataError
+from bptt.text.sample import sample, sample_ids
 
 VOCAB = small_corpus().vocab
 MODEL = bptt.RNN(len(VOCAB), 16, len(VOCAB))

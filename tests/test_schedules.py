@@ -1,4 +1,4 @@
-"""Schedules (bptt.schedules, bptt.numpy_exec): the same step, arranged differently.
+"""Schedules (bptt.execution.schedules, bptt.execution.numpy_exec): the same step, arranged differently.
 
 "overlap" and "split" give the single schedule's result to rounding, match torch
 autograd and finite differences, and the same bits on every run whatever thread
@@ -15,8 +15,10 @@ from helpers import make_problem, rel_err, run_schedule
 from torch_reference import assert_matches_torch
 
 import bptt
-from bptt import backends, heads, model, schedules, step
-from bptt.numpy_exec import policy, recurrences, threads
+from bptt import backends
+from bptt.execution import schedules
+from bptt.execution.numpy_exec import policy, recurrences, threads
+from bptt.math import heads, model, step
 
 
 def _home(name: str):
@@ -385,8 +387,8 @@ def test_one_hot_and_column_sums(be, n: int) -> None:
 @pytest.mark.parametrize("carried", [False, True], ids=["from-zero", "carried"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_numpy_recurrences_give_the_bits_of_the_pure_ones(carried: bool, dtype: str) -> None:
-    """bptt.numpy_exec.recurrences (each step written into the result) against
-    bptt.model's (steps stacked once): the same bits, forward and backward."""
+    """bptt.execution.numpy_exec.recurrences (each step written into the result) against
+    bptt.math.model's (steps stacked once): the same bits, forward and backward."""
     xp = backends.get_backend("numpy").xp
     rng = np.random.default_rng(5)
     T, B, D = 7, 3, 6

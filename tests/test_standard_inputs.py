@@ -14,9 +14,9 @@ from train_helpers import SMALL_TEXT
 
 import bptt
 from bptt import backends, cli
-from bptt.diagnostics import gradient_flow
-from bptt.interop import from_torch, to_torch
-from bptt.sample import sample_ids
+from bptt.api.interop import from_torch, to_torch
+from bptt.evaluation.diagnostics import gradient_flow
+from bptt.text.sample import sample_ids
 
 M, D, C, T, B = 5, 4, 5, 6, 2
 

@@ -30,11 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from proxy import Array, HostSync, Namespace, SyncProne
 
 import bptt
-from bptt import backends, diagnostics, optim
-from bptt.flat import Layout
-from bptt.sample import sample_ids
+from bptt import backends, optim
+from bptt.evaluation import diagnostics
+from bptt.math.flat import Layout
+from bptt.text.sample import sample_ids
+from bptt.text.validation import evaluate
 from bptt.train import TrainCarry, TrainConfig, layout_validation, make_train_step
-from bptt.validation import evaluate
 
 STRICT = "array_api_strict"
 KERNELS_PER_STEP, VIEWS_PER_STEP, KERNELS_FIXED = 6, 3, 62
@@ -168,8 +169,8 @@ def test_kernel_budget_is_6T_plus_62(pbe: ProxyBackend) -> None:
 def test_gated_steps_never_sync_and_spend_their_cells_budget(pbe: ProxyBackend, cell) -> None:
     """A GRU or LSTM training step (dropout on): no host read or transfer, no float64,
     and exactly the cell's kernels per time step (its forward and backward step bodies,
-    bptt.gru / bptt.lstm ``KERNELS_PER_STEP``) on top of a constant."""
-    module = {"gru": bptt.gru, "lstm": bptt.lstm}[cell]
+    bptt.math.gru / bptt.math.lstm ``KERNELS_PER_STEP``) on top of a constant."""
+    module = {"gru": bptt.math.gru, "lstm": bptt.math.lstm}[cell]
     model = bptt.RNN(M, D, M, cell=cell)
     counts = {T: train_steps(pbe, T, model=model, dropout=0.3) for T in (2, 3, 5, 9)}
     per_step = module.KERNELS_PER_STEP["forward"] + module.KERNELS_PER_STEP["backward"]
@@ -203,7 +204,7 @@ def test_validation_reads_once_and_moves_nothing(pbe: ProxyBackend) -> None:
 def test_dynamic_evaluation_reads_once_and_moves_nothing_per_segment(pbe: ProxyBackend) -> None:
     """A dynamic walk: no sync and no host copy per segment, one read at the end, and a
     fixed number of kernels per segment beyond its loss_and_grad."""
-    from bptt.dynamic_eval import Update, gradient_rms, layout_walk, score_dynamic
+    from bptt.evaluation.dynamic import Update, gradient_rms, layout_walk, score_dynamic
 
     params = _params(pbe, "float32")
     rng = np.random.default_rng(0)

@@ -11,8 +11,8 @@ from train_helpers import small_config, small_corpus, small_trainer
 
 import bptt
 from bptt import backends, train
-from bptt.checkpoint import BEST, LATEST, load_checkpoint
-from bptt.data import Corpus
+from bptt.text.data import Corpus
+from bptt.train.checkpoint import BEST, LATEST, load_checkpoint
 
 NUMPY = backends.get_backend("numpy")
 
@@ -239,7 +239,7 @@ def test_early_stopping_on_a_small_text(tmp_path, capsys) -> None:
 def test_the_summary_says_what_patience_would_have_saved() -> None:
     from types import SimpleNamespace as NS
 
-    from bptt.commands.train import stop_reason
+    from bptt.cli.train import stop_reason
 
     def trainer(patience, since):
         return NS(config=small_config(patience=patience), best={"evals_since": since})
@@ -274,5 +274,5 @@ def test_config_errors() -> None:
     with pytest.raises(ValueError, match="give steps or minutes"):
         small_trainer(NUMPY).run()
     tiny = Corpus.from_text("abcdefgh" * 10, source="tiny")
-    with pytest.raises(bptt.data.DataError, match="too short"):
+    with pytest.raises(bptt.text.data.DataError, match="too short"):
         train.Trainer.create(tiny, small_config())

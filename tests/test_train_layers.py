@@ -14,10 +14,10 @@ from train_helpers import SMALL_TEXT, small_config, small_corpus, small_trainer
 
 import bptt
 from bptt import backends, cli, train
-from bptt.checkpoint import LATEST, load_checkpoint
-from bptt.flat import Layout
-from bptt.sample import sample_ids
-from bptt.validation import evaluate, layout_validation
+from bptt.math.flat import Layout
+from bptt.text.sample import sample_ids
+from bptt.text.validation import evaluate, layout_validation
+from bptt.train.checkpoint import LATEST, load_checkpoint
 
 NUMPY = backends.get_backend("numpy")
 STACK = dict(layers=2, cell="relu", dropout=0.2)
@@ -57,9 +57,9 @@ def test_a_stack_resumes_exactly(tmp_path) -> None:
 
 
 def test_the_step_draws_one_mask_per_layer() -> None:
-    """Dropout in a stack: the masks are the (L, T, B, D) draw of bptt.random, mask l
+    """Dropout in a stack: the masks are the (L, T, B, D) draw of bptt.numerics.random, mask l
     after layer l; the loss and gradients are those of loss_and_grad with them."""
-    from bptt import random
+    from bptt.numerics import random
 
     trainer = small_trainer(NUMPY, layers=3, dropout=0.3)
     x, y = trainer.feed.chunk(0)
@@ -111,7 +111,7 @@ def test_a_different_depth_cannot_resume(tmp_path) -> None:
     trainer.run(steps=5)
     ckpt = load_checkpoint(tmp_path / LATEST)
     ckpt.config["model"]["layers"] = 2  # a config that does not match the stored parameters
-    with pytest.raises(bptt.checkpoint.CheckpointError, match="number of layers 1, but 2"):
+    with pytest.raises(bptt.train.checkpoint.CheckpointError, match="number of layers 1, but 2"):
         train.Trainer.resume(ckpt, small_corpus())
 
 

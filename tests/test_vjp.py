@@ -8,7 +8,7 @@ from helpers import NUMPY_BACKEND, make_problem
 
 import bptt
 from bptt import backends
-from bptt.heads import HEADS, loss_weights, reduce
+from bptt.math.heads import HEADS, loss_weights, reduce
 
 
 def _stack(**kw):

@@ -76,13 +76,13 @@ def torch_stack_reference(host: dict[str, Any], *, layers: int, bidirectional: b
     optional mask and h0) through ``torch.nn.RNN(num_layers, nonlinearity, bidirectional)``
     + ``Linear`` + the matching loss, differentiated by autograd in float64.
 
-    The weights are copied in by hand (not through bptt.interop, which is tested
+    The weights are copied in by hand (not through bptt.api.interop, which is tested
     against this): ``weight_ih_l{l}[_reverse]`` = U{s}, ``weight_hh`` = W{s},
     ``bias_ih`` = b{s}, ``bias_hh`` = 0. Returns the loss, our-named gradients, the
     logits and their gradient dL/dg, dL/dinputs (dense inputs), dL/dh0 (h0 as our
     shape; zeros when none was given) and h_n (as our h_last).
     """
-    from bptt.layers import suffix
+    from bptt.math.layers import suffix
 
     K = 2 if bidirectional else 1
     D, M = host["U"].shape

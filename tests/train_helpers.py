@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pydoc_data.topics import topics
 
-from bptt import data, train
+from bptt import train
+from bptt.text import data
 
 # About 6k characters of the built-in text: big enough for B=4, T=16, fast to validate.
 SMALL_TEXT = "".join(topics[k] for k in ("if", "for", "while", "try"))[:6000]

@@ -1,6 +1,6 @@
 """Chunked, stateful truncated BPTT for a character-level RNN, on any backend.
 
-The training text is cut into B parallel streams (:class:`bptt.data.Streams`);
+The training text is cut into B parallel streams (:class:`bptt.text.data.Streams`);
 each step takes the next T characters of every stream, starts from the hidden
 state the previous chunk ended with (carried as ``h0``, no gradient across the
 boundary) and updates the parameters once. The state is reset at the start of
@@ -19,7 +19,7 @@ pure function), :mod:`.feed` (the data on the device), :mod:`.loop` and
 
 from __future__ import annotations
 
-from ..validation import evaluate, layout_validation
+from ..text.validation import evaluate, layout_validation
 from .config import RESUMABLE, TrainConfig
 from .feed import EpochFeed
 from .loop import NonFiniteError, Reporter, Trainer, TrainResult

@@ -35,13 +35,14 @@ from typing import Any
 
 import numpy as np
 
-from .. import limits, optim
-from ..data import Streams
-from ..flat import Layout
-from ..layers import arch_of
-from ..rnn import RNN
-from ..rundir import BEST, LATEST, CheckpointError, check_writable, remove_stale_temporaries
+from .. import optim
+from ..api.rnn import RNN
+from ..host import limits
+from ..math.flat import Layout
+from ..math.layers import arch_of
+from ..text.data import Streams
 from .config import TrainConfig
+from .rundir import BEST, LATEST, CheckpointError, check_writable, remove_stale_temporaries
 from .state import HISTORY_KEYS, RunState
 from .step import TrainCarry
 

@@ -6,10 +6,11 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from .. import optim, remat
-from ..cells import CELLS
-from ..params import INITS, dtype_name
-from ..rnn import RNN
+from .. import optim
+from ..api.params import INITS, dtype_name
+from ..api.rnn import RNN
+from ..math import remat
+from ..math.cells import CELLS
 
 __all__ = ["RESUMABLE", "TrainConfig"]
 
@@ -40,7 +41,7 @@ class TrainConfig:
 
     hidden: int = 256  # D
     layers: int = 1  # L stacked layers (one direction: a next-character model reads the past)
-    cell: str = "tanh"  # the recurrent cell (bptt.cells.CELLS)
+    cell: str = "tanh"  # the recurrent cell (bptt.math.cells.CELLS)
     seq_len: int = 100  # T
     batch: int = 64  # B
     optimizer: str = "adam"
@@ -53,7 +54,7 @@ class TrainConfig:
     lr_decay: float = 1.0  # the learning rate is multiplied by this ...
     lr_decay_every: int = 1000  # ... every this many steps (smoothly)
     dtype: str = "float32"
-    init: str = "uniform"  # bptt.params.INITS
+    init: str = "uniform"  # bptt.api.params.INITS
     init_scale: float = 1.0  # W's factor under init "identity" (IRNN) and "orthogonal"
     seed: int = 0
     log_every: int = 20
@@ -62,7 +63,7 @@ class TrainConfig:
     sample_length: int = 200
     val_streams: int = 16
     val_warmup: int = 100
-    remat: int | str | None = None  # memory-bounded BPTT: k, "sqrt", "budget:m" (bptt.remat)
+    remat: int | str | None = None  # memory-bounded BPTT: k, "sqrt", "budget:m" (bptt.math.remat)
 
     def __post_init__(self) -> None:
         self.dtype = dtype_name(self.dtype)

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from ..data import Streams
+from ..text.data import Streams
 
 __all__ = ["EpochFeed"]
 

@@ -18,13 +18,12 @@ from typing import Any
 import numpy as np
 
 from .. import backends
-from ..data import Corpus, Streams
-from ..distributed import Local, as_communicator
-from ..flat import Layout
-from ..limits import require_memory
-from ..rundir import RunLock
-from ..sample import sample
-from ..validation import evaluate, layout_validation
+from ..execution.compiled import compile_step
+from ..host.limits import require_memory
+from ..math.flat import Layout
+from ..text.data import Corpus, Streams
+from ..text.sample import sample
+from ..text.validation import evaluate, layout_validation
 from .checkpoint import (
     BEST,
     LATEST,
@@ -36,10 +35,11 @@ from .checkpoint import (
     run_to_checkpoint,
     save_checkpoint,
 )
-from .compiled import compile_step
 from .config import RESUMABLE, TrainConfig
+from .distributed import Local, as_communicator
 from .feed import EpochFeed
 from .parallel import make_parallel_step
+from .rundir import RunLock
 from .state import RunState
 from .step import Tally, TrainCarry, make_train_step
 
@@ -100,12 +100,12 @@ class Trainer:
     Build it with :meth:`create` (new parameters) or :meth:`resume` (from a
     checkpoint), then call :meth:`run`.
 
-    ``comm`` (an mpi4py communicator or a :class:`bptt.distributed.Communicator`):
+    ``comm`` (an mpi4py communicator or a :class:`bptt.train.distributed.Communicator`):
     data-parallel training, this process one of its ranks, training on B/N of the
     streams; every rank builds its Trainer with the same options and calls ``run`` with
     the same arguments. Rank 0 alone locks the directory and writes checkpoints and
-    samples; see :mod:`bptt.distributed`. ``allreduce`` picks how gradients are summed
-    (:func:`bptt.allreduce.gradient_allreduce`).
+    samples; see :mod:`bptt.train.distributed`. ``allreduce`` picks how gradients are summed
+    (:func:`bptt.train.allreduce.gradient_allreduce`).
     """
 
     def __init__(
@@ -121,7 +121,7 @@ class Trainer:
         allreduce: str = "auto",
     ) -> None:
         be = _backend(backend)
-        self.comm = as_communicator(comm)  # bptt.distributed.Local for one process
+        self.comm = as_communicator(comm)  # bptt.train.distributed.Local for one process
         with self.comm.startup(run=_fingerprint(corpus, config, be, state, compile, allreduce)):
             self.shard = _shard(self.comm, config.batch, resumed=state.step > 0)  # B % N refused
         corpus.check_fits(batch=config.batch, seq_len=config.seq_len)
@@ -179,7 +179,7 @@ class Trainer:
 
         ``compile``: ``"auto"`` (``jax.jit`` on JAX, none elsewhere), ``"jit"``,
         ``"cuda-graph"`` (CuPy or torch CUDA) or ``"none"``; see
-        :func:`bptt.train.compiled.compile_step`. ``comm``, ``allreduce``: data-parallel
+        :func:`bptt.execution.compiled.compile_step`. ``comm``, ``allreduce``: data-parallel
         training (see :class:`Trainer`).
         """
         be, M = _backend(backend), len(corpus.vocab)
@@ -394,7 +394,7 @@ class Trainer:
                 self.unlock_directory()
 
     def lock_directory(self) -> None:
-        """Take the checkpoint directory's exclusive lock (:class:`bptt.rundir.RunLock`)
+        """Take the checkpoint directory's exclusive lock (:class:`bptt.train.rundir.RunLock`)
         until :meth:`unlock_directory`; :meth:`run` holds it for its duration if the
         caller does not. CheckpointError when another run holds it. On several ranks only
         rank 0 locks (the others never write the directory)."""

@@ -2,7 +2,7 @@
 
 Each rank runs :func:`make_gradient_part` on its B/N streams, the ranks sum one flat
 buffer (the gradient and the loss, N + 1 numbers: one all-reduce per step, never one
-per parameter; :func:`bptt.allreduce.gradient_allreduce`), and every rank runs
+per parameter; :func:`bptt.train.allreduce.gradient_allreduce`), and every rank runs
 :func:`make_update_part` on the sum. So an N-rank run is the single-process run of
 :func:`bptt.train.step.make_train_step` with its sums done in another order:
 
@@ -14,7 +14,7 @@ per parameter; :func:`bptt.allreduce.gradient_allreduce`), and every rank runs
   counter-based generator, keyed on the step), cut to this rank's streams.
 
 Both parts are pure (no host read, no value-dependent control flow); on JAX each is
-compiled by ``jax.jit`` on its own (:mod:`bptt.train.compiled`), the all-reduce runs
+compiled by ``jax.jit`` on its own (:mod:`bptt.execution.compiled`), the all-reduce runs
 between them.
 """
 
@@ -25,11 +25,11 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import optim
-from ..allreduce import gradient_allreduce
 from ..backends import namespace_of
-from ..distributed import Shard
-from ..flat import Layout
-from .compiled import compile_step
+from ..execution.compiled import compile_step
+from ..math.flat import Layout
+from .allreduce import gradient_allreduce
+from .distributed import Shard
 from .step import TrainCarry, make_gradients
 
 __all__ = ["ParallelStep", "make_gradient_part", "make_parallel_step", "make_update_part"]
@@ -79,7 +79,7 @@ def make_update_part(
 class ParallelStep:
     """``step(carry, inputs, targets) -> (carry, loss, norm)`` over the ranks: the
     gradient part, the all-reduce, the update part. ``mode``, ``description`` and
-    ``compile_seconds`` as :class:`bptt.train.compiled.CompiledStep`'s; ``reduce_seconds``
+    ``compile_seconds`` as :class:`bptt.execution.compiled.CompiledStep`'s; ``reduce_seconds``
     adds up the host time spent in the all-reduce (on NumPy, the time it took)."""
 
     def __init__(self, gradients: Any, allreduce: Any, update: Any, size: int) -> None:
@@ -112,7 +112,7 @@ def make_parallel_step(
     """The data-parallel step on ``backend`` for ``comm``'s ranks. ``compile``: ``"auto"``
     or ``"jit"`` (JAX: each part under ``jax.jit``), ``"none"``; a CUDA graph cannot hold
     the all-reduce and is refused. ``allreduce``: see
-    :func:`bptt.allreduce.gradient_allreduce`."""
+    :func:`bptt.train.allreduce.gradient_allreduce`."""
     if compile == "cuda-graph":
         raise ValueError(
             "--compile cuda-graph: not with data-parallel training (the all-reduce runs "

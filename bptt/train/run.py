@@ -9,8 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ..checkpoint import BEST, LATEST
-from ..checks import check_call, check_values
+from ..api.checks import check_call, check_values
+from .checkpoint import BEST, LATEST
 
 __all__ = ["run_loop"]
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from ..flat import Layout
+from ..math.flat import Layout
 from .step import TrainCarry
 
 __all__ = ["HISTORY_KEYS", "RunState"]

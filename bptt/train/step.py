@@ -6,7 +6,7 @@ whatever the data (no value-dependent control flow), no host sync, no host-to-de
 copy (the dropout mask is drawn on the device from the seed and a device step
 counter), and the parameters as one flat vector so that the optimizer's cost does
 not grow with the number of parameter arrays. So it is what ``jax.jit`` compiles and
-what a CUDA graph captures (:mod:`bptt.train.compiled`).
+what a CUDA graph captures (:mod:`bptt.execution.compiled`).
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
-from .. import optim, random, schedules
-from .. import remat as _remat
+from .. import optim
 from ..backends import device_context, namespace_of
-from ..flat import Layout
-from ..heads import loss_weights
+from ..execution import schedules
+from ..math import remat as _remat
+from ..math.flat import Layout
+from ..math.heads import loss_weights
+from ..numerics import random
 
 __all__ = ["Tally", "TrainCarry", "make_gradients", "make_plan", "make_train_step"]
 
@@ -36,8 +38,8 @@ def make_plan(
     model: Any, schedule: str | None, reduction: str, remat: Any = None
 ) -> Callable[..., Any]:
     """``plan(xp, T, B, dtype) -> (run, weights)``: the pure step of the schedule chosen
-    for (T, B) chunks of ``model`` (:func:`bptt.schedules.runner`, taking the arguments
-    of :func:`bptt.step.loss_and_grad`; memory-bounded with ``remat``) and the loss
+    for (T, B) chunks of ``model`` (:func:`bptt.execution.schedules.runner`, taking the arguments
+    of :func:`bptt.math.step.loss_and_grad`; memory-bounded with ``remat``) and the loss
     weights of ``reduction``, resolved on the first chunk of each shape: a step built on
     it reads no environment and checks no argument when it runs."""
     remat = _remat.check(remat, model.directions)
@@ -72,12 +74,12 @@ def make_gradients(
     loss, its gradients by name and the state to carry on.
 
     ``model``: the :class:`bptt.RNN` the layout's parameters belong to. The step calls
-    the pure step of the schedule chosen for its shape (:mod:`bptt.schedules`),
+    the pure step of the schedule chosen for its shape (:mod:`bptt.execution.schedules`),
     resolved once per chunk shape with the loss weights; no argument check runs per
     step (the trainer checks the first chunk, values included).
     With ``dropout`` > 0 the states before V are dropped with masks drawn from
     (``seed``, step); in a stack of L layers (any architecture the layout names,
-    :mod:`bptt.layers`) every layer's output is, the L masks drawn in one call as an
+    :mod:`bptt.math.layers`) every layer's output is, the L masks drawn in one call as an
     (L, T, B, K D) array (mask L - 1 before V, mask l between layers l and l + 1).
     ``columns`` = (start, stop, batch): these inputs are streams start:stop of a batch
     of ``batch`` (one rank's share, :mod:`bptt.train.parallel`), and their masks are
@@ -130,7 +132,7 @@ def make_train_step(
     the chunk's mean loss in nats per character, ``norm`` the gradient's global norm
     before clipping (recorded by the optimizer's clip, or computed). Dropout as in
     :func:`make_gradients`. ``carry.hidden`` is (B, D) for one layer, (L K, B, D) for
-    a stack. ``remat``: memory-bounded BPTT (:mod:`bptt.remat`).
+    a stack. ``remat``: memory-bounded BPTT (:mod:`bptt.math.remat`).
     """
     gradients = make_gradients(layout, dropout=dropout, seed=seed, schedule=schedule,
                                model=model, remat=remat)  # fmt: skip

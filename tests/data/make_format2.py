@@ -11,7 +11,7 @@ sys.path.insert(0, "tests")
 from train_helpers import small_trainer
 
 from bptt import backends
-from bptt.checkpoint import load_checkpoint, save_checkpoint
+from bptt.train.checkpoint import load_checkpoint, save_checkpoint
 
 NUMPY = backends.get_backend("numpy")
 out = sys.argv[1]

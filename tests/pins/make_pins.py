@@ -271,7 +271,7 @@ def problem(
 
 def _takes_schedule(bptt: Any) -> bool:
     """Whether ``bptt.loss_and_grad`` takes ``schedule=``: in its signature, or (since
-    bptt.RNN, where it passes its keywords on) in ``bptt.api.loss_and_grad``'s."""
+    bptt.RNN, where it passes its keywords on) in ``bptt.api.calls.loss_and_grad``'s."""
     if "schedule" in inspect.signature(bptt.loss_and_grad).parameters:
         return True
     api = getattr(bptt, "api", None)
@@ -460,13 +460,14 @@ def run_optim(recipe: dict[str, Any]) -> dict[str, Any]:
 
 
 def training_text(name: str, chars: int) -> str:
-    from bptt import data
+    from bptt.text import data
 
     return data.builtin_text(name)[:chars]
 
 
 def run_train(recipe: dict[str, Any]) -> dict[str, Any]:
-    from bptt import data, train
+    from bptt import train
+    from bptt.text import data
 
     text = training_text(*recipe["text"])
     corpus = data.Corpus.from_text(text, source=recipe["source"])

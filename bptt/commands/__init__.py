@@ -1,1 +1,0 @@
-"""Subcommands of the ``bptt`` command line; see :mod:`bptt.cli`."""
