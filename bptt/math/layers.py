@@ -46,8 +46,10 @@ __all__ = [
     "arch_of",
     "backward",
     "cell_params",
+    "cell_state",
     "forward",
     "param_names",
+    "stack_states",
     "suffix",
 ]
 
@@ -141,7 +143,8 @@ def _flip(x: Any, xp: Any) -> Any:
     return xp.flip(x, axis=0)
 
 
-def _h0_of(h0: Any, arch: Arch, layer: int, direction: int) -> Any:
+def cell_state(h0: Any, arch: Arch, layer: int, direction: int) -> Any:
+    """Cell (layer, direction)'s part of a state shaped as h0 (None stays None)."""
     if h0 is None or arch.single:
         return h0  # (B, D), a pair of them, or None
     index = layer * arch.directions + direction
@@ -150,7 +153,7 @@ def _h0_of(h0: Any, arch: Arch, layer: int, direction: int) -> Any:
     return h0[index, ...]  # (B, D)
 
 
-def _stack_last(last: list[Any], arch: Arch, xp: Any) -> Any:
+def stack_states(last: list[Any], arch: Arch, xp: Any) -> Any:
     """Every cell's last state as h0 is shaped: (B, D) for one cell, else (L K, B, D)
     (per part, for a state of two parts)."""
     if arch.single:
@@ -194,7 +197,7 @@ def forward(
             xu = model.input_projection(p, x, xp)  # (T, B, G D): U x_t + b, eq. (B1)
             if direction:
                 xu = _flip(xu, xp)  # the reverse cell runs forward on flipped time, (B21)
-            s0 = _h0_of(h0, arch, layer, direction)
+            s0 = cell_state(h0, arch, layer, direction)
             states, aux, s_last = kind.recurrence(p, xu, s0, xp, recurrences)  # (T+1, B, D)
             del xu  # each (T, B, G D) array is let go once used
             all_states.append(states)
@@ -205,7 +208,7 @@ def forward(
     logits = out_states = None
     if with_output:
         logits, out_states = model.output(params, x, dropout_mask, xp)  # (T, B, C), eq. (B3)
-    h_last = _stack_last(last, arch, xp)  # shaped as h0
+    h_last = stack_states(last, arch, xp)  # shaped as h0
     cache = Cache(tuple(layer_inputs), tuple(all_states), tuple(all_aux), out_states,
                   dropout_mask, layer_masks, kind)  # fmt: skip
     return Forward(x, logits, h_last), cache
@@ -219,11 +222,10 @@ def _state_grads(
     params: Mapping[str, Any], dlogits: Any, dstates: Any, cache: Cache, xp: Any
 ) -> tuple[dict[str, Any], Any]:
     """dV, dc (eq. B10) and dL/dS of the last layer's states (eq. B11, plus ``dstates``)."""
-    if dlogits is None:  # V and c were not used by the loss: zero cotangents
-        grads = {"V": xp.zeros_like(params["V"])}
-        if params.get("c") is not None:
-            grads["c"] = xp.zeros_like(params["c"])
-        return grads, dstates
+    if dlogits is None:  # V and c were not used by the loss (or absent: one cell, remat)
+        return {k: xp.zeros_like(params[k]) for k in ("V", "c") if params.get(k) is not None}, (
+            dstates
+        )
     grads = model.output_grads(params, dlogits, cache.out_states, xp)  # dV, dc
     dS = model.state_grads(params, dlogits, cache.dropout_mask, xp)  # (T, B, K D)
     if dstates is not None:
@@ -269,7 +271,7 @@ def backward(
             x_d = x
             if direction:  # the reverse cell's steps ran on flipped time: so do their grads
                 dS_d, x_d = _flip(dS_d, xp), _flip(x, xp)
-            last = {} if d_last is None else {"d_last": _h0_of(d_last, arch, layer, direction)}
+            last = {} if d_last is None else {"d_last": cell_state(d_last, arch, layer, direction)}
             dXU, dHW, d_h0[index] = kind.reverse_recurrence(
                 p, states, cache.aux[index], dS_d, xp, recurrences, want_h0, **last
             )  # (T, B, G D) twice (one array for most cells), eq. (B12); dL/ds_0, eq. (B23)
@@ -287,5 +289,5 @@ def backward(
             dS = dX if mask is None else dX * mask  # through the dropout between layers
         else:
             d_inputs = dX
-    dh0 = _stack_last(d_h0, arch, xp) if want_h0 else None  # shaped as h0
+    dh0 = stack_states(d_h0, arch, xp) if want_h0 else None  # shaped as h0
     return {key: grads[key] for key in params}, d_inputs, dh0

@@ -27,8 +27,11 @@ those of full BPTT; a parameter's gradient is a sum of one product per segment
 instead of one product over all T steps, equal to rounding (float64: ~1e-15
 relative). The plan depends on T and the setting only: no host read, no
 value-dependent control flow, so it compiles under ``jax.jit`` (each recurrence a
-``lax.scan`` of the scan seam). One direction only: a reverse cell's replay
-would run its segments in the opposite order (refused, naming the argument).
+``lax.scan`` of the scan seam); there a uniform k runs as two loops over segments
+(:mod:`bptt.math.remat_scan`), whose liveness XLA keeps (an unrolled plan's it did not:
+``"budget:m"`` saves no memory under jit). A bidirectional stack runs the plan per layer and
+direction (:mod:`bptt.math.remat_layerwise`): a reverse cell's state depends on the whole
+sequence, so the segments cannot cut across the stack.
 
 Pure math: ``xp`` and :mod:`bptt.math.layers`, :mod:`bptt.math.heads`.
 """
@@ -52,6 +55,7 @@ __all__ = [
     "check",
     "hsm_table",
     "loss_and_grad",
+    "own_state",
     "parse",
     "plan",
     "pullback",
@@ -106,13 +110,8 @@ def parse(remat: Any) -> Any:
 
 def check(remat: Any, directions: int) -> Any:
     """``remat`` parsed (:func:`parse`) for a model of ``directions`` (two are refused)."""
-    remat = parse(remat)
-    if remat is not None and directions != 1:
-        raise ValueError(
-            "remat: a bidirectional model's reverse cells would replay their segments in the "
-            "opposite order; only one direction runs remat (use remat=None)"
-        )
-    return remat
+    del directions  # a bidirectional stack runs layer by layer (bptt.math.remat_layerwise)
+    return parse(remat)
 
 
 def _whole(value: Any, low: int) -> bool:
@@ -222,11 +221,11 @@ def _advance(params: Any, inputs: Any, state: Any, a: int, b: int, chunk: int, x
             params, inputs[c:e, ...], state, xp, cell=cell, recurrences=recurrences,
             layer_masks=_mask_rows(layer_masks, c, e), with_output=False,
         )  # fmt: skip
-        state = _own(out.h_last, xp)  # shaped as h0
+        state = own_state(out.h_last, xp)  # shaped as h0
     return state
 
 
-def _own(state: Any, xp: Any) -> Any:
+def own_state(state: Any, xp: Any) -> Any:
     """A copy of a last state: for one cell it is a view of the whole segment's states,
     which holding it would keep alive."""
     if isinstance(state, tuple):  # a state of two parts (LSTM's (h, c))
@@ -236,16 +235,33 @@ def _own(state: Any, xp: Any) -> Any:
 
 def run(
     params: Any, inputs: Any, h0: Any, xp: Any, *, remat: Any, head: Callable[..., Any],
-    cell: Any = "tanh", dropout_mask: Any = None, layer_masks: Any = None,
-    recurrences: Any = model, want_inputs: bool = False, want_h0: bool = False,
+    head_rows: tuple[Any, ...] = (), cell: Any = "tanh", dropout_mask: Any = None,
+    layer_masks: Any = None, recurrences: Any = model, want_inputs: bool = False,
+    want_h0: bool = False,
 ) -> tuple[Any, dict[str, Any], Any, Any, Any]:  # fmt: skip
     """Execute :func:`plan` (T, remat): ``(loss, grads, h_last, d_inputs, d_h0)``.
 
-    ``head(a, b, out) -> (loss or None, dlogits, dstates)`` gives the cotangents of
-    steps a+1..b from their :class:`bptt.math.layers.Forward` ``out``; ``loss`` is the
-    sum of the heads' losses (None if they give none).
+    ``head(out, rows) -> (loss or None, dlogits, dstates)`` gives the cotangents of
+    a segment's steps from their :class:`bptt.math.layers.Forward` ``out`` and ``rows``,
+    the segment's rows of each array of ``head_rows`` ((T, ...) arrays or None);
+    ``loss`` is the sum of the heads' losses (None if they give none).
+
+    A bidirectional stack runs layer by layer (:mod:`bptt.math.remat_layerwise`); where
+    the recurrences have a ``segment_scan`` (JAX) a uniform k runs as two scans over
+    segments (:mod:`bptt.math.remat_scan`): one loop for XLA, whose liveness it keeps.
     """
-    check(remat, layers.arch_of(params).directions)
+    kw = dict(head=head, head_rows=head_rows, cell=cell, dropout_mask=dropout_mask,
+              layer_masks=layer_masks, recurrences=recurrences, want_inputs=want_inputs,
+              want_h0=want_h0)  # fmt: skip
+    if layers.arch_of(params).directions == 2:  # a reverse cell needs the whole sequence
+        from . import remat_layerwise
+
+        return remat_layerwise.run(params, inputs, h0, xp, remat=check(remat, 2), **kw)
+    remat = check(remat, 1)
+    if hasattr(recurrences, "segment_scan") and not isinstance(remat, Budget):
+        from . import remat_scan
+
+        return remat_scan.run(params, inputs, h0, xp, k=_k_of(remat, inputs.shape[0]), **kw)
     T = inputs.shape[0]
     barrier = getattr(recurrences, "barrier", lambda tree: tree)  # JAX: no CSE, no hoisting
     held: dict[int, Any] = {0: h0}
@@ -265,10 +281,11 @@ def run(
             out, cache = layers.forward(
                 params, inputs[a:b, ...], start, xp, cell=cell, recurrences=recurrences,
                 dropout_mask=_rows(dropout_mask, a, b), layer_masks=_mask_rows(layer_masks, a, b),
+                with_output="V" in params,  # no V: one cell of a stack (bptt.math.remat_layerwise)
             )  # fmt: skip  # the replay: the first pass's operations on steps a+1..b
             if b == T:
-                h_last = _own(out.h_last, xp)
-            part, dlogits, dstates = head(a, b, out)
+                h_last = own_state(out.h_last, xp)
+            part, dlogits, dstates = head(out, tuple(_rows(r, a, b) for r in head_rows))
             del out
             loss = part if loss is None else loss + part
             g, dx, d = layers.backward(
@@ -290,14 +307,16 @@ def loss_and_grad(
     """:func:`bptt.math.step.loss_and_grad` under ``remat``: the head and its reduction run
     on each replayed segment (eq. B8: L = sum_t L_t, the weights the rows')."""
 
-    def segment_head(a: int, b: int, out: Any) -> tuple[Any, Any, Any]:
-        terms, dlogits = HEADS[head](out.logits, targets[a:b, ...], xp)  # (n, B), (n, B, C)
-        w = weights if isinstance(weights, float) else weights[a:b, ...]
-        part, dlogits = reduce(terms, dlogits, w, xp)  # eq. (B8)
+    scalar = isinstance(weights, float)
+
+    def segment_head(out: Any, rows: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+        terms, dlogits = HEADS[head](out.logits, rows[0], xp)  # (n, B), (n, B, C)
+        part, dlogits = reduce(terms, dlogits, weights if scalar else rows[1], xp)  # eq. (B8)
         return part, dlogits, None
 
     loss, grads, h_last, _, _ = run(
-        params, inputs, h0, xp, remat=remat, head=segment_head, cell=cell,
+        params, inputs, h0, xp, remat=remat, head=segment_head,
+        head_rows=(targets, None if scalar else weights), cell=cell,
         dropout_mask=dropout_mask, layer_masks=layer_masks, recurrences=recurrences,
     )  # fmt: skip
     return loss, {key: grads[key] for key in params}, h_last
@@ -311,11 +330,12 @@ def pullback(
     """:func:`bptt.math.layers.backward` under ``remat``, replaying from h0:
     ``(grads, d_inputs, d_h0)``."""
 
-    def segment_head(a: int, b: int, out: Any) -> tuple[Any, Any, Any]:
-        return None, _rows(dlogits, a, b), _rows(dstates, a, b)
+    def segment_head(out: Any, rows: tuple[Any, ...]) -> tuple[Any, Any, Any]:
+        return None, rows[0], rows[1]
 
     _, grads, _, d_inputs, d_h0 = run(
-        params, inputs, h0, xp, remat=remat, head=segment_head, cell=cell,
+        params, inputs, h0, xp, remat=remat, head=segment_head, head_rows=(dlogits, dstates),
+        cell=cell,
         dropout_mask=dropout_mask, layer_masks=layer_masks, recurrences=recurrences,
         want_inputs=want_inputs, want_h0=want_h0,
     )  # fmt: skip

@@ -13,6 +13,8 @@ __all__ = ["is_traced", "jit", "scan"]
 
 
 def _leaves(tree: Any) -> list[Any]:
+    if isinstance(tree, dict):
+        tree = list(tree.values())
     if isinstance(tree, (tuple, list)):
         return [leaf for item in tree for leaf in _leaves(item)]
     return [] if tree is None else [tree]

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from ...math import model
+from ...math.scan import python_scan
 from .loop import is_traced, scan
 
-__all__ = ["barrier", "recurrence", "reverse_recurrence", "scan"]
+__all__ = ["barrier", "recurrence", "reverse_recurrence", "scan", "segment_scan"]
 
 
 def recurrence(W: Any, xu: Any, s: Any, xp: Any, nonlinearity: str = "tanh") -> Any:
@@ -44,3 +45,19 @@ def barrier(tree: Any) -> Any:
     import jax
 
     return jax.lax.optimization_barrier(tree)
+
+
+def segment_scan(
+    body: Any, carry: Any, xs: tuple[Any, ...], xp: Any, *, reverse: bool = False,
+    witness: Any = (),
+) -> tuple[Any, tuple[Any, ...]]:  # fmt: skip
+    """The loop over segments of :mod:`bptt.math.remat_scan`: ``jax.lax.scan`` when anything
+    of ``carry``, ``xs`` or ``witness`` (the parameters, which the body closes over) is
+    traced, the Python loop otherwise; the contract of :func:`bptt.math.scan.python_scan`.
+    Its presence here is what makes :func:`bptt.math.remat.run` take the scanned form."""
+    if not is_traced((carry, xs, witness)):
+        return python_scan(body, carry, xs, xp, reverse=reverse)
+    import jax
+
+    carry, ys = jax.lax.scan(body, carry, tuple(xs), reverse=reverse)
+    return carry, tuple(ys)
