@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import functools
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -256,7 +257,9 @@ def run(
     if layers.arch_of(params).directions == 2:  # a reverse cell needs the whole sequence
         from . import remat_layerwise
 
-        return remat_layerwise.run(params, inputs, h0, xp, remat=check(remat, 2), **kw)
+        single = sys.modules[__name__]  # the plan of one direction, which it runs per cell
+        return remat_layerwise.run(params, inputs, h0, xp, remat=check(remat, 2), single=single,
+                                   **kw)  # fmt: skip
     remat = check(remat, 1)
     if hasattr(recurrences, "segment_scan") and not isinstance(remat, Budget):
         from . import remat_scan

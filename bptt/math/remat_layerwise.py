@@ -32,14 +32,13 @@ from collections.abc import Callable
 from typing import Any
 
 from . import layers, model
-from . import remat as _remat
 
 __all__ = ["run", "segments"]
 
 
-def segments(T: int, remat: Any) -> list[tuple[int, int]]:
-    """The replay segments (a, b) of :func:`bptt.math.remat.plan` (T, remat), in time order."""
-    return sorted((op[1], op[2]) for op in _remat.plan(T, remat).ops if op[0] == "leaf")
+def segments(T: int, remat: Any, single: Any) -> list[tuple[int, int]]:
+    """The replay segments (a, b) of ``single.plan`` (T, remat), in time order."""
+    return sorted((op[1], op[2]) for op in single.plan(T, remat).ops if op[0] == "leaf")
 
 
 def _add(total: Any, part: Any) -> Any:
@@ -57,7 +56,7 @@ def _flip(x: Any, xp: Any) -> Any:
 
 
 def _run_cell(p: Any, x: Any, s0: Any, xp: Any, kind: Any, recurrences: Any,
-              segs: list[tuple[int, int]]) -> tuple[Any, Any]:  # fmt: skip
+              segs: list[tuple[int, int]], single: Any) -> tuple[Any, Any]:  # fmt: skip
     """One cell over ``x`` segment by segment: its states s_1..s_T (T, B, D) and its
     last state; the per-segment cache is let go (eqs. 19-20)."""
     outs, state = [], s0
@@ -65,14 +64,14 @@ def _run_cell(p: Any, x: Any, s0: Any, xp: Any, kind: Any, recurrences: Any,
         out, _ = layers.forward(p, x[a:b, ...], state, xp, cell=kind, recurrences=recurrences,
                                 with_output=False)  # fmt: skip
         outs.append(out.states)  # (b - a, B, D)
-        state = _remat.own_state(out.h_last, xp)
+        state = single.own_state(out.h_last, xp)
         del out
     return xp.concat(outs, axis=0), state  # (T, B, D)
 
 
 def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
-             layer_masks: Any, recurrences: Any,
-             segs: list[tuple[int, int]]) -> tuple[Any, list[Any], Any]:  # fmt: skip
+             layer_masks: Any, recurrences: Any, segs: list[tuple[int, int]],
+             single: Any) -> tuple[Any, list[Any], Any]:  # fmt: skip
     """The stack's output (T, B, K D), each layer's input, and h_last shaped as h0."""
     x, xs, last = inputs, [], []
     for layer in range(arch.layers):
@@ -84,7 +83,7 @@ def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
             x_d = _flip(x, xp) if d else x
             s0 = layers.cell_state(h0, arch, layer, d)
             states, s_last = _run_cell(_cell(params, layer, d, kind), x_d, s0, xp, kind,
-                                       recurrences, segs)  # fmt: skip
+                                       recurrences, segs, single)  # fmt: skip
             outs.append(_flip(states, xp) if d else states)
             last.append(s_last)
         x = outs[0] if arch.directions == 1 else xp.concat(outs, axis=-1)  # (T, B, K D)
@@ -122,15 +121,17 @@ def run(
     params: Any, inputs: Any, h0: Any, xp: Any, *, remat: Any, head: Callable[..., Any],
     head_rows: tuple[Any, ...] = (), cell: Any = "tanh", dropout_mask: Any = None,
     layer_masks: Any = None, recurrences: Any = model, want_inputs: bool = False,
-    want_h0: bool = False,
+    want_h0: bool = False, single: Any,
 ) -> tuple[Any, dict[str, Any], Any, Any, Any]:  # fmt: skip
     """:func:`bptt.math.remat.run` for any stack, layer by layer (the module doc):
-    ``(loss, grads, h_last, d_inputs, d_h0)``, ``head`` as there."""
+    ``(loss, grads, h_last, d_inputs, d_h0)``, ``head`` as there. ``single``: the
+    one-direction plan (:mod:`bptt.math.remat`: its ``plan``, ``own_state`` and
+    ``pullback``), handed in because it is what calls this module for two directions."""
     arch = layers.arch_of(params)
     kind = layers.get_cell(cell) if isinstance(cell, str) else cell
-    segs = segments(inputs.shape[0], remat)
+    segs = segments(inputs.shape[0], remat, single)
     top, xs, h_last = _forward(params, inputs, h0, xp, kind, arch, layer_masks, recurrences,
-                               segs)  # fmt: skip
+                               segs, single)  # fmt: skip
     loss, grads, pieces = _head(params, top, xp, head, head_rows, dropout_mask, segs)
     del top  # before the pieces are joined: a lower peak
     dS = xp.concat(pieces, axis=0)  # (T, B, K D)
@@ -143,7 +144,7 @@ def run(
         for d in range(arch.directions):
             dS_d = dS if arch.directions == 1 else dS[..., d * D : (d + 1) * D]  # (T, B, D)
             x_d, dS_d = (_flip(x, xp), _flip(dS_d, xp)) if d else (x, dS_d)
-            g, dx, d_h0[layer * arch.directions + d] = _remat.pullback(
+            g, dx, d_h0[layer * arch.directions + d] = single.pullback(
                 _cell(params, layer, d, kind), x_d, layers.cell_state(h0, arch, layer, d), xp,
                 None, dS_d, remat=remat, cell=kind, dropout_mask=None, layer_masks=None,
                 recurrences=recurrences, want_inputs=down, want_h0=want_h0,
