@@ -13,7 +13,7 @@ from ..api.rnn import RNN
 from ..math import remat
 from ..math.cells import CELLS
 
-__all__ = ["GROUPS", "KINDS", "RESUMABLE", "Kind", "TrainConfig", "check_option", "option"]
+__all__ = ["KINDS", "RESUMABLE", "Kind", "TrainConfig", "check_option", "option"]
 
 # Options that may change when a run resumes (the rest fix the model and the data order).
 RESUMABLE = (
@@ -69,7 +69,6 @@ KINDS = {  # the value checks, one table
     "factor": Kind(float, lambda v: 0 < v <= 1, "a factor in (0, 1]"),  # lr decay
     "fraction": Kind(float, lambda v: 0 < v < 1, "a number in (0, 1)"),  # held out
 }
-GROUPS = ("model", "optimisation", "run")  # how the command line groups the options
 
 
 def option(default: Any, kind: str | tuple[str, ...] | Callable[[Any], Any], group: str,

@@ -9,7 +9,6 @@ from non-finite parameters.
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,8 +39,6 @@ from .state import HISTORY_KEYS, RunState
 from .step import TrainCarry, make_train_step
 
 __all__ = ["NonFiniteError", "Reporter", "TrainResult", "Trainer"]
-
-LN2 = math.log(2.0)
 
 
 def _backend(backend: Any) -> backends.Backend:
