@@ -101,17 +101,21 @@ def bptt_case(
     x, y = (be.asarray(a) for a in data(size, seed))
     itemsize = np.dtype(dtype).itemsize
     chosen, _ = schedules.resolve(schedule, be.xp, size.T, size.B, size.D, itemsize)
-    step = lambda: bptt.loss_and_grad(params, x, y, check_values=False, schedule=schedule)  # noqa: E731
+    step = _waiting(
+        be, lambda: bptt.loss_and_grad(params, x, y, check_values=False, schedule=schedule)
+    )
     first = time_one_call(step, be.synchronize)
     grads = step()[1]
     opt = _optimizer()
     with be.activate():  # CuPy: the optimizer's work runs on this GPU, not the current one
         state = opt.init(params)
 
-    def update() -> Any:
+    def one_update() -> Any:
         with be.activate():
             updates, _ = opt.update(grads, state, params)
             return optim.apply_updates(params, updates)
+
+    update = _waiting(be, one_update)
 
     peak: Callable[[], int | None] = lambda: None  # noqa: E731
     if be.name in ("numpy", "array_api_strict"):
@@ -319,6 +323,21 @@ def _torch_cuda_peak(step: Callable[[], Any], device: Any) -> Callable[[], int]:
     return peak
 
 
+def _waiting(be: backends.Backend, fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` that returns once its result is computed.
+
+    ``be.synchronize`` cannot wait on JAX, which has no device-wide barrier: a JAX
+    call returns at dispatch, so an unwaited one would time the dispatch alone --
+    and size its blocks from it (a 2048-square matmul "took" microseconds, so a
+    0.3 s block held millions of them and the benchmark never printed a row).
+    """
+    if be.name != "jax":
+        return fn
+    import jax
+
+    return lambda: jax.block_until_ready(fn())
+
+
 def _square(backend: str, device: Any, dtype: str, n: int) -> tuple[backends.Backend, Any, Any]:
     be = backends.get_backend(backend, device)
     rng = np.random.default_rng(0)
@@ -329,7 +348,7 @@ def _square(backend: str, device: Any, dtype: str, n: int) -> tuple[backends.Bac
 def gemm_case(backend: str, device: Any, dtype: str, n: int) -> Case:
     """The large square matmul as one more contender: timed in the same blocks."""
     be, a, b = _square(backend, device, dtype, n)
-    return Case("gemm", lambda: a @ b, be.synchronize)
+    return Case("gemm", _waiting(be, lambda: a @ b), be.synchronize)
 
 
 def gemm_rate(backend: str, device: Any, dtype: str, n: int = 2048, reps: int = 7) -> float:
@@ -339,7 +358,8 @@ def gemm_rate(backend: str, device: Any, dtype: str, n: int = 2048, reps: int = 
     moment lowers no floor (the fraction of the floor reached stays conservative).
     """
     be, a, b = _square(backend, device, dtype, n)
+    product = _waiting(be, lambda: a @ b)
     with be.activate():
-        time_one_call(lambda: a @ b, be.synchronize)  # warm-up
-        best = min(time_one_call(lambda: a @ b, be.synchronize) for _ in range(reps))
+        time_one_call(product, be.synchronize)  # warm-up
+        best = min(time_one_call(product, be.synchronize) for _ in range(reps))
     return 2 * n**3 / best

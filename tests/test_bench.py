@@ -152,6 +152,22 @@ def test_jax_contender_waits_for_its_result_and_leaves_x64_alone(dtype: str) -> 
     assert jax.config.jax_enable_x64 == before
 
 
+def test_cases_on_the_jax_backend_wait_for_their_results() -> None:
+    """``--backend jax``: bptt's eager step, its update and the floor's matmul return
+    only once computed. ``synchronize`` is a no-op on JAX, so an unwaited call timed
+    its dispatch: the 2048-square matmul "ran" at 3e6 GFLOP/s, a 0.3 s block held
+    millions of calls, and the benchmark printed its header and no row for 15 minutes."""
+    jax = pytest.importorskip("jax", reason="JAX is not installed (it is optional)")
+    _, size = bench_cases.parse_size(TINY)
+    bptt_jax = bench_cases.bptt_case(size, "float32", "jax", None)
+    gemm = bench_cases.gemm_case("jax", None, "float32", 512)
+    for name, call in [("step", bptt_jax.step), ("update", bptt_jax.update), ("gemm", gemm.step)]:
+        leaves = jax.tree_util.tree_leaves(call())
+        assert leaves and all(leaf.is_ready() for leaf in leaves), name
+    rate = bench_cases.gemm_rate("jax", None, "float32", n=512, reps=2)
+    assert rate < 1e14, f"{rate / 1e9:.0f} GFLOP/s: the product was not waited for"
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_bptt_under_jax_jit_matches_numpy(dtype: str) -> None:
     """The bptt[jax.jit] column: bptt's own code, traced and compiled by jax.jit."""
