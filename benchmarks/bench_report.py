@@ -71,7 +71,11 @@ def environment() -> dict[str, Any]:
 
 
 def _malloc(meta: dict[str, Any]) -> str:
-    return "thresholds raised (bptt.host.malloc)" if meta.get("malloc_tuned") else "defaults"
+    if not meta.get("malloc_tuned"):
+        return "defaults"
+    if meta.get("malloc") == "keep":
+        return "large blocks kept (bptt.host.malloc.keep_large_blocks)"
+    return "thresholds raised (bptt.host.malloc.tune_malloc)"
 
 
 def _threads(meta: dict[str, Any]) -> str:

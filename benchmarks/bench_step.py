@@ -22,6 +22,9 @@ the median of that matmul timed as one more contender among the blocks
 machine lowers both) -- the peak memory a step allocates, the update (clip +
 Adam) in ms, and the first call in ms (JAX's trace and compile, outside the
 medians).
+
+glibc's malloc is set for the whole process as ``bptt train --tune-malloc`` sets it
+(``--malloc``): large blocks kept when a JAX contender runs, thresholds raised otherwise.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import importlib.util
 import json
 import shlex
 import sys
@@ -231,11 +235,15 @@ def _parser() -> argparse.ArgumentParser:
         "meanwhile (Linux; 0 turns it off)",
     )
     add(
-        "--default-malloc",
-        action="store_true",
-        help="keep glibc's malloc thresholds (by default raised for every contender: "
-        "bptt.host.malloc.tune_malloc)",
+        "--malloc",
+        choices=MALLOC,
+        default="auto",
+        help="glibc's malloc for every contender: keep (bptt.host.malloc.keep_large_blocks: "
+        "blocks of any size kept, as bptt train --tune-malloc runs JAX), tune (tune_malloc: "
+        "thresholds raised, as it runs NumPy), default (glibc's); auto: keep when a JAX "
+        "contender runs, else tune",
     )
+    add("--default-malloc", action="store_true", help="the same as --malloc default")
     add("--json", metavar="FILE", help="write every row and sample as JSON")
     add("--markdown", metavar="FILE", help="write the Markdown table for the README")
     return parser
@@ -266,9 +274,30 @@ def _op_counts(sizes: list[str]) -> str:
     return "training step kernels (counting proxy, 6 T + 62): " + ", ".join(counts)
 
 
+MALLOC = ("auto", "keep", "tune", "default")
+
+
+def _set_malloc(args: argparse.Namespace) -> tuple[str, bool]:
+    """The malloc setting ``--malloc`` names, applied; call it before JAX starts threads.
+
+    XLA allocates a jitted step's temporaries as one block per call, above glibc's
+    32 MiB cap on the mmap threshold from S2 on: under ``tune`` that block is mapped and
+    faulted in afresh at every call (S2: 43.4-43.6 ms kept, 54.7-57.4 ms tuned; NumPy and
+    torch the same under both; benchmarks/NOTES.md, round 7d).
+    """
+    mode = "default" if args.default_malloc else args.malloc
+    if mode == "auto":
+        jax_runs = not args.no_jax and importlib.util.find_spec("jax") is not None
+        jax_runs |= args.backend == "all" or "jax" in args.backend.split(",")
+        mode = "keep" if jax_runs else "tune"
+    call = {"keep": malloc.keep_large_blocks, "tune": malloc.tune_malloc}.get(mode)
+    return mode, call() if call else False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
+    malloc_mode, malloc_tuned = _set_malloc(args)
     sizes, dtypes = args.sizes.split(","), args.dtypes.split(",")
     try:
         for s in sizes:
@@ -302,7 +331,8 @@ def main(argv: list[str] | None = None) -> int:
         date=datetime.datetime.now().isoformat(timespec="minutes"),
         command=f"python benchmarks/bench_step.py {command}".strip(),
         reps=args.reps,
-        malloc_tuned=False if args.default_malloc else malloc.tune_malloc(),
+        malloc=malloc_mode,
+        malloc_tuned=malloc_tuned,
     )
     for line in [*header(meta), HEADER]:
         print(line, flush=True)

@@ -257,6 +257,33 @@ def test_script_writes_json_and_markdown(tmp_path, capsys) -> None:
     assert "malloc: defaults" in out_md.read_text()
 
 
+def test_malloc_is_set_as_training_sets_it_for_the_contenders(monkeypatch) -> None:
+    """auto: JAX's one block of temporaries per call kept (as ``bptt train --tune-malloc``
+    runs JAX) when a JAX contender runs, the thresholds raised otherwise; set before
+    JAX starts its threads, and named in the header."""
+    called = []
+    for name in ("keep_large_blocks", "tune_malloc"):
+        monkeypatch.setattr(bench_step.malloc, name, lambda name=name: called.append(name) or True)
+    cases = {
+        ("--no-jax",): "tune",
+        ("--no-jax", "--backend", "numpy,jax"): "keep",
+        ("--no-jax", "--malloc", "keep"): "keep",
+        ("--malloc", "tune"): "tune",
+        ("--no-jax", "--default-malloc"): "default",
+    }
+    for extra, mode in cases.items():
+        called.clear()
+        args = bench_step._parser().parse_args(["--sizes", TINY, *extra])
+        assert bench_step._set_malloc(args) == (mode, mode != "default"), extra
+        want = {"keep": ["keep_large_blocks"], "tune": ["tune_malloc"], "default": []}[mode]
+        assert called == want, extra
+    if importlib.util.find_spec("jax") is not None:
+        args = bench_step._parser().parse_args(["--sizes", TINY])
+        assert bench_step._set_malloc(args)[0] == "keep"
+    meta = {"malloc": "keep", "malloc_tuned": True}
+    assert "keep_large_blocks" in bench_report._malloc(meta)
+
+
 def test_script_on_a_foreign_device(capsys) -> None:
     """bptt on the GPU stand-in (array_api_strict device1): nothing leaks to NumPy."""
     argv = ["--sizes", TINY, "--dtypes", "float32", "--backend", "array_api_strict"]
