@@ -105,6 +105,24 @@ def test_dynamic_program_at_least_as_good_as_every_k_at_its_memory(T: int) -> No
     assert plan(T, Budget(remat.REPLAY_SLOTS * T)).cost == T  # room for all: no recompute
 
 
+@pytest.mark.parametrize("T", [1, 2, 10, 37, 100])
+def test_the_uniform_plan_a_budget_scans_is_the_cheapest_that_fits(T: int) -> None:
+    """Under a trace a budget runs every k-th state (two loops XLA keeps lean): the k
+    whose plan fits m with the fewest forward steps; the closed form is the plan's."""
+    for k in range(1, T + 1):
+        assert remat.uniform_cost(T, k) == (plan(T, k).cost, plan(T, k).peak), (T, k)
+    for m in range(1, remat.REPLAY_SLOTS * T + 2):
+        k = remat.uniform_k(T, m)
+        fitting = [plan(T, j) for j in range(1, T + 1) if plan(T, j).peak <= m]
+        if k is None:
+            assert not fitting, (T, m)
+            continue
+        chosen = plan(T, k)
+        assert chosen.peak <= m and chosen.cost == min(p.cost for p in fitting), (T, m)
+        assert chosen.cost >= plan(T, Budget(m)).cost  # the dynamic program's is no worse
+    assert remat.uniform_k(T, remat.REPLAY_SLOTS * T) == T  # room for all: full BPTT
+
+
 @pytest.mark.parametrize("bad", [0, -2, 1.5, "half", "budget:", "budget:0", Budget(0), True, [3]])
 def test_bad_settings_name_the_argument(bad: Any) -> None:
     with pytest.raises(ValueError, match="remat"):

@@ -125,3 +125,21 @@ def test_jitted_remat_holds_less_scratch_than_full_bptt() -> None:
 
     full = temp(None)
     assert temp("sqrt") < 0.3 * full and temp(10) < 0.3 * full
+    # a budget: the uniform k that fits it, so the scratch follows m (the dynamic
+    # program's unrolled plan held 79% of full BPTT's at budget:100, benchmarks/NOTES.md)
+    small, large = temp("budget:100"), temp("budget:400")
+    assert small < 0.2 * full and small < large < 0.5 * full
+
+
+def test_budget_under_jit_equals_full_bptt_scanned_or_not() -> None:
+    """T = 10: budget:12 fits every 2nd state (scanned); budget:6 fits no uniform k, so
+    it keeps the dynamic program's plan (unrolled). Both are full BPTT's gradients."""
+    from bptt.math import remat
+
+    assert remat.uniform_k(10, 12) == 2 and remat.uniform_k(10, 6) is None
+    model, params, x, y, kw = _problem("lstm", 2, False)
+    full = model.loss_and_grad(params, x, y, **kw)
+    for budget in ("budget:12", "budget:6"):
+        step = jax.jit(lambda p, b=budget: model.loss_and_grad(
+            p, x, y, check_values=False, remat=b, **kw))  # fmt: skip
+        _close(step(params), full)

@@ -28,8 +28,11 @@ instead of one product over all T steps, equal to rounding (float64: ~1e-15
 relative). The plan depends on T and the setting only: no host read, no
 value-dependent control flow, so it compiles under ``jax.jit`` (each recurrence a
 ``lax.scan`` of the scan seam); there a uniform k runs as two loops over segments
-(:mod:`bptt.math.remat_scan`), whose liveness XLA keeps (an unrolled plan's it did not:
-``"budget:m"`` saves no memory under jit). A bidirectional stack runs the plan per layer and
+(:mod:`bptt.math.remat_scan`), whose liveness XLA keeps (an unrolled plan's it does
+not). ``"budget:m"`` runs there as the uniform k that fits m with the fewest forward
+steps (:func:`uniform_k`: one replay of each segment, T + n k steps, where the dynamic
+program may replay less); a budget no uniform k fits (below about 2 sqrt(w T) states)
+keeps the dynamic program's plan, unrolled. A bidirectional stack runs the plan per layer and
 direction (:mod:`bptt.math.remat_layerwise`): a reverse cell's state depends on the whole
 sequence, so the segments cannot cut across the stack.
 
@@ -61,6 +64,8 @@ __all__ = [
     "plan",
     "pullback",
     "run",
+    "uniform_cost",
+    "uniform_k",
 ]
 
 _INF = np.iinfo(np.int64).max // 4
@@ -156,6 +161,25 @@ def hsm_table(T: int, m: int, w: int = REPLAY_SLOTS) -> tuple[np.ndarray, np.nda
 
 def _k_of(remat: Any, T: int) -> int:
     return math.isqrt(T - 1) + 1 if remat == "sqrt" else min(int(remat), T)  # ceil(sqrt T)
+
+
+def uniform_cost(T: int, k: int) -> tuple[int, int]:
+    """``(cost, peak)`` of :func:`plan` (T, k), in closed form: n = ceil(T / k) - 1
+    stored states, each segment replayed once (cost T + n k, eq. B27); the peak is
+    that of the advances (n - 1 held and k steps in flight) or of the tail's replay
+    (n held, the T - n k steps left)."""
+    n = (T - 1) // k
+    return T + n * k, max(n - 1 + REPLAY_SLOTS * min(k, T), n + REPLAY_SLOTS * (T - n * k))
+
+
+@functools.cache
+def uniform_k(T: int, states: int) -> int | None:
+    """The k of every k-th state whose plan fits ``states`` (:class:`Budget`) with the
+    fewest forward steps (ties: the lower peak), or None when no k fits: the uniform
+    plan a budget runs as two loops under a trace (:mod:`bptt.math.remat_scan`)."""
+    fits = [(cost, peak, k) for k in range(1, min(T, states // REPLAY_SLOTS) + 1)
+            for cost, peak in [uniform_cost(T, k)] if peak <= states]  # fmt: skip
+    return min(fits)[2] if fits else None
 
 
 @functools.cache
@@ -260,12 +284,13 @@ def run(
         single = sys.modules[__name__]  # the plan of one direction, which it runs per cell
         return remat_layerwise.run(params, inputs, h0, xp, remat=check(remat, 2), single=single,
                                    **kw)  # fmt: skip
-    remat = check(remat, 1)
-    if hasattr(recurrences, "segment_scan") and not isinstance(remat, Budget):
-        from . import remat_scan
+    remat, T = check(remat, 1), inputs.shape[0]
+    if hasattr(recurrences, "segment_scan"):  # loops XLA sees (a budget: its uniform k)
+        k = uniform_k(T, remat.states) if isinstance(remat, Budget) else _k_of(remat, T)
+        if k is not None:
+            from . import remat_scan
 
-        return remat_scan.run(params, inputs, h0, xp, k=_k_of(remat, inputs.shape[0]), **kw)
-    T = inputs.shape[0]
+            return remat_scan.run(params, inputs, h0, xp, k=k, **kw)
     barrier = getattr(recurrences, "barrier", lambda tree: tree)  # JAX: no CSE, no hoisting
     held: dict[int, Any] = {0: h0}
     loss = grads = h_last = d = None
