@@ -87,6 +87,47 @@ def test_scanned_remat_bidirectional_under_jit(cell: str) -> None:
     _close(step(params), full)
 
 
+def test_bidirectional_remat_program_does_not_grow_with_t() -> None:
+    """A bidirectional stack's forward pass and head walk the segments as one loop too
+    (bptt/math/remat_layerwise.py): the traced program has as many equations at T = 20
+    as at T = 60 (k = 5: 4 and 12 segments; unrolled it had 1,392 and 2,768)."""
+    model = bptt.RNN(4, 5, 3, cell="lstm", layers=2, bidirectional=True)
+    params = {k: jnp.asarray(v) for k, v in model.init(seed=0, dtype="float64").items()}
+    rng = np.random.default_rng(0)
+
+    def equations(T: int) -> int:
+        x, y = jnp.asarray(rng.integers(0, 4, (T, 2))), jnp.asarray(rng.integers(0, 3, (T, 2)))
+        step = lambda p: model.loss_and_grad(p, x, y, check_values=False, remat=5)  # noqa: E731
+        return len(jax.make_jaxpr(step)(params).eqns)
+
+    assert equations(20) == equations(60)
+
+
+@pytest.mark.parametrize("remat", [4, "budget:14"])
+def test_bidirectional_vjp_under_jit_equals_full(remat: Any) -> None:
+    """The layerwise plan with a head that gives no loss (a pullback's: the loop's
+    carry starts from None), scanned (T = 11: k = 4, and budget:14's uniform k = 3),
+    against full BPTT."""
+    model, params, x, _, kw = _problem("gru", 2, True, T=11)
+    kw.pop("mask")
+    out, pull = model.vjp(params, x, **kw)
+    rng = np.random.default_rng(9)
+    dlogits = jnp.asarray(rng.standard_normal(out.logits.shape))
+    dstates = jnp.asarray(rng.standard_normal(out.states.shape))
+    ref = pull(dlogits, dstates, with_inputs=True, with_h0=True)
+
+    def cotangents(p: Any) -> Any:
+        _, pull_r = model.vjp(p, x, remat=remat, check_values=False, **kw)
+        got = pull_r(dlogits, dstates, with_inputs=True, with_h0=True)
+        return got.params, got.inputs, got.h0
+
+    grads, d_inputs, d_h0 = jax.jit(cotangents)(params)
+    for key in ref.params:
+        assert rel_err(np.asarray(grads[key]), np.asarray(ref.params[key])) < TOL, key
+    assert rel_err(np.asarray(d_inputs), np.asarray(ref.inputs)) < TOL
+    assert rel_err(np.asarray(d_h0), np.asarray(ref.h0)) < TOL
+
+
 @pytest.mark.parametrize("cell", ["gru"])
 def test_scanned_vjp_equals_full(cell: str) -> None:
     model, params, x, _, kw = _problem(cell, 2, False)

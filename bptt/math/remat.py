@@ -64,6 +64,7 @@ __all__ = [
     "plan",
     "pullback",
     "run",
+    "scan_k",
     "uniform_cost",
     "uniform_k",
 ]
@@ -182,6 +183,13 @@ def uniform_k(T: int, states: int) -> int | None:
     return min(fits)[2] if fits else None
 
 
+def scan_k(T: int, remat: Any) -> int | None:
+    """The k of the uniform plan ``remat`` (:func:`parse`d) runs as loops over segments
+    where the recurrences have them: k, ceil(sqrt(T)), or a budget's :func:`uniform_k`
+    (None: no uniform k fits it, the dynamic program's plan runs instead)."""
+    return uniform_k(T, remat.states) if isinstance(remat, Budget) else _k_of(remat, T)
+
+
 @functools.cache
 def plan(T: int, remat: Any) -> Plan:
     """The static plan for T steps under ``remat`` (:func:`parse`d, not None)."""
@@ -286,7 +294,7 @@ def run(
                                    **kw)  # fmt: skip
     remat, T = check(remat, 1), inputs.shape[0]
     if hasattr(recurrences, "segment_scan"):  # loops XLA sees (a budget: its uniform k)
-        k = uniform_k(T, remat.states) if isinstance(remat, Budget) else _k_of(remat, T)
+        k = scan_k(T, remat)
         if k is not None:
             from . import remat_scan
 

@@ -18,6 +18,11 @@ by layer instead (docs/derivation.md, "Memory-bounded BPTT"):
    gives its weight gradients, dL/dx (summed over the two directions, then through
    the layer mask: the dL/dS of the layer below, eq. B20) and dL/ds_0.
 
+Steps 1 and 2 walk the segments through :class:`Segments`: under a uniform plan (every
+k-th state) and recurrences with a ``segment_scan`` (JAX), the full segments after the
+first are one loop, so the traced program does not grow with T; otherwise (the
+dynamic program's segments, or NumPy) a Python loop.
+
 What stays O(T): one (T, B, K D) array per layer boundary (the layers' inputs) and
 dL/dS of the layer being backpropagated; what is bounded by the plan: the per-step
 cache of every cell (states, gates, U x + b, dz), the part that full BPTT multiplies
@@ -33,7 +38,7 @@ from typing import Any
 
 from . import layers, model
 
-__all__ = ["run", "segments"]
+__all__ = ["Segments", "join", "run", "segments"]
 
 
 def segments(T: int, remat: Any, single: Any) -> list[tuple[int, int]]:
@@ -55,22 +60,75 @@ def _flip(x: Any, xp: Any) -> Any:
     return xp.flip(x, axis=0)  # time reversed: the reverse cell's order, eq. (B21)
 
 
+class Segments:
+    """How a pass walks the segments: ``segs`` (a, b) in time order, in Python, or, where
+    the recurrences have a ``segment_scan`` and the plan is uniform (every k-th state),
+    as one loop over the full segments after the first (:meth:`over`)."""
+
+    def __init__(self, T: int, remat: Any, single: Any, recurrences: Any, witness: Any):
+        self.k = single.scan_k(T, remat) if hasattr(recurrences, "segment_scan") else None
+        self.segs = segments(T, remat, single) if self.k is None else None
+        self.T, self.recurrences, self.witness = T, recurrences, witness
+
+    def over(self, body: Callable[..., Any], carry: Any, fields: tuple[Any, ...],
+             xp: Any) -> tuple[Any, list[Any]]:  # fmt: skip
+        """``body(carry, rows) -> (carry, out)`` over the segments in time order, ``rows``
+        each field's rows (None stays None): ``(carry, pieces)``, the outs in time order
+        (:func:`join` makes each a (T, ...) array)."""
+        if self.k is None:
+            pieces = []
+            for a, b in self.segs:
+                carry, out = body(carry, tuple(_rows(f, a, b) for f in fields))
+                pieces.append(out)
+            return carry, pieces
+        k, T = self.k, self.T
+        n = T // k  # full segments: the first runs outside the loop (the carry's form)
+        carry, first = body(carry, tuple(_rows(f, 0, k) for f in fields))
+        pieces = [first]
+        if n > 1:
+            kept = [i for i, f in enumerate(fields) if f is not None]
+
+            def step(c: Any, flat: tuple[Any, ...]) -> tuple[Any, Any]:
+                rows = [None] * len(fields)
+                for i, r in zip(kept, flat, strict=True):
+                    rows[i] = r
+                return body(c, tuple(rows))
+
+            xs = tuple(xp.reshape(fields[i][k : n * k, ...], (n - 1, k, *fields[i].shape[1:]))
+                       for i in kept)  # fmt: skip  # (n - 1, k, ...)
+            carry, ys = self.recurrences.segment_scan(step, carry, xs, xp, witness=self.witness)
+            pieces.append(tuple(xp.reshape(y, ((n - 1) * k, *y.shape[2:])) for y in ys))
+        if n * k < T:
+            carry, tail = body(carry, tuple(_rows(f, n * k, T) for f in fields))
+            pieces.append(tail)
+        return carry, pieces
+
+
+def join(pieces: list[tuple[Any, ...]], xp: Any) -> list[Any]:
+    """The outs of :meth:`Segments.over`, each joined along time: (T, ...) arrays."""
+    return [xp.concat(list(p), axis=0) for p in zip(*pieces, strict=True)]
+
+
+def _rows(x: Any, a: int, b: int) -> Any:
+    return None if x is None else x[a:b, ...]
+
+
 def _run_cell(p: Any, x: Any, s0: Any, xp: Any, kind: Any, recurrences: Any,
-              segs: list[tuple[int, int]], single: Any) -> tuple[Any, Any]:  # fmt: skip
+              walk: Segments, single: Any) -> tuple[Any, Any]:  # fmt: skip
     """One cell over ``x`` segment by segment: its states s_1..s_T (T, B, D) and its
     last state; the per-segment cache is let go (eqs. 19-20)."""
-    outs, state = [], s0
-    for a, b in segs:
-        out, _ = layers.forward(p, x[a:b, ...], state, xp, cell=kind, recurrences=recurrences,
+
+    def body(state: Any, rows: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        out, _ = layers.forward(p, rows[0], state, xp, cell=kind, recurrences=recurrences,
                                 with_output=False)  # fmt: skip
-        outs.append(out.states)  # (b - a, B, D)
-        state = single.own_state(out.h_last, xp)
-        del out
-    return xp.concat(outs, axis=0), state  # (T, B, D)
+        return single.own_state(out.h_last, xp), (out.states,)  # (b - a, B, D)
+
+    state, pieces = walk.over(body, s0, (x,), xp)
+    return join(pieces, xp)[0], state  # (T, B, D)
 
 
 def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
-             layer_masks: Any, recurrences: Any, segs: list[tuple[int, int]],
+             layer_masks: Any, recurrences: Any, walk: Segments,
              single: Any) -> tuple[Any, list[Any], Any]:  # fmt: skip
     """The stack's output (T, B, K D), each layer's input, and h_last shaped as h0."""
     x, xs, last = inputs, [], []
@@ -83,7 +141,7 @@ def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
             x_d = _flip(x, xp) if d else x
             s0 = layers.cell_state(h0, arch, layer, d)
             states, s_last = _run_cell(_cell(params, layer, d, kind), x_d, s0, xp, kind,
-                                       recurrences, segs, single)  # fmt: skip
+                                       recurrences, walk, single)  # fmt: skip
             outs.append(_flip(states, xp) if d else states)
             last.append(s_last)
         x = outs[0] if arch.directions == 1 else xp.concat(outs, axis=-1)  # (T, B, K D)
@@ -91,29 +149,28 @@ def _forward(params: Any, inputs: Any, h0: Any, xp: Any, kind: Any, arch: Any,
 
 
 def _head(params: Any, top: Any, xp: Any, head: Callable[..., Any], head_rows: Any,
-          dropout_mask: Any, segs: list[tuple[int, int]]) -> tuple[Any, Any, Any]:  # fmt: skip
+          dropout_mask: Any, walk: Segments) -> tuple[Any, Any, Any]:  # fmt: skip
     """The head segment by segment: ``(loss, {V, c}, pieces)``, the pieces of dL/dS
     (T, B, K D) of the top layer in time order (eqs. B10, B11, plus a user's dstates,
     eq. B24), joined by the caller once the top layer's output is let go."""
-    loss, grads, pieces = None, None, []
-    for a, b in segs:
-        rows = None if dropout_mask is None else dropout_mask[a:b, ...]
-        logits, out_states = model.output(params, top[a:b, ...], rows, xp)  # (n, B, C)
-        rows_of = tuple(None if r is None else r[a:b, ...] for r in head_rows)
-        part, dlogits, dstates = head(layers.Forward(top[a:b, ...], logits, None), rows_of)
-        del logits
-        loss = part if loss is None else loss + part
+
+    def body(carry: Any, rows: tuple[Any, ...]) -> tuple[Any, tuple[Any, ...]]:
+        top_rows, drop, rows_of = rows[0], rows[1], rows[2:]
+        logits, out_states = model.output(params, top_rows, drop, xp)  # (n, B, C)
+        part, dlogits, dstates = head(layers.Forward(top_rows, logits, None), rows_of)
         if dlogits is None:
             g = {k: xp.zeros_like(params[k]) for k in ("V", "c") if params.get(k) is not None}
             dS = dstates
         else:
             g = model.output_grads(params, dlogits, out_states, xp)  # dV, dc, eq. (B10)
-            dS = model.state_grads(params, dlogits, rows, xp)  # (n, B, K D), eq. (B11)
+            dS = model.state_grads(params, dlogits, drop, xp)  # (n, B, K D), eq. (B11)
             dS = dS if dstates is None else dS + dstates
         if dS is None:
-            dS = xp.zeros_like(top[a:b, ...])
-        grads = _add(grads, g)
-        pieces.append(dS)
+            dS = xp.zeros_like(top_rows)
+        loss, grads = carry
+        return (part if loss is None else loss + part, _add(grads, g)), (dS,)
+
+    (loss, grads), pieces = walk.over(body, (None, None), (top, dropout_mask, *head_rows), xp)
     return loss, grads, pieces
 
 
@@ -129,12 +186,12 @@ def run(
     ``pullback``), handed in because it is what calls this module for two directions."""
     arch = layers.arch_of(params)
     kind = layers.get_cell(cell) if isinstance(cell, str) else cell
-    segs = segments(inputs.shape[0], remat, single)
+    walk = Segments(inputs.shape[0], remat, single, recurrences, tuple(params.values()))
     top, xs, h_last = _forward(params, inputs, h0, xp, kind, arch, layer_masks, recurrences,
-                               segs, single)  # fmt: skip
-    loss, grads, pieces = _head(params, top, xp, head, head_rows, dropout_mask, segs)
+                               walk, single)  # fmt: skip
+    loss, grads, pieces = _head(params, top, xp, head, head_rows, dropout_mask, walk)
     del top  # before the pieces are joined: a lower peak
-    dS = xp.concat(pieces, axis=0)  # (T, B, K D)
+    (dS,) = join(pieces, xp)  # (T, B, K D)
     del pieces
     D = params["W"].shape[1]
     d_inputs, d_h0 = None, [None] * (arch.layers * arch.directions)
