@@ -9,8 +9,16 @@ inputs, biases on, float32, at the sizes of ``bench_cases.py`` (S1-S3):
   integrator's generic stack will compose them), on NumPy arrays;
 - ``bptt NumPy fast path``: the same with the recurrences of
   :mod:`bptt.execution.numpy_exec.gated` (the same bits, written through ``out=``);
+- ``bptt library``: what a user calls, ``bptt.RNN(M, D, C, cell=...).loss_and_grad``
+  under its ``"auto"`` schedule (named in the table; ``"split"`` runs the batch in
+  parts on two threads);
 - ``torch``: ``torch.nn.GRU`` / ``torch.nn.LSTM`` + ``Linear`` + ``CrossEntropyLoss`` +
   ``backward()`` (autograd), one-hot inputs made once, outside the timing.
+
+glibc's malloc is set for the process by ``--malloc`` (default ``keep``:
+``bptt.host.malloc.keep_large_blocks``): from S3 on the steps' (T, B, 4D) arrays pass
+glibc's 32 MiB mmap cap, and under ``tune`` both libraries fault them in afresh at each
+call, torch more than bptt (benchmarks/NOTES.md, round 7g).
 
 Contenders run interleaved (``bench_timing.time_blocks``, or :func:`cpu_blocks` with
 ``--clock cpu``); the table gives the median ms per step over the blocks and torch /
@@ -33,6 +41,8 @@ import numpy as np
 from bench_cases import SIZES, Size, data, parse_size
 from bench_timing import Case, stats, time_blocks
 
+import bptt
+from bptt.execution import schedules
 from bptt.execution.numpy_exec import gated
 from bptt.host import malloc
 from bptt.math import gru, heads, lstm, model
@@ -71,6 +81,15 @@ def bptt_step(cell: Any, size: Size, seed: int = 0, fast: bool = False) -> Calla
         return loss, grads
 
     return step
+
+
+def library_step(name: str, size: Size, seed: int = 0) -> tuple[Callable[[], Any], str]:
+    """``bptt.RNN(cell=name).loss_and_grad`` on NumPy float32, and the schedule "auto" runs."""
+    model = bptt.RNN(size.M, size.D, size.C, cell=name)
+    params = model.init(seed=seed, dtype="float32")
+    x, y = data(size, seed)
+    chosen, _ = schedules.resolve(None, np, size.T, size.B, size.D, 4)
+    return lambda: model.loss_and_grad(params, x, y, check_values=False), chosen
 
 
 def torch_step(name: str, size: Size, seed: int = 0) -> Callable[[], Any]:
@@ -124,34 +143,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: bench_timing's interleaved blocks (perf_counter); cpu: "
                         "process CPU time per call (steadier on a shared machine)")  # fmt: skip
-    parser.add_argument("--default-malloc", action="store_true",
-                        help="keep glibc's malloc thresholds (by default raised for both "
-                        "contenders, as bench_step.py does: "
-                        "bptt.host.malloc.tune_malloc)")  # fmt: skip
+    parser.add_argument("--malloc", choices=("keep", "tune", "default"), default="keep",
+                        help="every contender under bptt.host.malloc.keep_large_blocks "
+                        "(default), tune_malloc, or glibc's defaults")  # fmt: skip
+    parser.add_argument("--default-malloc", action="store_true", help="= --malloc default")
     args = parser.parse_args(argv)
-    tuned = False if args.default_malloc else malloc.tune_malloc()
+    mode = "default" if args.default_malloc else args.malloc
+    setting = {"keep": malloc.keep_large_blocks, "tune": malloc.tune_malloc}.get(mode)
+    tuned = f"{mode} ({setting()})" if setting else "default"
     import torch
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or ''}"
           f" numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} "
           f"threads), float32, median {args.clock} ms per step over {args.reps} interleaved "
-          f"blocks, malloc tuned: {tuned}")  # fmt: skip
-    print("| size | cell | bptt generic ms | bptt NumPy fast path ms | torch ms "
-          "| torch / generic | torch / fast |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|")
+          f"blocks, malloc {tuned}")  # fmt: skip
+    print("| size | cell | bptt generic ms | bptt NumPy fast path ms | bptt library ms "
+          "| schedule | torch ms | torch / generic | torch / fast | torch / library |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for text in args.sizes:
         label, size = parse_size(text)
         for name in args.cells:
+            library, chosen = library_step(name, size)
             steps = [bptt_step(CELLS[name], size), bptt_step(CELLS[name], size, fast=True),
-                     torch_step(name, size)]  # fmt: skip
+                     library, torch_step(name, size)]  # fmt: skip
             if args.clock == "cpu":
-                ours, fast, theirs = cpu_blocks(steps, args.reps)
+                ours, fast, lib, theirs = cpu_blocks(steps, args.reps)
             else:
-                cases = [Case(n, s) for n, s in zip(("bptt", "fast", "torch"), steps, strict=True)]
+                names = ("bptt", "fast", "library", "torch")
+                cases = [Case(n, s) for n, s in zip(names, steps, strict=True)]
                 time_blocks(cases, reps=args.reps, pause=0.05, min_block=args.min_block)
-                ours, fast, theirs = (stats(c.samples)["median"] for c in cases)
-            print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {fast:.2f} | {theirs:.2f} | "
-                  f"{theirs / ours:.2f} | {theirs / fast:.2f} |", flush=True)  # fmt: skip
+                ours, fast, lib, theirs = (stats(c.samples)["median"] for c in cases)
+            print(f"| {label} {tuple(size)} | {name} | {ours:.2f} | {fast:.2f} | {lib:.2f} | "
+                  f"{chosen} | {theirs:.2f} | {theirs / ours:.2f} | {theirs / fast:.2f} | "
+                  f"{theirs / lib:.2f} |", flush=True)  # fmt: skip
     return 0
 
 
