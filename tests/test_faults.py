@@ -203,18 +203,21 @@ def test_full_disk_is_reported_at_start(text, tmp_path, monkeypatch, capsys) -> 
 
 @POSIX_SIGNALS
 def test_too_little_space_for_the_checkpoints_is_reported_at_start(text, tmp_path) -> None:
-    """A file-size limit below two checkpoints (a stand-in for a nearly full disk)."""
-    import resource
+    """A file-size limit below two checkpoints (a stand-in for a nearly full disk).
 
-    def limit() -> None:
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of dying
-        resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))
-
+    The limit is set by the child before it execs ``bptt``, not by a ``preexec_fn``:
+    that would run Python in a fork of this process, whose JAX threads may hold locks."""
+    limited = (
+        "import os, resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # get EFBIG instead of dying\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000))\n"
+        "os.execv(sys.executable, [sys.executable, '-m', 'bptt', *sys.argv[1:]])\n"
+    )
     run = tmp_path / "run"
     result = subprocess.run(
-        [sys.executable, "-m", "bptt", "train", "--text", text, "--hidden", "100", "--batch",
+        [sys.executable, "-c", limited, "train", "--text", text, "--hidden", "100", "--batch",
          "4", "--seq-len", "16", "--backend", "numpy", "--checkpoint-dir", str(run)],
-        capture_output=True, text=True, preexec_fn=limit,
+        capture_output=True, text=True,
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
     assert "checkpoint-dir: cannot write to" in result.stderr, result.stderr
