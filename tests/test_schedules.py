@@ -7,6 +7,7 @@ ran what; off NumPy they are refused; "auto" follows the measured policy.
 
 from __future__ import annotations
 
+import functools
 import threading
 
 import numpy as np
@@ -322,8 +323,15 @@ def test_auto_policy(monkeypatch) -> None:
     assert auto(100, 32, 1024) == ("overlap" if usable else "single")  # 2^25: not split
     assert auto(100, 32, 2048) == "single"  # parts of fewer than 32 rows, beyond the overlap
     assert auto(3, 64, 256) == "single"  # blocks of one step
+    # a stack or a gated cell cannot overlap: the batch split where the overlap would run
+    stack = functools.partial(policy.choose, single=False)
+    if usable:
+        assert stack(100, 64, 256, 4) == "split" and stack(100, 64, 128, 4) == "split"
+        assert stack(100, 32, 1024, 4) == "single"  # one part of 32 rows: nothing to split
+        assert stack(25, 32, 100, 4) == "single"  # S1
     monkeypatch.setenv("BPTT_THREADS", "1")
     assert policy.choose(200, 128, 512, 4) == "single"  # one thread allowed
+    assert policy.choose(100, 64, 256, 4, single=False) == "single"
 
 
 def test_blocks_and_parts_cover_everything(monkeypatch) -> None:

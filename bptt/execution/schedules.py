@@ -6,9 +6,10 @@ across threads and exist for NumPy only (:mod:`bptt.execution.numpy_exec`): aski
 with another library raises. ``"auto"`` (the default) picks among the three on
 NumPy from measured break-even points and ``"single"`` everywhere else. The
 environment variable ``BPTT_SCHEDULE`` sets the default for calls that pass none.
-A stack (several layers or two directions, :mod:`bptt.math.layers`) runs ``"single"`` or
-``"split"``: ``"overlap"`` interleaves one recurrence with its products and is
-refused for a stack (``"auto"`` then runs ``"single"``).
+A stack (several layers or two directions, :mod:`bptt.math.layers`) or a gated cell
+runs ``"single"`` or ``"split"``: ``"overlap"`` interleaves one vanilla recurrence with
+its products and is refused for them (``"auto"`` then splits the batch where it would
+have overlapped, if the batch makes parts: :func:`bptt.execution.numpy_exec.policy.choose`).
 
 The loop of each recurrence (:mod:`bptt.math.scan`) is the library's: on JAX ``"auto"``
 and ``"single"`` run it as one ``jax.lax.scan`` under a trace (:mod:`bptt.execution.jax_exec`:
@@ -84,9 +85,7 @@ def resolve(
         )
     forced = name != "auto"
     if not forced:
-        name = numpy_exec.policy.choose(T, B, D, itemsize)
-        if name == "overlap" and not single:
-            name = "single"
+        name = numpy_exec.policy.choose(T, B, D, itemsize, single=single)
     return name, numpy_exec.schedule(name, T, B, D, forced=forced)
 
 

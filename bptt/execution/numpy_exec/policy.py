@@ -35,16 +35,23 @@ def threads_usable() -> bool:
     return max_threads() > 1 and blas_controller() is not None
 
 
-def choose(T: int, B: int, D: int, itemsize: int) -> str:
-    """``"split"``, ``"overlap"`` or ``"single"`` for a NumPy step of this size."""
+def choose(T: int, B: int, D: int, itemsize: int, *, single: bool = True) -> str:
+    """``"split"``, ``"overlap"`` or ``"single"`` for a NumPy step of this size.
+
+    ``single``: one vanilla layer of one direction, the only model the overlap runs.
+    Another (a stack, a gated cell) gets the batch split where the overlap would have
+    run, if the batch makes two parts: split over single, float32, T = 100, B = 64,
+    D = 128: LSTM 0.85, GRU 0.87, two tanh layers 0.93; D = 256: two LSTM layers 0.90,
+    two tanh layers 1.02 (benchmarks/NOTES.md, round 7h).
+    """
     work = B * D * D
     cost = SPLIT_FLOAT64_COST if itemsize >= 8 else 1
-    if work * cost >= SPLIT_WORK and threads_usable():  # the cheap size test first
-        if min(max_threads(), B // MIN_PART_ROWS) > 1:
-            return "split"
+    parts = min(max_threads(), B // MIN_PART_ROWS) > 1
+    if work * cost >= SPLIT_WORK and parts and threads_usable():  # the cheap tests first
+        return "split"
     if OVERLAP_WORK[0] <= work < OVERLAP_WORK[1] and T >= 2 * MIN_BLOCK_STEPS:
         if threads_usable():
-            return "overlap"
+            return "overlap" if single else ("split" if parts else "single")
     return "single"
 
 
