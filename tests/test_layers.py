@@ -260,15 +260,21 @@ def test_a_stack_runs_the_single_and_split_schedules(schedule) -> None:
 
 def test_overlap_is_refused_for_a_stack_and_auto_avoids_it(monkeypatch) -> None:
     prob = make_problem(NUMPY_BACKEND, np.random.default_rng(2), T=8, B=4, layers=2)
-    with pytest.raises(ValueError, match=r"'overlap' .* one layer of one direction"):
+    with pytest.raises(ValueError, match=r"'overlap' .* one vanilla .* layer of one direction"):
         bptt.loss_and_grad(prob.params, prob.inputs, prob.targets, schedule="overlap")
+    gru = bptt.RNN(3, 4, 3, cell="gru")  # one layer, but gated: no overlap either
+    ids = np.zeros((5, 2), dtype=np.int64)
+    with pytest.raises(ValueError, match=r"this model is a stack or a gated cell"):
+        gru.loss_and_grad(gru.init(dtype="float64"), ids, ids, schedule="overlap")
     from bptt.execution import schedules
     from bptt.execution.numpy_exec import policy
 
-    monkeypatch.setattr(policy, "choose", lambda *a: "overlap")
-    name, _ = schedules.resolve("auto", np, 8, 4, 6, 8, single=False)
-    assert name == "single"
-    assert schedules.resolve("auto", np, 8, 4, 6, 8)[0] == "overlap"
+    monkeypatch.setenv("BPTT_THREADS", "2")
+    usable = policy.threads_usable()
+    # S2: a single vanilla layer overlaps; a stack splits the batch instead
+    assert schedules.resolve("auto", np, 100, 64, 256, 4)[0] == ("overlap" if usable else "single")
+    name, _ = schedules.resolve("auto", np, 100, 64, 256, 4, single=False)
+    assert name == ("split" if usable else "single")
 
 
 def test_same_numbers_on_every_backend(be) -> None:

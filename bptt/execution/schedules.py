@@ -80,8 +80,8 @@ def resolve(
     if name == "overlap" and not single:
         raise ValueError(
             "schedule: 'overlap' interleaves the products of one recurrence with the next "
-            "block of it and runs one layer of one direction only; this model is a stack: "
-            "use 'single', 'split' or 'auto'"
+            "block of it and runs one vanilla (tanh or relu) layer of one direction only; "
+            "this model is a stack or a gated cell: use 'single', 'split' or 'auto'"
         )
     forced = name != "auto"
     if not forced:
