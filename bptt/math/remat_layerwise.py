@@ -37,6 +37,7 @@ from collections.abc import Callable
 from typing import Any
 
 from . import layers, model
+from .remat_scan import Fields
 
 __all__ = ["Segments", "join", "run", "segments"]
 
@@ -75,31 +76,25 @@ class Segments:
         """``body(carry, rows) -> (carry, out)`` over the segments in time order, ``rows``
         each field's rows (None stays None): ``(carry, pieces)``, the outs in time order
         (:func:`join` makes each a (T, ...) array)."""
+        walked = Fields(fields)
+        at = lambda a, b: walked.unpack(walked.rows(a, b))  # noqa: E731  # rows a..b-1
         if self.k is None:
             pieces = []
             for a, b in self.segs:
-                carry, out = body(carry, tuple(_rows(f, a, b) for f in fields))
+                carry, out = body(carry, at(a, b))
                 pieces.append(out)
             return carry, pieces
         k, T = self.k, self.T
         n = T // k  # full segments: the first runs outside the loop (the carry's form)
-        carry, first = body(carry, tuple(_rows(f, 0, k) for f in fields))
+        carry, first = body(carry, at(0, k))
         pieces = [first]
         if n > 1:
-            kept = [i for i, f in enumerate(fields) if f is not None]
-
-            def step(c: Any, flat: tuple[Any, ...]) -> tuple[Any, Any]:
-                rows = [None] * len(fields)
-                for i, r in zip(kept, flat, strict=True):
-                    rows[i] = r
-                return body(c, tuple(rows))
-
-            xs = tuple(xp.reshape(fields[i][k : n * k, ...], (n - 1, k, *fields[i].shape[1:]))
-                       for i in kept)  # fmt: skip  # (n - 1, k, ...)
+            step = lambda c, flat: body(c, walked.unpack(flat))  # noqa: E731
+            xs = walked.segments(k, n - 1, k, xp)  # (n - 1, k, ...) each
             carry, ys = self.recurrences.segment_scan(step, carry, xs, xp, witness=self.witness)
             pieces.append(tuple(xp.reshape(y, ((n - 1) * k, *y.shape[2:])) for y in ys))
         if n * k < T:
-            carry, tail = body(carry, tuple(_rows(f, n * k, T) for f in fields))
+            carry, tail = body(carry, at(n * k, T))
             pieces.append(tail)
         return carry, pieces
 
@@ -107,10 +102,6 @@ class Segments:
 def join(pieces: list[tuple[Any, ...]], xp: Any) -> list[Any]:
     """The outs of :meth:`Segments.over`, each joined along time: (T, ...) arrays."""
     return [xp.concat(list(p), axis=0) for p in zip(*pieces, strict=True)]
-
-
-def _rows(x: Any, a: int, b: int) -> Any:
-    return None if x is None else x[a:b, ...]
 
 
 def _run_cell(p: Any, x: Any, s0: Any, xp: Any, kind: Any, recurrences: Any,

@@ -32,7 +32,7 @@ from typing import Any
 
 from . import layers, model
 
-__all__ = ["run"]
+__all__ = ["Fields", "run"]
 
 
 def _parts(state: Any) -> tuple[Any, ...]:
@@ -51,15 +51,14 @@ def _add(total: Any, part: Any) -> Any:
     return part if total is None else total + part
 
 
-class _Rows:
-    """The per-step arrays of a step (inputs, dropout_mask, layer_masks, the head's
-    rows), None kept out of the scans: ``segments(a, n, k)`` -> (n, k, ...) arrays,
-    ``rows(a, b)``, and ``unpack(flat)`` back to the fields."""
+class Fields:
+    """Per-step arrays (T, ...) of a pass, None kept out of the loops: ``rows(a, b)``
+    and ``segments(a, n, k)`` ((n, k, ...) arrays) give the present ones, flat;
+    ``unpack(flat)`` puts the Nones back in their places."""
 
-    def __init__(self, inputs: Any, dropout_mask: Any, layer_masks: Any, head_rows: Any):
-        self.n_masks = 0 if layer_masks is None else len(layer_masks)
-        self.fields = (inputs, dropout_mask, *(layer_masks or ()), *head_rows)
-        self.none = tuple(f is None for f in self.fields)
+    def __init__(self, fields: tuple[Any, ...]):
+        self.fields = fields
+        self.none = tuple(f is None for f in fields)
 
     def rows(self, a: int, b: int) -> tuple[Any, ...]:
         return tuple(f[a:b, ...] for f in self.fields if f is not None)
@@ -70,11 +69,23 @@ class _Rows:
             for f in self.fields if f is not None
         )  # fmt: skip  # (n, k, ...) each
 
-    def unpack(self, flat: tuple[Any, ...]) -> tuple[Any, Any, Any, tuple[Any, ...]]:
+    def unpack(self, flat: tuple[Any, ...]) -> tuple[Any, ...]:
         it = iter(flat)
-        f = [None if gone else next(it) for gone in self.none]
-        masks = None if self.n_masks == 0 else f[2 : 2 + self.n_masks]
-        return f[0], f[1], masks, tuple(f[2 + self.n_masks :])
+        return tuple(None if gone else next(it) for gone in self.none)
+
+
+class _Rows(Fields):
+    """The per-step arrays of a step: inputs, dropout_mask, layer_masks, the head's rows;
+    ``step_fields(flat)`` gives them back as those four."""
+
+    def __init__(self, inputs: Any, dropout_mask: Any, layer_masks: Any, head_rows: Any):
+        self.n_masks = 0 if layer_masks is None else len(layer_masks)
+        super().__init__((inputs, dropout_mask, *(layer_masks or ()), *head_rows))
+
+    def step_fields(self, flat: tuple[Any, ...]) -> tuple[Any, Any, Any, tuple[Any, ...]]:
+        f = self.unpack(flat)
+        masks = None if self.n_masks == 0 else list(f[2 : 2 + self.n_masks])
+        return f[0], f[1], masks, f[2 + self.n_masks :]
 
 
 class _Segment:
@@ -87,7 +98,7 @@ class _Segment:
         self.fields, self.head, self.want_inputs = fields, head, want_inputs
 
     def advance(self, start: Any, flat: tuple[Any, ...]) -> Any:
-        x, _, masks, _ = self.fields.unpack(flat)
+        x, _, masks, _ = self.fields.step_fields(flat)
         out, _ = layers.forward(self.params, x, start, self.xp, cell=self.kind,
                                 recurrences=self.recurrences, layer_masks=masks,
                                 with_output=False)  # fmt: skip
@@ -95,7 +106,7 @@ class _Segment:
 
     def leaf(self, start: Any, flat: tuple[Any, ...], d: Any, want_s0: bool) -> tuple[Any, ...]:
         """``(loss part, grads, dx, d_a, s_b)`` of the segment, ``d`` reaching s_b."""
-        x, drop, masks, rows = self.fields.unpack(flat)
+        x, drop, masks, rows = self.fields.step_fields(flat)
         out, cache = layers.forward(
             self.params, x, start, self.xp, cell=self.kind, recurrences=self.recurrences,
             dropout_mask=drop, layer_masks=masks, with_output="V" in self.params,
