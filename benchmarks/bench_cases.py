@@ -29,6 +29,7 @@ from bench_timing import Case, time_one_call, traced_peak
 import bptt
 from bptt import backends, optim
 from bptt.execution import schedules
+from bptt.host import malloc
 
 __all__ = [
     "SIZES",
@@ -321,6 +322,18 @@ def _torch_cuda_peak(step: Callable[[], Any], device: Any) -> Callable[[], int]:
         return torch.cuda.max_memory_allocated(device) - base
 
     return peak
+
+
+MALLOC_MODES = ("keep", "tune", "default")
+
+
+def set_malloc(mode: str) -> bool:
+    """glibc's malloc for the whole process, as ``--malloc`` names it: ``keep``
+    (:func:`bptt.host.malloc.keep_large_blocks`, before JAX starts its threads), ``tune``
+    (:func:`bptt.host.malloc.tune_malloc`) or ``default`` (glibc's own: False). True if
+    the setting took effect."""
+    setting = {"keep": malloc.keep_large_blocks, "tune": malloc.tune_malloc}.get(mode)
+    return setting() if setting else False
 
 
 def _waiting(be: backends.Backend, fn: Callable[[], Any]) -> Callable[[], Any]:

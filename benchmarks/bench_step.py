@@ -40,6 +40,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bench_cases import (
+    MALLOC_MODES,
     SIZES,
     Size,
     bptt_case,
@@ -50,6 +51,7 @@ from bench_cases import (
     numpy_variant_case,
     parse_size,
     resolve_torch_device,
+    set_malloc,
     torch_case,
 )
 from bench_report import HEADER, environment, format_markdown, format_row, header
@@ -58,7 +60,6 @@ from bench_timing import Case, stats, time_blocks
 from bptt import backends
 from bptt.cli._args import check_output_path, nonneg_float, positive_int
 from bptt.execution import schedules
-from bptt.host import malloc
 
 __all__ = ["main", "run_benchmark"]
 
@@ -274,7 +275,7 @@ def _op_counts(sizes: list[str]) -> str:
     return "training step kernels (counting proxy, 6 T + 62): " + ", ".join(counts)
 
 
-MALLOC = ("auto", "keep", "tune", "default")
+MALLOC = ("auto", *MALLOC_MODES)
 
 
 def _set_malloc(args: argparse.Namespace) -> tuple[str, bool]:
@@ -290,8 +291,7 @@ def _set_malloc(args: argparse.Namespace) -> tuple[str, bool]:
         jax_runs = not args.no_jax and importlib.util.find_spec("jax") is not None
         jax_runs |= args.backend == "all" or "jax" in args.backend.split(",")
         mode = "keep" if jax_runs else "tune"
-    call = {"keep": malloc.keep_large_blocks, "tune": malloc.tune_malloc}.get(mode)
-    return mode, call() if call else False
+    return mode, set_malloc(mode)
 
 
 def main(argv: list[str] | None = None) -> int:

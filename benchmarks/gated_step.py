@@ -38,13 +38,12 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-from bench_cases import SIZES, Size, data, parse_size
+from bench_cases import MALLOC_MODES, SIZES, Size, data, parse_size, set_malloc
 from bench_timing import Case, stats, time_blocks
 
 import bptt
 from bptt.execution import schedules
 from bptt.execution.numpy_exec import gated
-from bptt.host import malloc
 from bptt.math import gru, heads, lstm, model
 
 CELLS = {"gru": gru, "lstm": lstm}
@@ -88,8 +87,8 @@ def library_step(name: str, size: Size, seed: int = 0) -> tuple[Callable[[], Any
     model = bptt.RNN(size.M, size.D, size.C, cell=name)
     params = model.init(seed=seed, dtype="float32")
     x, y = data(size, seed)
-    single = model.arch.single and model.gates == 1  # what the library asks (bptt.api)
-    chosen, _ = schedules.resolve(None, np, size.T, size.B, size.D, 4, single=single)
+    chosen, _ = schedules.resolve(None, np, size.T, size.B, size.D, 4,
+                                  single=model.single_vanilla)  # fmt: skip
     return lambda: model.loss_and_grad(params, x, y, check_values=False), chosen
 
 
@@ -144,14 +143,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall: bench_timing's interleaved blocks (perf_counter); cpu: "
                         "process CPU time per call (steadier on a shared machine)")  # fmt: skip
-    parser.add_argument("--malloc", choices=("keep", "tune", "default"), default="keep",
+    parser.add_argument("--malloc", choices=MALLOC_MODES, default="keep",
                         help="every contender under bptt.host.malloc.keep_large_blocks "
                         "(default), tune_malloc, or glibc's defaults")  # fmt: skip
     parser.add_argument("--default-malloc", action="store_true", help="= --malloc default")
     args = parser.parse_args(argv)
     mode = "default" if args.default_malloc else args.malloc
-    setting = {"keep": malloc.keep_large_blocks, "tune": malloc.tune_malloc}.get(mode)
-    tuned = f"{mode} ({setting()})" if setting else "default"
+    tuned = "default" if mode == "default" else f"{mode} ({set_malloc(mode)})"
     import torch
 
     print(f"# {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or ''}"

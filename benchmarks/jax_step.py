@@ -26,9 +26,7 @@ import sys
 import time
 from typing import Any
 
-from bench_cases import SIZES, jax_bptt_case, jax_case, parse_size
-
-from bptt.host import malloc
+from bench_cases import MALLOC_MODES, SIZES, jax_bptt_case, jax_case, parse_size, set_malloc
 
 __all__ = ["main"]
 
@@ -65,15 +63,14 @@ def _parser() -> argparse.ArgumentParser:
     add("--unrolled", default="S1,S2", help="sizes that also run bptt's unrolled program")
     add("--reps", type=int, default=9, help="interleaved rounds (medians over them)")
     add("--min-block", type=float, default=0.3, help="seconds per timed block, at least")
-    add("--malloc", choices=("keep", "tune", "default"), default="keep",
+    add("--malloc", choices=MALLOC_MODES, default="keep",
         help="keep_large_blocks (default), tune_malloc alone, or glibc's defaults")  # fmt: skip
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    tuned = {"keep": malloc.keep_large_blocks, "tune": malloc.tune_malloc}.get(args.malloc)
-    took = tuned() if tuned else None  # before JAX starts its threads
+    took = set_malloc(args.malloc)  # before JAX starts its threads
     import jax
 
     unrolled = set(args.unrolled.split(",")) if args.unrolled else set()

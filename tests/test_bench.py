@@ -263,7 +263,7 @@ def test_malloc_is_set_as_training_sets_it_for_the_contenders(monkeypatch) -> No
     JAX starts its threads, and named in the header."""
     called = []
     for name in ("keep_large_blocks", "tune_malloc"):
-        monkeypatch.setattr(bench_step.malloc, name, lambda name=name: called.append(name) or True)
+        monkeypatch.setattr(bench_cases.malloc, name, lambda name=name: called.append(name) or True)
     cases = {
         ("--no-jax",): "tune",
         ("--no-jax", "--backend", "numpy,jax"): "keep",

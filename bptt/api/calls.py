@@ -107,8 +107,8 @@ def loss_and_grad(
     remat = _remat.check(remat, dims.arch.directions)
     head, T, B = model.head, *inputs.shape[:2]
     itemsize = _itemsize(dims.dtype, xp)
-    single = dims.arch.single and model.gates == 1
-    _, run = schedules.runner(schedule, xp, T, B, dims.D, itemsize, single=single, remat=remat)
+    _, run = schedules.runner(schedule, xp, T, B, dims.D, itemsize, single=model.single_vanilla,
+                              remat=remat)  # fmt: skip
     with device_context(params["U"]):
         if check_values:
             _check_values(

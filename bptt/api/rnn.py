@@ -118,6 +118,12 @@ class RNN:
         """G: the gate blocks each cell's U, W and b stack (1 for tanh and relu)."""
         return get_cell(self.cell).gates
 
+    @property
+    def single_vanilla(self) -> bool:
+        """One tanh or relu layer of one direction: the only model NumPy's overlapped
+        schedule runs (``single=`` of :func:`bptt.execution.schedules.resolve`)."""
+        return self.arch.single and self.gates == 1
+
     def param_names(self) -> tuple[str, ...]:
         """Every parameter's key, in the layout's order (:func:`bptt.math.layers.param_names`)."""
         return tuple(name for name, _ in _template(self))

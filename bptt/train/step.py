@@ -44,14 +44,13 @@ def make_plan(
     it reads no environment and checks no argument when it runs."""
     remat = _remat.check(remat, model.directions)
     resolved: dict[tuple[Any, ...], tuple[Any, Any]] = {}
-    single = model.arch.single and model.gates == 1
 
     def plan(xp: Any, T: int, B: int, dtype: Any) -> tuple[Any, Any]:
         key = (xp.__name__, T, B, str(dtype))
         if key not in resolved:
             itemsize = xp.finfo(dtype).bits // 8
             _, run = schedules.runner(schedule, xp, T, B, model.hidden_size, itemsize,
-                                      single=single, remat=remat)  # fmt: skip
+                                      single=model.single_vanilla, remat=remat)  # fmt: skip
             weights = loss_weights(None, (T, B, model.output_size), head=model.head,
                                    reduction=reduction, dtype=dtype, xp=xp)  # fmt: skip
             resolved[key] = run, weights
